@@ -1,0 +1,219 @@
+"""The command line: parse, call the library, format. Results on stdout, progress on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from .errors import LookalikeError
+
+COLLECTION_HELP = (
+    "Collection folder [env LOOKALIKE_COLLECTION; default ~/.local/share/lookalike/default]."
+)
+_common_runtime = [
+    click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "torch"]), default=None,
+                 help="Inference runtime [env LOOKALIKE_RUNTIME; default auto]."),
+    click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                 help="cuda runs the model on a GPU [env LOOKALIKE_DEVICE; default cpu]."),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help="Threads for the model runtime [env LOOKALIKE_THREADS]."),
+    click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                 help="Weights file for models that need one (e.g. resnet50)."),
+]
+
+
+def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_common_runtime):
+        func = option(func)
+    return func
+
+
+def _collection_path(value: str | None) -> str:
+    from .settings import resolve
+
+    return os.path.expanduser(resolve("collection", value))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="lookalike")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """lookalike: find more images that look like this one, offline."""
+
+
+@cli.command("index")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("-m", "--model", default=None,
+              help="Model for a new collection (see `lookalike models`) "
+                   "[default efficientnet-lite0].")
+@click.option("--index", "index_spec", default=None,
+              help="Index spec for a new collection: auto, Flat, HNSW32[,efConstruction=64].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per model call.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding processes (0: decode in this process).")
+@click.option("--rebuild", is_flag=True, help="Also rebuild the index from the stored vectors.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@runtime_options
+def index_command(paths: Sequence[str], collection: str | None, model: str | None,
+                  index_spec: str | None, batch_size: int | None, workers: int | None,
+                  rebuild: bool, progress: bool | None, as_json: bool, **runtime: Any) -> None:
+    """Index image files and folders (recursively) into a collection.
+
+    Unchanged files are skipped, renamed or copied files reuse their vectors, files that
+    disappeared are removed, and an interrupted run resumes where it stopped.
+
+    \b
+    Example:  lookalike index ~/Pictures --collection photos.lookalike
+    """
+    from .collection import Collection
+
+    for path in paths:
+        if not os.path.exists(path):
+            raise click.BadParameter(f"{path} does not exist.", param_hint="PATHS")
+    with Collection.open_or_create(_collection_path(collection), model=model, index=index_spec,
+                                   **runtime) as col:
+        report = col.index(paths, batch_size=batch_size, workers=workers, show_progress=progress)
+        if rebuild:
+            with col.writer():
+                col.rebuild_index()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    click.echo(
+        f"Indexed {report.added + report.updated} images in {report.seconds:.1f} s "
+        f"({report.images_per_second:.1f} images/s): {report.added} added, {report.updated} "
+        f"updated, {report.unchanged} unchanged, {report.reused} reused by content hash, "
+        f"{report.removed} removed, {len(report.failed)} failed."
+    )
+    for failure in report.failed:
+        click.echo(f"  failed: {failure.uri}: {failure.reason}")
+
+
+@cli.command("search")
+@click.argument("image", required=False)
+@click.option("--id", "image_id", type=int, default=None, help="Search by an indexed image's id.")
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("-k", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="Number of results.")
+@click.option("--ef", type=click.IntRange(1, 100_000), default=None,
+              help="HNSW efSearch for this query (higher: more accurate, slower).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@runtime_options
+def search_command(image: str | None, image_id: int | None, collection: str | None, k: int,
+                   ef: int | None, as_json: bool, **runtime: Any) -> None:
+    """Find the indexed images most similar to IMAGE.
+
+    IMAGE is an image file, or the path or id of an indexed image (then its stored vector is
+    used and the image itself is left out of the results).
+
+    \b
+    Example:  lookalike search holiday.jpg -k 5
+    """
+    from .collection import Collection
+
+    if (image is None) == (image_id is None):
+        raise click.UsageError("Give either IMAGE or --id, not both.")
+    with Collection.open(_collection_path(collection), **runtime) as col:
+        if image is not None and image_id is None:
+            image_id = col.find(image) if os.path.isfile(image) else _as_id(image)
+        if image_id is not None:
+            hits = col.search_similar(image_id, k, ef=ef)
+        else:
+            hits = col.search(image, k, ef=ef)  # type: ignore[arg-type]
+    if as_json:
+        results = [{"rank": r, **hit.__dict__} for r, hit in enumerate(hits, 1)]
+        click.echo(json.dumps({"query": image or image_id, "results": results}, indent=2))
+        return
+    for rank, hit in enumerate(hits, 1):
+        click.echo(f"{rank:>4}  {hit.score:.4f}  {hit.uri}")
+
+
+def _as_id(value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    raise click.BadParameter(f"{value} is neither an existing file nor an image id.",
+                             param_hint="IMAGE")
+
+
+@cli.command("info")
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--failures", is_flag=True, help="Also list the files that failed, with reasons.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
+    """Counts, model, index spec and sizes on disk of a collection."""
+    from .collection import Collection
+
+    with Collection.open(_collection_path(collection)) as col:
+        info = col.info()
+        failed = col.store.failures() if failures else []
+    if as_json:
+        data = info.to_dict()
+        if failures:
+            data["failures"] = [{"uri": f.uri, "reason": f.error} for f in failed]
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"collection  {info.path}")
+    click.echo(f"model       {info.model} ({info.dim}-d)")
+    click.echo(f"index       {info.index_spec} (now {info.index_kind}, "
+               f"{info.indexed_vectors} vectors)")
+    click.echo(f"images      {info.images} indexed, {info.failed} failed, {info.removed} removed")
+    for name, size in info.bytes_on_disk.items():
+        click.echo(f"  {name:<16} {size / 1e6:10.2f} MB")
+    click.echo(f"created     {info.created}\nupdated     {info.updated}")
+    for record in failed:
+        click.echo(f"  failed: {record.uri}: {record.error}")
+
+
+@cli.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def models_command(as_json: bool) -> None:
+    """List the available embedding models."""
+    from .embedders import describe_models
+
+    models = describe_models()
+    if as_json:
+        click.echo(json.dumps(models, indent=2))
+        return
+    for m in models:
+        click.echo(f"{m['name']:<20} {m['description']}")
+
+
+@cli.command("demo")
+@click.option("--out", default="demo-out", show_default=True,
+              help="Folder for the demo photos and collection.")
+def demo_command(out: str) -> None:
+    """Build a collection from sample photos and edited copies, and show what it finds."""
+    from .demo import run_demo
+
+    run_demo(out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: maps errors to exit codes (2 misuse, 1 failure, 130 interrupted)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or bool(os.environ.get("LOOKALIKE_DEBUG"))
+    try:
+        cli.main(args=args, prog_name="lookalike", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("Interrupted. Finished batches are saved; run the same command to resume.",
+                   err=True)
+        sys.exit(130)
+    except LookalikeError as exc:
+        if debug:
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)

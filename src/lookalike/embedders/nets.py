@@ -1,0 +1,100 @@
+"""Torch modules: the embedding graph around a backbone, and a torchvision/timm-compatible ResNet.
+
+Imported only when a model is built, so `lookalike --help` never pays for torch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..types import Preprocess
+
+
+class FeatureMap(nn.Module):
+    """Calls ``method`` of ``net``, which returns the last convolutional feature map."""
+
+    def __init__(self, net: nn.Module, method: str) -> None:
+        super().__init__()
+        self.net = net
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.net, self.method)(x)
+
+
+class EmbeddingGraph(nn.Module):
+    """uint8 NHWC pixels -> normalised input -> feature map -> global average pool -> L2 norm.
+
+    Pixel scaling lives inside the graph so the exported model takes raw decoded pixels, and the
+    query and index paths cannot disagree about it.
+    """
+
+    def __init__(self, backbone: nn.Module, preprocess: Preprocess) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(preprocess.std).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()
+        x = (x - self.mean) * self.inv_std
+        features = self.backbone(x).mean(dim=(2, 3))
+        return nn.functional.normalize(features, dim=1)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: bool) -> None:
+        super().__init__()
+        width = planes
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (
+            nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * 4),
+            )
+            if downsample
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 (v1.5: stride in the 3x3 conv) with torchvision's and timm's parameter names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        inplanes = 64
+        for i, (planes, blocks, stride) in enumerate(
+            [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], start=1
+        ):
+            layers = []
+            for b in range(blocks):
+                layers.append(
+                    Bottleneck(inplanes, planes, stride if b == 0 else 1, downsample=b == 0)
+                )
+                inplanes = planes * 4
+            setattr(self, f"layer{i}", nn.Sequential(*layers))
+        self.fc = nn.Linear(2048, 1000)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))

@@ -1,0 +1,229 @@
+"""Running a model: an exported ONNX graph on ONNX Runtime (CPU), or PyTorch (CUDA or fallback).
+
+Measured on a 2-core CPU (benchmarks/bench_runtimes.py): ONNX Runtime runs EfficientNet-Lite0 about
+5x faster than PyTorch eager, with outputs equal to 1e-5. The graph is exported once per model and
+weights and cached on disk; later processes load it without touching torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingDependencyError, UsageError
+from ..types import Preprocess
+from .registry import ModelSpec, get_model_spec
+
+GRAPH_VERSION = 1  # bump when EmbeddingGraph changes, so cached exports are redone
+RUNTIMES = ("auto", "onnxruntime", "torch")
+
+
+class Embedder:
+    """A model ready to embed: uint8 pixels in, L2-normalised float32 vectors out.
+
+    >>> embedder = Embedder.load("efficientnet-lite0")
+    >>> vectors = embedder.embed(pixel_arrays)  # (n, 1280) float32, unit norm
+    """
+
+    def __init__(self, spec: ModelSpec, backend: _Backend, weights: str | None) -> None:
+        self.spec = spec
+        self.weights = weights
+        self._backend = backend
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        *,
+        weights: str | None = None,
+        runtime: str = "auto",
+        device: str = "cpu",
+        threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> Embedder:
+        """Load model ``name`` from the registry onto the fastest runtime for ``device``."""
+        spec = get_model_spec(name)
+        if runtime not in RUNTIMES:
+            raise UsageError(f"Unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}.")
+        if device not in ("cpu", "cuda"):
+            raise UsageError(f"Unknown device {device!r}; choose cpu or cuda.")
+        if runtime == "auto":
+            runtime = "torch" if device == "cuda" else _cpu_runtime()
+        if runtime == "onnxruntime":
+            if device != "cpu":
+                raise UsageError("The onnxruntime runtime runs on the CPU; use --runtime torch.")
+            cache = Path(cache_dir) if cache_dir else None
+            backend: _Backend = _OrtBackend(_exported_graph(spec, weights, cache), threads)
+        else:
+            backend = _TorchBackend(spec, weights, device, threads)
+        return cls(spec, backend, weights)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.spec.preprocess
+
+    @property
+    def runtime(self) -> str:
+        return self._backend.describe()
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed one batch of (n, size, size, 3) uint8 pixels; returns (n, dim) float32."""
+        size = self.preprocess.size
+        if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3) or pixels.dtype != np.uint8:
+            raise UsageError(
+                f"{self.name} takes (n, {size}, {size}, 3) uint8 pixels, got "
+                f"{pixels.shape} {pixels.dtype}; decode images with lookalike.imaging first."
+            )
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        vectors = np.asarray(self._backend.run(np.ascontiguousarray(pixels)), dtype=np.float32)
+        return _renormalise(vectors)
+
+    def embed(
+        self,
+        images: Iterable[np.ndarray],
+        *,
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embed any number of decoded images in batches; returns (n, dim) float32, unit norm."""
+        from tqdm import tqdm
+
+        items = list(images)
+        out = np.zeros((len(items), self.dim), np.float32)
+        disable = None if show_progress is None else not show_progress  # None: only on a TTY
+        with tqdm(total=len(items), unit="img", disable=disable) as bar:
+            for start in range(0, len(items), batch_size):
+                chunk = np.stack(items[start:start + batch_size])
+                out[start:start + len(chunk)] = self.embed_pixels(chunk)
+                bar.update(len(chunk))
+        return out
+
+
+def _renormalise(vectors: np.ndarray) -> np.ndarray:
+    # The graph normalises already; this guards reduced-precision runtimes and all-zero inputs.
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def _cpu_runtime() -> str:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
+
+
+class _Backend:
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class _OrtBackend(_Backend):
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads would steal the cores that decoding workers need between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: pixels})[0]
+
+    def describe(self) -> str:
+        return "onnxruntime-cpu"
+
+
+class _TorchBackend(_Backend):
+    def __init__(self, spec: ModelSpec, weights: str | None, device: str, threads: int | None):
+        import torch
+
+        from .nets import EmbeddingGraph
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UsageError(
+                "--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu."
+            )
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self._device = torch.device(device)
+        graph = EmbeddingGraph(spec.build(weights), spec.preprocess).eval().to(self._device)
+        self._graph = graph.to(memory_format=torch.channels_last)
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            batch = torch.from_numpy(pixels).to(self._device, non_blocking=True)
+            return self._graph(batch).float().cpu().numpy()
+
+    def describe(self) -> str:
+        return f"torch-{self._device.type}"
+
+
+def _exported_graph(spec: ModelSpec, weights: str | None, cache_dir: Path | None) -> Path:
+    """The cached ONNX export of ``spec`` with ``weights``, exporting it first if needed."""
+    if cache_dir is None:
+        from ..settings import resolve
+
+        cache_dir = Path(resolve("cache_dir"))
+    key = re.sub(r"[^A-Za-z0-9.+-]", "_", f"{spec.name}-{spec.weights_id(weights)}")
+    path = cache_dir / "models" / f"{key}-g{GRAPH_VERSION}.onnx"
+    if path.is_file():
+        return path
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(
+            "torch", f"Exporting {spec.name} for ONNX Runtime", "pip install torch==2.13.0"
+        ) from None
+    from .nets import EmbeddingGraph
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = EmbeddingGraph(spec.build(weights), spec.preprocess).eval()
+    size = spec.preprocess.size
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph, (example,), str(tmp), input_names=["pixels"], output_names=["embedding"],
+            dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=17, dynamo=False,
+        )
+    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return path
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """Name, dimension, input size and description of every registered model."""
+    from .registry import model_names
+
+    return [
+        {"name": s.name, "dim": s.dim, "size": s.preprocess.size, "description": s.description}
+        for s in map(get_model_spec, model_names())
+    ]

@@ -1,0 +1,72 @@
+"""One exception tree. Every message says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class LookalikeError(Exception):
+    """Root of every error lookalike raises on purpose."""
+
+    #: Exit status the CLI uses: 2 for misuse (fix the command), 1 for a failure at run time.
+    exit_code = 1
+
+
+class UsageError(LookalikeError):
+    """The request itself is wrong: a bad value, an unknown name, a missing thing."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError):
+    """A name looked up in a registry (model, index backend) does not exist."""
+
+    def __init__(self, kind: str, name: str, choices: list[str], close: list[str]) -> None:
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(
+            f"Unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(choices))}."
+        )
+        self.name = name
+        self.choices = choices
+
+
+class CollectionNotFoundError(UsageError):
+    """No collection exists at the given path."""
+
+
+class CollectionExistsError(UsageError):
+    """A collection already exists where a new one was to be created."""
+
+
+class ModelMismatchError(UsageError):
+    """The collection was built with another model than the one asked for."""
+
+
+class InvalidSpecError(UsageError):
+    """An index specification string cannot be parsed or is not supported."""
+
+
+class ImageNotFoundError(UsageError):
+    """An image id or path is not in the collection."""
+
+
+class MissingDependencyError(LookalikeError):
+    """An optional package is needed for this feature and is not installed."""
+
+    def __init__(self, package: str, feature: str, install: str) -> None:
+        super().__init__(f"{feature} needs the {package!r} package: run `{install}`.")
+        self.package = package
+
+
+class WeightsError(LookalikeError):
+    """Model weights cannot be found, read or matched to the architecture."""
+
+
+class DecodeError(LookalikeError):
+    """A file or byte string is not an image lookalike can read (the message says why)."""
+
+
+class CollectionLockedError(LookalikeError):
+    """Another process is writing to the collection."""
+
+
+class CorruptCollectionError(LookalikeError):
+    """Files of a collection are unreadable or disagree with each other."""

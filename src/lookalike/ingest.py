@@ -1,0 +1,249 @@
+"""Backfill: list -> decode (worker processes, bounded prefetch) -> embed (batches) -> write.
+
+Every batch is committed to the store as one transaction, so an interrupted run loses at most the
+batch in flight and the next run carries on from there. A bad file becomes a ``failed`` row with its
+reason; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .embedders import Embedder
+from .imaging import IMAGE_EXTENSIONS, Decoded, decode_file
+from .index import FaissIndex
+from .store import NewImage, SQLiteStore
+from .types import FailedFile, IngestReport, Preprocess
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    uri: str
+    size: int
+    mtime_ns: int
+
+
+def walk(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[FileEntry], list[str]]:
+    """Image files under ``paths`` (recursive, symlinks followed, loops skipped), and the roots.
+
+    Returns the files sorted by uri and the absolute roots that were listed. Hidden files and
+    folders are skipped. A missing path raises ``FileNotFoundError``.
+    """
+    files: dict[str, FileEntry] = {}
+    roots: list[str] = []
+    for raw in paths:
+        root = os.path.abspath(os.fspath(raw))
+        st = os.stat(root)  # raises FileNotFoundError for a missing path
+        roots.append(root)
+        if stat.S_ISDIR(st.st_mode):
+            for entry in _walk_dir(root):
+                files[entry.uri] = entry
+        elif _is_image_name(root):
+            files[root] = FileEntry(root, st.st_size, st.st_mtime_ns)
+        else:  # an explicitly named file is indexed whatever its extension
+            files[root] = FileEntry(root, st.st_size, st.st_mtime_ns)
+    return sorted(files.values(), key=lambda e: e.uri), roots
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_dir(root: str) -> Iterator[FileEntry]:
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a symlink loop or a second link to a folder
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith(".") or not _is_image_name(name):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                fst = os.stat(path)
+            except OSError:  # a dangling symlink
+                continue
+            if stat.S_ISREG(fst.st_mode):
+                yield FileEntry(path, fst.st_size, fst.st_mtime_ns)
+
+
+def _under(uri: str, roots: Sequence[str]) -> bool:
+    return any(uri == r or uri.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def _decode_chunk(uris: list[str], preprocess: Preprocess, max_pixels: int) -> tuple[list, float]:
+    start = time.perf_counter()
+    return [decode_file(u, preprocess, max_pixels) for u in uris], time.perf_counter() - start
+
+
+@dataclass
+class _Tally:
+    added: int = 0
+    updated: int = 0
+    reused: int = 0
+    failed: list[FailedFile] = field(default_factory=list)
+    stages: dict[str, float] = field(
+        default_factory=lambda: {"walk": 0.0, "decode": 0.0, "decode_wait": 0.0, "embed": 0.0,
+                                 "write": 0.0}
+    )
+
+
+class Ingestor:
+    """Brings a store and its index in step with folders of images."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        embedder: Embedder,
+        index: FaissIndex,
+        *,
+        max_pixels: int,
+        batch_size: int = 32,
+        workers: int = 1,
+        checkpoint: Callable[[], None] | None = None,
+        checkpoint_seconds: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.index = index
+        self.max_pixels = max_pixels
+        self.batch_size = max(1, batch_size)
+        self.workers = max(0, workers)
+        self._checkpoint = checkpoint
+        self._checkpoint_seconds = checkpoint_seconds
+
+    def run(
+        self, paths: Iterable[str | os.PathLike[str]], *, show_progress: bool | None = None
+    ) -> IngestReport:
+        started = time.perf_counter()
+        tally = _Tally()
+        files, roots = walk(paths)
+        known = self.store.file_states()
+        todo: list[FileEntry] = []
+        unchanged = 0
+        for entry in files:
+            record = known.get(entry.uri)
+            if record and record.size == entry.size and record.mtime_ns == entry.mtime_ns:
+                unchanged += 1
+            else:
+                todo.append(entry)
+        present = {e.uri for e in files}
+        gone = [r.id for uri, r in known.items() if uri not in present and _under(uri, roots)]
+        tally.stages["walk"] = time.perf_counter() - started
+
+        self._process(todo, known, tally, show_progress)
+        removed = self.store.mark_removed(gone) if gone else 0
+        return IngestReport(
+            added=tally.added, updated=tally.updated, unchanged=unchanged, reused=tally.reused,
+            removed=removed, failed=tuple(tally.failed),
+            seconds=time.perf_counter() - started,
+            stage_seconds={k: round(v, 3) for k, v in tally.stages.items()},
+        )
+
+    def _process(self, todo: list[FileEntry], known: dict, tally: _Tally,
+                 show_progress: bool | None) -> None:
+        from tqdm import tqdm
+
+        by_uri = {e.uri: e for e in todo}
+        disable = None if show_progress is None else not show_progress
+        last_checkpoint = time.monotonic()
+        with tqdm(total=len(todo), unit="img", desc="indexing", disable=disable,
+                  file=sys.stderr, smoothing=0.1) as bar:
+            for decoded in self._decoded_batches([e.uri for e in todo], tally):
+                self._write_batch(decoded, by_uri, known, tally)
+                bar.update(len(decoded))
+                now = time.monotonic()
+                if self._checkpoint and now - last_checkpoint > self._checkpoint_seconds:
+                    self._checkpoint()
+                    last_checkpoint = now
+
+    def _decoded_batches(self, uris: list[str], tally: _Tally) -> Iterator[list[Decoded]]:
+        chunks = [uris[i:i + self.batch_size] for i in range(0, len(uris), self.batch_size)]
+        preprocess = self.embedder.preprocess
+        if self.workers == 0 or len(chunks) <= 1:
+            for chunk in chunks:
+                decoded, seconds = _decode_chunk(chunk, preprocess, self.max_pixels)
+                tally.stages["decode"] += seconds
+                tally.stages["decode_wait"] += seconds
+                yield decoded
+            return
+        context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+        pending: deque[Future] = deque()
+        with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
+            try:
+                queue = iter(chunks)
+                for chunk in queue:  # bounded prefetch: a few chunks per worker in flight
+                    pending.append(pool.submit(_decode_chunk, chunk, preprocess, self.max_pixels))
+                    if len(pending) >= 2 * self.workers + 1:
+                        break
+                while pending:
+                    wait_start = time.perf_counter()
+                    decoded, seconds = pending.popleft().result()
+                    tally.stages["decode_wait"] += time.perf_counter() - wait_start
+                    tally.stages["decode"] += seconds
+                    next_chunk = next(queue, None)
+                    if next_chunk is not None:
+                        pending.append(
+                            pool.submit(_decode_chunk, next_chunk, preprocess, self.max_pixels)
+                        )
+                    yield decoded
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _write_batch(self, decoded: list[Decoded], by_uri: dict[str, FileEntry], known: dict,
+                     tally: _Tally) -> None:
+        start = time.perf_counter()
+        vectors: dict[str, np.ndarray] = {}
+        to_embed: list[Decoded] = []
+        for item in decoded:
+            if item.pixels is None:
+                continue
+            reused = self.store.vector_by_hash(item.content_hash) if item.content_hash else None
+            if reused is not None:
+                vectors[item.uri] = reused
+                tally.reused += 1
+            else:
+                to_embed.append(item)
+        if to_embed:
+            embedded = self.embedder.embed_pixels(np.stack([d.pixels for d in to_embed]))
+            vectors.update(zip((d.uri for d in to_embed), embedded, strict=True))
+        embed_done = time.perf_counter()
+        tally.stages["embed"] += embed_done - start
+
+        rows = []
+        for item in decoded:
+            entry = by_uri[item.uri]
+            rows.append(NewImage(
+                uri=item.uri, size=entry.size, mtime_ns=entry.mtime_ns,
+                content_hash=item.content_hash or None, width=item.width or None,
+                height=item.height or None, vector=vectors.get(item.uri), error=item.error,
+            ))
+            if item.error:
+                tally.failed.append(FailedFile(item.uri, item.error))
+            elif item.uri in known:
+                tally.updated += 1
+            else:
+                tally.added += 1
+        ids = self.store.write(rows)
+        live = [(i, vectors[r.uri]) for i, r in zip(ids, rows, strict=True) if r.vector is not None]
+        if live:
+            self.index.add(np.array([i for i, _ in live]), np.stack([v for _, v in live]))
+        tally.stages["write"] += time.perf_counter() - embed_done

@@ -1,0 +1,102 @@
+"""One settings table: name, default, help and environment variable for every knob.
+
+Precedence: command-line flag > ``LOOKALIKE_*`` environment variable > config file > default.
+The config file is TOML at ``$LOOKALIKE_CONFIG`` or ``~/.config/lookalike/config.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from .errors import UsageError
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def _config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Callable[[], Any]
+    help: str
+    parse: Callable[[str], Any] = str
+
+    @property
+    def env(self) -> str:
+        return "LOOKALIKE_" + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("collection", lambda: str(_data_home() / "lookalike" / "default"),
+            "Collection folder used when --collection is not given."),
+    Setting("model", lambda: "efficientnet-lite0", "Embedding model for new collections."),
+    Setting("index", lambda: "auto",
+            "Index spec for new collections: auto (Flat, then HNSW32 past 20,000 images), "
+            "Flat, or HNSW<M>[,efConstruction=<n>]."),
+    Setting("ef_search", lambda: 64, "HNSW efSearch used by searches that do not pass --ef.", int),
+    Setting("batch_size", lambda: 32, "Images per model call while indexing.", int),
+    Setting("workers", lambda: max(1, (os.cpu_count() or 2) - 1),
+            "Decoding worker processes while indexing (0 decodes in the main process).", int),
+    Setting("threads", lambda: os.cpu_count() or 1, "Threads the model runtime may use.", int),
+    Setting("runtime", lambda: "auto",
+            "Inference runtime: auto (ONNX Runtime on CPU, PyTorch on CUDA), onnxruntime, torch."),
+    Setting("device", lambda: "cpu", "cpu, or cuda for a GPU (PyTorch runtime)."),
+    Setting("max_pixels", lambda: 178_956_970,
+            "Largest image, in pixels, that will be decoded (decompression-bomb guard).", int),
+    Setting("cache_dir", lambda: str(_cache_home() / "lookalike"),
+            "Where exported model graphs are cached."),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _config_file(environ: Mapping[str, str]) -> dict[str, Any]:
+    path = Path(environ.get("LOOKALIKE_CONFIG") or _config_home() / "lookalike" / "config.toml")
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"Cannot read config file {path}: {exc}. Fix or remove it.") from exc
+    unknown = sorted(set(data) - set(_BY_NAME))
+    if unknown:
+        raise UsageError(
+            f"Unknown setting(s) {', '.join(unknown)} in {path}. "
+            f"Known settings: {', '.join(_BY_NAME)}."
+        )
+    return data
+
+
+def resolve(name: str, flag: Any = None, environ: Mapping[str, str] | None = None) -> Any:
+    """Setting ``name``: the flag if given, else env, else config file, else the default."""
+    setting = _BY_NAME[name]
+    if flag is not None:
+        return flag
+    environ = os.environ if environ is None else environ
+    raw = environ.get(setting.env)
+    source = f"environment variable {setting.env}"
+    if raw is None:
+        raw = _config_file(environ).get(name)
+        source = f"config file setting {name!r}"
+        if raw is None:
+            return setting.default()
+        if not isinstance(raw, str):
+            return raw
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise UsageError(f"Invalid value {raw!r} for {source}: {exc}.") from exc

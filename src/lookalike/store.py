@@ -1,0 +1,233 @@
+"""The metadata store: SQLite (WAL), one row per image version, vectors as the source of truth.
+
+A changed file gets a new row (and id); the old row is marked ``removed``. Ids are therefore
+immutable and map one-to-one to vectors, which is what lets an append-only ANN index use them.
+Every index can be rebuilt from the ``vectors`` table.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorruptCollectionError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uri TEXT NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    content_hash TEXT,
+    width INTEGER,
+    height INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('active', 'failed', 'removed')),
+    error TEXT,
+    added_at REAL NOT NULL,
+    removed_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS images_live_uri ON images(uri) WHERE status != 'removed';
+CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
+CREATE TABLE IF NOT EXISTS vectors (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id),
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One stored image version."""
+
+    id: int
+    uri: str
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str | None
+    width: int | None
+    height: int | None
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An image to write: its file facts and either a vector or the reason it failed."""
+
+    uri: str
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str | None
+    width: int | None = None
+    height: int | None = None
+    vector: np.ndarray | None = None
+    error: str | None = None
+
+
+_COLUMNS = "id, uri, size, mtime_ns, content_hash, width, height, status, error"
+
+
+class SQLiteStore:
+    """Metadata and vectors in one SQLite file. One writer at a time; readers never block."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path = path
+        self.dim = dim
+        try:
+            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.DatabaseError as exc:
+            raise CorruptCollectionError(f"Metadata database {path} is unreadable: {exc}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def file_states(self) -> dict[str, ImageRecord]:
+        """Every live (active or failed) row by uri: what an indexing run compares files with."""
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE status != 'removed'")
+        return {row[1]: ImageRecord(*row) for row in rows}
+
+    def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        found: dict[int, ImageRecord] = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start:start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                f"SELECT {_COLUMNS} FROM images WHERE id IN ({marks})", chunk
+            ):
+                found[row[0]] = ImageRecord(*row)
+        return found
+
+    def find_uri(self, uri: str) -> ImageRecord | None:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM images WHERE uri = ? AND status = 'active'", (uri,)
+        ).fetchone()
+        return ImageRecord(*row) if row else None
+
+    def vector(self, image_id: int) -> np.ndarray | None:
+        row = self._db.execute(
+            "SELECT vector FROM vectors WHERE image_id = ?", (image_id,)
+        ).fetchone()
+        return self._decode(row[0]) if row else None
+
+    def vector_by_hash(self, content_hash: str) -> np.ndarray | None:
+        """A stored vector for identical bytes, so a renamed or copied file is not re-embedded."""
+        row = self._db.execute(
+            "SELECT v.vector FROM images i JOIN vectors v ON v.image_id = i.id "
+            "WHERE i.content_hash = ? LIMIT 1", (content_hash,)
+        ).fetchone()
+        return self._decode(row[0]) if row else None
+
+    def iter_vectors(
+        self, *, after_id: int = 0, active_only: bool = True, chunk: int = 8192
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) chunks in id order: the source from which any index is rebuilt."""
+        status = "AND i.status = 'active'" if active_only else ""
+        last = after_id
+        while True:
+            rows = self._db.execute(
+                "SELECT v.image_id, v.vector FROM vectors v JOIN images i ON i.id = v.image_id "
+                f"WHERE v.image_id > ? {status} ORDER BY v.image_id LIMIT ?", (last, chunk)
+            ).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+            yield ids, vectors.reshape(len(rows), self.dim)
+            last = int(ids[-1])
+
+    def tombstones(self) -> set[int]:
+        """Ids whose vectors may still sit in an index although the image is no longer active."""
+        rows = self._db.execute(
+            "SELECT v.image_id FROM vectors v JOIN images i ON i.id = v.image_id "
+            "WHERE i.status != 'active'"
+        )
+        return {r[0] for r in rows}
+
+    def counts(self) -> dict[str, int]:
+        counts = {"active": 0, "failed": 0, "removed": 0}
+        for status, n in self._db.execute("SELECT status, COUNT(*) FROM images GROUP BY status"):
+            counts[status] = n
+        return counts
+
+    def failures(self) -> list[ImageRecord]:
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM images WHERE status = 'failed' ORDER BY uri"
+        )
+        return [ImageRecord(*row) for row in rows]
+
+    # -- writing (the caller holds the collection's writer lock) ----------------------------
+
+    def write(self, images: Iterable[NewImage]) -> list[int]:
+        """Insert a batch in one transaction; a live row with the same uri is retired first."""
+        now = time.time()
+        ids: list[int] = []
+        with self._transaction() as db:
+            for image in images:
+                db.execute(
+                    "UPDATE images SET status = 'removed', removed_at = ? "
+                    "WHERE uri = ? AND status != 'removed'", (now, image.uri)
+                )
+                status = "failed" if image.vector is None else "active"
+                cursor = db.execute(
+                    "INSERT INTO images (uri, size, mtime_ns, content_hash, width, height, status,"
+                    " error, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (image.uri, image.size, image.mtime_ns, image.content_hash, image.width,
+                     image.height, status, image.error, now),
+                )
+                image_id = int(cursor.lastrowid or 0)
+                ids.append(image_id)
+                if image.vector is not None:
+                    blob = np.ascontiguousarray(image.vector, dtype=np.float32).tobytes()
+                    db.execute("INSERT INTO vectors VALUES (?, ?)", (image_id, blob))
+        return ids
+
+    def mark_removed(self, ids: Iterable[int]) -> int:
+        now = time.time()
+        with self._transaction() as db:
+            cursor = db.executemany(
+                "UPDATE images SET status = 'removed', removed_at = ? "
+                "WHERE id = ? AND status != 'removed'", ((now, int(i)) for i in ids)
+            )
+        return cursor.rowcount
+
+    def drop_tombstoned_vectors(self) -> None:
+        """Forget vectors of removed images once no index holds them any more."""
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM vectors WHERE image_id IN "
+                "(SELECT id FROM images WHERE status != 'active')"
+            )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _decode(self, blob: bytes) -> np.ndarray:
+        return np.frombuffer(blob, dtype=np.float32).copy()
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,106 @@
+"""Typed values that cross module boundaries. Frozen dataclasses, never bare dicts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ResizeMode = Literal["squash", "center-crop"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes model input: geometry here, pixel scaling inside the model graph.
+
+    ``size`` is the square side in pixels. ``resize`` is ``"squash"`` (the whole image, aspect not
+    kept) or ``"center-crop"`` (shorter side to ``size``, then the centre). ``mean`` and ``std`` are
+    per RGB channel on the 0-255 scale: the model computes ``(x - mean) / std``.
+    """
+
+    size: int
+    resize: ResizeMode
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        return cls(
+            size=int(data["size"]),
+            resize=data["resize"],
+            mean=tuple(data["mean"]),  # type: ignore[arg-type]
+            std=tuple(data["std"]),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One result of a search: the image's id and location, and its cosine similarity."""
+
+    image_id: int
+    uri: str
+    score: float
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """A file that could not be indexed, and why."""
+
+    uri: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one indexing run did."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    reused: int = 0
+    removed: int = 0
+    failed: tuple[FailedFile, ...] = field(default_factory=tuple)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> int:
+        """Images that went through the model in this run (added or updated, not reused)."""
+        return self.added + self.updated - self.reused
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.added + self.updated
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["failed"] = [asdict(f) for f in self.failed]
+        data["embedded"] = self.embedded
+        data["images_per_second"] = round(self.images_per_second, 2)
+        return data
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A summary of a collection: counts, model, index and sizes on disk."""
+
+    path: str
+    model: str
+    dim: int
+    index_spec: str
+    index_kind: str
+    images: int
+    failed: int
+    removed: int
+    indexed_vectors: int
+    bytes_on_disk: dict[str, int]
+    created: str
+    updated: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,181 @@
+"""The Python API end to end: real model, real SQLite, real Faiss, real photos."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import lookalike.index.spec as index_spec
+from lookalike import Collection, SearchHit
+from lookalike.errors import (
+    CollectionLockedError,
+    CollectionNotFoundError,
+    ImageNotFoundError,
+    ModelMismatchError,
+)
+from lookalike.ingest import walk
+
+
+def _index(col: Collection, *paths: Path):
+    return col.index(paths, workers=0, show_progress=False)
+
+
+def test_edited_copies_find_their_original(
+    sample_dir: Path, edited: list[tuple[str, Path, Path]], tmp_path: Path
+) -> None:
+    col = Collection.create(tmp_path / "col")
+    report = _index(col, sample_dir)
+    assert report.added == len(list(sample_dir.glob("*.jpg"))) and not report.failed
+    ranks: dict[str, list[int]] = {}
+    for edit, original, copy in edited:
+        hits = col.search(copy, k=10)
+        assert all(isinstance(h, SearchHit) for h in hits) and len(hits) == 10
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        uris = [h.uri for h in hits]
+        ranks.setdefault(edit, []).append(uris.index(str(original)) + 1
+                                          if str(original) in uris else 99)
+    # Measured with efficientnet-lite0 on these 18 photos (see `lookalike demo`): text overlay,
+    # heavy JPEG and colour shifts are found at rank 1 almost always; crops and rotations with
+    # black corners are harder. Floors sit just under what the model achieves today.
+    rate = {edit: sum(r == 1 for r in rs) / len(rs) for edit, rs in ranks.items()}
+    assert rate["text"] == 1.0
+    assert rate["jpeg"] >= 0.85 and rate["colour"] >= 0.7 and rate["crop"] >= 0.65
+    assert sum(r <= 10 for rs in ranks.values() for r in rs) / len(edited) >= 0.9
+
+
+def test_search_by_id_excludes_itself_and_unknown_ids_fail(photos: Path, tmp_path: Path) -> None:
+    col = Collection.create(tmp_path / "col")
+    _index(col, photos)
+    astronaut = col.find(photos / "astronaut.jpg")
+    assert astronaut is not None
+    hits = col.search_similar(astronaut, k=5)
+    assert len(hits) == 5 and astronaut not in {h.image_id for h in hits}
+    with pytest.raises(ImageNotFoundError):
+        col.search_similar(10_000)
+
+
+def test_rerun_skips_unchanged_files(photos: Path, tmp_path: Path) -> None:
+    col = Collection.create(tmp_path / "col")
+    first = _index(col, photos)
+    again = _index(col, photos)
+    assert again.unchanged == first.added and again.added == again.updated == 0
+    assert again.embedded == 0
+
+
+def test_changed_file_gets_a_new_version(photos: Path, tmp_path: Path) -> None:
+    col = Collection.create(tmp_path / "col")
+    _index(col, photos)
+    old_id = col.find(photos / "coffee.jpg")
+    Image.open(photos / "rocket.jpg").save(photos / "coffee.jpg", quality=80)  # new content
+    report = _index(col, photos)
+    assert report.updated == 1 and report.added == 0
+    new_id = col.find(photos / "coffee.jpg")
+    assert new_id != old_id
+    hits = col.search(photos / "rocket.jpg", k=3)
+    assert {h.uri for h in hits[:2]} == {str(photos / "rocket.jpg"), str(photos / "coffee.jpg")}
+    assert old_id not in {h.image_id for h in col.search(photos / "coffee.jpg", k=20)}
+
+
+def test_renamed_and_copied_files_reuse_vectors(photos: Path, tmp_path: Path) -> None:
+    col = Collection.create(tmp_path / "col")
+    _index(col, photos)
+    before = col.store.vector(col.find(photos / "chelsea.jpg"))  # type: ignore[arg-type]
+    (photos / "chelsea.jpg").rename(photos / "cat.jpg")
+    shutil.copy(photos / "moon.jpg", photos / "moon-copy.jpg")
+    report = _index(col, photos)
+    assert (report.added, report.reused, report.removed, report.embedded) == (2, 2, 1, 0)
+    after = col.store.vector(col.find(photos / "cat.jpg"))  # type: ignore[arg-type]
+    assert after is not None and before is not None and (after == before).all()
+    uris = [h.uri for h in col.search(photos / "cat.jpg", k=30)]
+    assert str(photos / "chelsea.jpg") not in uris and str(photos / "cat.jpg") in uris
+
+
+def test_removed_files_disappear_from_results(photos: Path, tmp_path: Path) -> None:
+    col = Collection.create(tmp_path / "col")
+    _index(col, photos)
+    total = col.info().images
+    (photos / "astronaut.jpg").unlink()
+    report = _index(col, photos)
+    assert report.removed == 1
+    info = col.info()
+    assert info.images == total - 1 and info.removed == 1
+    assert all(h.uri != str(photos / "astronaut.jpg") for h in col.search(photos / "rocket.jpg",
+                                                                           k=total))
+    # Reopened from disk (index file + store), the removal still holds.
+    reopened = Collection.open(tmp_path / "col")
+    assert len(reopened.search(photos / "rocket.jpg", k=total)) == total - 1
+
+
+def test_indexing_another_folder_keeps_the_first(photos: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(photos / "coins.jpg", other / "coins.jpg")
+    col = Collection.create(tmp_path / "col")
+    _index(col, photos)
+    report = _index(col, other)
+    assert report.removed == 0 and col.info().images == len(list(photos.glob("*.jpg"))) + 1
+
+
+def test_bad_files_are_reported_and_not_retried_until_they_change(
+    photos: Path, tmp_path: Path
+) -> None:
+    (photos / "broken.jpg").write_bytes((photos / "rocket.jpg").read_bytes()[:2000])
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "notes.jpg").write_text("not a picture")
+    col = Collection.create(tmp_path / "col")
+    report = _index(col, photos)
+    reasons = {Path(f.uri).name: f.reason for f in report.failed}
+    assert set(reasons) == {"broken.jpg", "empty.png", "notes.jpg"}
+    assert "truncated" in reasons["broken.jpg"] and "empty" in reasons["empty.png"]
+    assert "not an image" in reasons["notes.jpg"]
+    assert report.added == len(list(photos.glob("*.jpg"))) - 2
+    assert _index(col, photos).failed == ()  # unchanged bad files are not retried
+    shutil.copy(photos / "rocket.jpg", photos / "broken.jpg")
+    fixed = _index(col, photos)
+    assert fixed.updated == 1 and col.find(photos / "broken.jpg") is not None
+    assert {r.uri for r in col.store.failures()} == {str(photos / "empty.png"),
+                                                     str(photos / "notes.jpg")}
+
+
+def test_model_mismatch_and_missing_collection(photos: Path, tmp_path: Path) -> None:
+    Collection.create(tmp_path / "col")
+    with pytest.raises(ModelMismatchError, match="built with model 'efficientnet-lite0'"):
+        Collection.open(tmp_path / "col", model="efficientnet-lite1")
+    with pytest.raises(CollectionNotFoundError, match="No collection at"):
+        Collection.open(tmp_path / "nothing-here")
+
+
+def test_second_writer_is_refused(photos: Path, tmp_path: Path) -> None:
+    first = Collection.create(tmp_path / "col")
+    second = Collection.open(tmp_path / "col")
+    with first.writer():
+        with pytest.raises(CollectionLockedError, match="being written by another process"):
+            second.index([photos], show_progress=False)
+        assert second.search(photos / "moon.jpg", k=1) == []  # readers still work
+
+
+def test_auto_spec_switches_to_hnsw_as_the_collection_grows(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_spec, "AUTO_HNSW_THRESHOLD", 10)
+    col = Collection.create(tmp_path / "col")
+    _index(col, photos)
+    info = col.info()
+    assert info.index_spec == "auto" and info.index_kind.startswith("HNSW32")
+    reopened = Collection.open(tmp_path / "col")
+    assert reopened.search(photos / "moon.jpg", k=1)[0].uri == str(photos / "moon.jpg")
+
+
+def test_walk_follows_symlinks_without_looping(photos: Path, tmp_path: Path) -> None:
+    (photos / "sub").mkdir()
+    os.symlink(photos, photos / "sub" / "loop")
+    os.symlink(photos / "missing.jpg", photos / "dangling.jpg")
+    (photos / ".hidden.jpg").write_bytes(b"")
+    files, roots = walk([photos])
+    names = [Path(f.uri).name for f in files]
+    assert len(names) == len(set(names)) == len(list(photos.glob("[!.]*.jpg"))) - 1
+    assert roots == [str(photos)]

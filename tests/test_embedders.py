@@ -1,0 +1,134 @@
+"""Embedder contract: every registered model, real weights, real runtimes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lookalike.embedders import Embedder, get_model_spec, model_names
+from lookalike.embedders.nets import ResNet50
+from lookalike.errors import UnknownNameError, UsageError, WeightsError
+from lookalike.imaging import load_pixels
+
+PACKAGED = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+
+
+def _pixels(paths: list[Path], embedder: Embedder) -> np.ndarray:
+    return np.stack([load_pixels(p, embedder.preprocess, max_pixels=10**8) for p in paths])
+
+
+def test_registry_lists_models_and_suggests_close_names() -> None:
+    assert set(PACKAGED + ["resnet50"]) <= set(model_names())
+    with pytest.raises(UnknownNameError, match="Did you mean .*'efficientnet-lite0'") as info:
+        get_model_spec("efficientnet-lite")
+    assert "resnet50" in str(info.value)
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_packaged_model_contract(name: str, sample_dir: Path) -> None:
+    embedder = Embedder.load(name)
+    assert embedder.runtime == "onnxruntime-cpu"
+    spec = get_model_spec(name)
+    assert embedder.preprocess.size == {"efficientnet-lite0": 224, "efficientnet-lite1": 240,
+                                        "efficientnet-lite2": 260}[name]
+    pixels = _pixels(sorted(sample_dir.glob("*.jpg"))[:5], embedder)
+    vectors = embedder.embed_pixels(pixels)
+    assert vectors.shape == (5, spec.dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(vectors, embedder.embed_pixels(pixels))  # deterministic
+    alone = embedder.embed_pixels(pixels[2:3])[0]  # batch composition does not matter
+    np.testing.assert_allclose(alone, vectors[2], atol=1e-5)
+    # Different photos give clearly different vectors.
+    assert float(vectors[0] @ vectors[1]) < 0.9
+
+
+def test_onnx_runtime_equals_pytorch(embedder: Embedder, sample_dir: Path) -> None:
+    eager = Embedder.load("efficientnet-lite0", runtime="torch")
+    pixels = _pixels(sorted(sample_dir.glob("*.jpg"))[:4], embedder)
+    np.testing.assert_allclose(embedder.embed_pixels(pixels), eager.embed_pixels(pixels),
+                               atol=1e-4)
+
+
+def test_preprocessing_is_the_models(embedder: Embedder) -> None:
+    # EfficientNet-Lite was trained on (x - 127) / 128: a mid-grey image is ~zero input, so two
+    # grey levels either side of 127 must give different embeddings, and the same level the same.
+    grey = np.full((2, 224, 224, 3), 127, np.uint8)
+    grey[1] = 200
+    vectors = embedder.embed_pixels(grey)
+    assert float(vectors[0] @ vectors[1]) < 0.999
+    assert get_model_spec("efficientnet-lite0").preprocess.mean == (127.0, 127.0, 127.0)
+    assert get_model_spec("resnet50").preprocess.std[0] == pytest.approx(0.229 * 255)
+
+
+def test_embed_rejects_wrong_pixels(embedder: Embedder) -> None:
+    with pytest.raises(UsageError, match=r"\(n, 224, 224, 3\) uint8"):
+        embedder.embed_pixels(np.zeros((1, 100, 100, 3), np.uint8))
+    assert embedder.embed_pixels(np.zeros((0, 224, 224, 3), np.uint8)).shape == (0, 1280)
+
+
+def test_embed_batches_any_number(embedder: Embedder, sample_dir: Path) -> None:
+    pixels = list(_pixels(sorted(sample_dir.glob("*.jpg"))[:5], embedder))
+    batched = embedder.embed(pixels, batch_size=2, show_progress=False)
+    np.testing.assert_allclose(batched, embedder.embed_pixels(np.stack(pixels)), atol=1e-5)
+
+
+def _resnet_weights(tmp_path: Path) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    net = ResNet50()
+    for module in net.modules():  # non-trivial BN statistics, so loading them matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return net.state_dict()
+
+
+def test_resnet50_loads_torchvision_and_timm_style_files(tmp_path: Path, sample_dir: Path) -> None:
+    state = _resnet_weights(tmp_path)
+    plain = tmp_path / "resnet50-torchvision.pth"
+    torch.save(state, plain)
+    wrapped = tmp_path / "resnet50-checkpoint.pth"  # Lightning/DDP style container
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, wrapped)
+    no_counters = tmp_path / "resnet50-timm.pth"  # timm files omit BN step counters
+    torch.save({k: v for k, v in state.items() if "num_batches_tracked" not in k}, no_counters)
+
+    first = Embedder.load("resnet50", weights=str(plain), runtime="torch")
+    pixels = _pixels(sorted(sample_dir.glob("*.jpg"))[:3], first)
+    vectors = first.embed_pixels(pixels)
+    assert vectors.shape == (3, 2048)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    for other in (wrapped, no_counters):
+        again = Embedder.load("resnet50", weights=str(other), runtime="torch").embed_pixels(pixels)
+        np.testing.assert_allclose(again, vectors, atol=1e-6)
+    exported = Embedder.load("resnet50", weights=str(plain)).embed_pixels(pixels)
+    np.testing.assert_allclose(exported, vectors, atol=1e-4)
+
+
+def test_resnet50_weight_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(WeightsError, match="does not exist"):
+        Embedder.load("resnet50", weights=str(tmp_path / "missing.pth"), runtime="torch")
+    wrong = tmp_path / "not-resnet.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(WeightsError, match="not a ResNet-50 state dict"):
+        Embedder.load("resnet50", weights=str(wrong), runtime="torch")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(WeightsError, match="Cannot read"):
+        Embedder.load("resnet50", weights=str(garbage), runtime="torch")
+
+    def offline(*args: object, **kwargs: object) -> None:  # the network cannot be reached here
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsError, match="--weights PATH"):
+        Embedder.load("resnet50", runtime="torch")
+
+
+def test_runtime_and_device_errors() -> None:
+    with pytest.raises(UsageError, match="Unknown runtime"):
+        Embedder.load("efficientnet-lite0", runtime="tensorrt")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA GPU"):
+            Embedder.load("efficientnet-lite0", device="cuda")
