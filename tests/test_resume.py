@@ -71,3 +71,25 @@ def test_kill_9_then_resume(sample_dir: Path, tmp_path: Path) -> None:
     assert len(ids) == len(set(ids.tolist())) == N_IMAGES  # the index agrees with the store
     probe = photos / "img0123.jpg"
     assert col.search(probe, k=1)[0].uri == str(probe)
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(sample_dir: Path, tmp_path: Path) -> None:
+    photos, col_dir = tmp_path / "photos", tmp_path / "col"
+    _variants(sample_dir, photos)
+    command = [sys.executable, "-m", "lookalike", "index", str(photos), "-c", str(col_dir),
+               "--batch-size", "4", "--workers", "1", "--threads", "1", "--json"]
+    writer = subprocess.Popen(  # a shell may start children with SIGINT ignored: restore it
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while _committed(col_dir / "lookalike.db") < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.send_signal(signal.SIGINT)
+    _, err = writer.communicate(timeout=60)
+    assert writer.returncode == 130
+    assert "Interrupted" in err and "Traceback" not in err
+    committed = _committed(col_dir / "lookalike.db")
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    report = json.loads(resumed.stdout)
+    assert report["unchanged"] == committed and report["added"] == N_IMAGES - committed

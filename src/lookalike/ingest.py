@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import stat
 import sys
 import time
@@ -48,9 +49,7 @@ def walk(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[FileEntry], list
         if stat.S_ISDIR(st.st_mode):
             for entry in _walk_dir(root):
                 files[entry.uri] = entry
-        elif _is_image_name(root):
-            files[root] = FileEntry(root, st.st_size, st.st_mtime_ns)
-        else:  # an explicitly named file is indexed whatever its extension
+        else:  # a file named explicitly is indexed whatever its extension
             files[root] = FileEntry(root, st.st_size, st.st_mtime_ns)
     return sorted(files.values(), key=lambda e: e.uri), roots
 
@@ -86,6 +85,11 @@ def _walk_dir(root: str) -> Iterator[FileEntry]:
 
 def _under(uri: str, roots: Sequence[str]) -> bool:
     return any(uri == r or uri.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C is handled once, by the main process, which then stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _decode_chunk(uris: list[str], preprocess: Preprocess, max_pixels: int) -> tuple[list, float]:
@@ -186,7 +190,8 @@ class Ingestor:
             return
         context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
         pending: deque[Future] = deque()
-        with ProcessPoolExecutor(self.workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(self.workers, mp_context=context,
+                                 initializer=_ignore_sigint) as pool:
             try:
                 queue = iter(chunks)
                 for chunk in queue:  # bounded prefetch: a few chunks per worker in flight
