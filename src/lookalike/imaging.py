@@ -37,6 +37,10 @@ _ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 ImageSource = str | os.PathLike[str] | bytes
 
+# open_image applies lookalike's own max_pixels guard (from the header, before any pixel is
+# decoded); Pillow's global limit would otherwise refuse images first and ignore max_pixels.
+Image.MAX_IMAGE_PIXELS = None
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -55,7 +59,9 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def open_image(source: ImageSource, *, max_pixels: int, draft_to: int | None = None) -> Image.Image:
+def open_image(
+    source: ImageSource, *, max_pixels: int, draft_to: int | None = None, name: str | None = None
+) -> Image.Image:
     """Open ``source`` as an RGB image with EXIF orientation applied.
 
     ``draft_to`` lets JPEG decoding downscale in the DCT domain while keeping both sides at least
@@ -63,7 +69,8 @@ def open_image(source: ImageSource, *, max_pixels: int, draft_to: int | None = N
     image.
     """
     data = source if isinstance(source, bytes) else _read(source)
-    name = "" if isinstance(source, bytes) else os.fspath(source)
+    if name is None:
+        name = "" if isinstance(source, bytes) else os.fspath(source)
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
@@ -120,7 +127,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(_high_depth_to_uint8(np.asarray(image)), "L").convert("RGB")
+        sixteen_bit = mode.startswith("I;16")
+        grey = _high_depth_to_uint8(np.asarray(image), sixteen_bit)
+        return Image.fromarray(grey, "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         mode == "P" and "transparency" in image.info
     ):
@@ -130,15 +139,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV
 
 
-def _high_depth_to_uint8(values: np.ndarray) -> np.ndarray:
+def _high_depth_to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
     values = values.astype(np.float64)
     top = float(values.max()) if values.size else 0.0
-    if top <= 1.0:  # float images in [0, 1]
-        scaled = values * 255.0
-    elif top <= 255.0:
-        scaled = values
-    else:  # 16-bit samples
+    if sixteen_bit or top > 255.0:  # 16-bit samples (32-bit "I" images guessed by their range)
         scaled = values / 257.0
+    elif top <= 1.0:  # float images in [0, 1]
+        scaled = values * 255.0
+    else:
+        scaled = values
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
@@ -166,7 +175,7 @@ def decode_file(uri: str, preprocess: Preprocess, max_pixels: int) -> Decoded:
         return Decoded(uri, None, error=str(exc))
     digest = content_hash(data)
     try:
-        image = open_image(data, max_pixels=max_pixels, draft_to=preprocess.size)
+        image = open_image(data, max_pixels=max_pixels, draft_to=preprocess.size, name=uri)
         pixels = to_model_input(image, preprocess)
     except DecodeError as exc:
         return Decoded(uri, None, content_hash=digest, error=str(exc))

@@ -54,7 +54,8 @@ def parse_spec(text: str) -> IndexSpec:
         ef_construction = int(match.group(2) or 64)
         if not 4 <= m <= 256 or not 8 <= ef_construction <= 4096:
             raise InvalidSpecError(
-                f"Index spec {text!r} is out of range: M must be 4-256 and efConstruction 8-4096."
+                f"Index spec {text!r} is out of range: M must be 4-256 and efConstruction "
+                "8-4096. Use 'auto', 'Flat', or 'HNSW<M>[,efConstruction=<n>]' (e.g. 'HNSW32')."
             )
         return IndexSpec(f"HNSW{m},efConstruction={ef_construction}", "hnsw", m, ef_construction)
     raise InvalidSpecError(
