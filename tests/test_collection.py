@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -38,13 +39,11 @@ def test_edited_copies_find_their_original(
         uris = [h.uri for h in hits]
         ranks.setdefault(edit, []).append(uris.index(str(original)) + 1
                                           if str(original) in uris else 99)
-    # Measured with efficientnet-lite0 on these 18 photos (see `lookalike demo`): text overlay,
-    # heavy JPEG and colour shifts are found at rank 1 almost always; crops and rotations with
-    # black corners are harder. Floors sit just under what the model achieves today.
-    rate = {edit: sum(r == 1 for r in rs) / len(rs) for edit, rs in ranks.items()}
-    assert rate["text"] == 1.0
-    assert rate["jpeg"] >= 0.85 and rate["colour"] >= 0.7 and rate["crop"] >= 0.65
-    assert sum(r <= 10 for rs in ranks.values() for r in rs) / len(edited) >= 0.9
+    # Measured with efficientnet-lite0 on these 18 photos (`lookalike demo`): 108/108 at rank 1.
+    # The floor leaves room for one miss per edit type, and every original is in the top 10.
+    for edit, found in ranks.items():
+        assert sum(r == 1 for r in found) >= len(found) - 1, (edit, found)
+    assert all(r <= 10 for found in ranks.values() for r in found)
 
 
 def test_search_by_id_excludes_itself_and_unknown_ids_fail(photos: Path, tmp_path: Path) -> None:
@@ -145,6 +144,12 @@ def test_model_mismatch_and_missing_collection(photos: Path, tmp_path: Path) -> 
     Collection.create(tmp_path / "col")
     with pytest.raises(ModelMismatchError, match="built with model 'efficientnet-lite0'"):
         Collection.open(tmp_path / "col", model="efficientnet-lite1")
+    # Vectors from another version of the graph or weights are refused, not mixed in silently.
+    manifest = json.loads((tmp_path / "col" / "manifest.json").read_text())
+    manifest["model"]["fingerprint"] = "efficientnet-lite0:older-weights:graph1"
+    (tmp_path / "col" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelMismatchError, match="would not be comparable"):
+        Collection.open(tmp_path / "col")
     with pytest.raises(CollectionNotFoundError, match="No collection at"):
         Collection.open(tmp_path / "nothing-here")
 

@@ -132,3 +132,20 @@ def test_runtime_and_device_errors() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="no CUDA GPU"):
             Embedder.load("efficientnet-lite0", device="cuda")
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_packaged_weights_and_preprocessing_classify_photos(name: str, sample_dir: Path) -> None:
+    # The backbone with its ImageNet classifier must recognise the sample photos: this catches
+    # wrong weights, wrong mean/std, wrong activations (swish instead of ReLU6) or a bad decode.
+    spec = get_model_spec(name)
+    net = spec.build(None).net
+    expected = {  # ImageNet classes: cats; espresso, cup; missile, projectile, space shuttle
+        "chelsea": range(281, 286), "coffee": (967, 968), "rocket": (657, 744, 812),
+    }
+    for photo, classes in expected.items():
+        pixels = load_pixels(sample_dir / f"{photo}.jpg", spec.preprocess, max_pixels=10**8)
+        x = (torch.from_numpy(pixels.copy()[None]).permute(0, 3, 1, 2).float() - 127) / 128
+        with torch.no_grad():
+            top3 = net(x).topk(3).indices[0].tolist()
+        assert set(top3) & set(classes), (photo, top3)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import settings
-from .embedders import Embedder, get_model_spec
+from .embedders import Embedder, embedding_fingerprint, get_model_spec
 from .errors import (
     CollectionExistsError,
     CollectionLockedError,
@@ -83,7 +83,7 @@ class Collection:
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": {"name": spec.name, "dim": spec.dim, "weights": weights,
-                      "weights_id": spec.weights_id(weights) if weights else None,
+                      "fingerprint": embedding_fingerprint(spec, weights),
                       "preprocess": spec.preprocess.to_dict()},
             "index": {"spec": index_spec.text},
             "created": _now(),
@@ -121,13 +121,14 @@ class Collection:
             )
         if weights:
             weights = str(Path(weights).expanduser().resolve())
-            expected = manifest["model"].get("weights_id")
-            found = get_model_spec(built_with).weights_id(weights)
-            if expected and found != expected:
-                raise ModelMismatchError(
-                    f"{folder} was built with other {built_with} weights than {weights} "
-                    "(their digests differ); vectors from the two would not be comparable."
-                )
+        spec = get_model_spec(built_with)
+        found = embedding_fingerprint(spec, weights or manifest["model"].get("weights"))
+        if found != manifest["model"].get("fingerprint"):
+            raise ModelMismatchError(
+                f"{folder} was built with {built_with} as {manifest['model'].get('fingerprint')}, "
+                f"but this lookalike and these weights compute {found}: the vectors would not be "
+                "comparable. Pass the weights it was built with, or index into a new --collection."
+            )
         return cls(folder, manifest, weights=weights, **options)
 
     @classmethod

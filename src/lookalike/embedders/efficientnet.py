@@ -55,7 +55,8 @@ def _builder(variant: int):  # noqa: ANN202 - returns the ModelSpec.build callab
             raise WeightsError(
                 f"{path} is not an EfficientNet-Lite{variant} state dict: {exc}"
             ) from None
-        net.set_swish(memory_efficient=False)  # plain ops export cleanly to ONNX
+        # The Lite variants use ReLU6 (set by the package's lite params). Never call set_swish():
+        # it would replace ReLU6 with swish and silently change every embedding.
         from .nets import FeatureMap
 
         return FeatureMap(net, "extract_features").eval()

@@ -20,7 +20,7 @@ from ..errors import MissingDependencyError, UsageError
 from ..types import Preprocess
 from .registry import ModelSpec, get_model_spec
 
-GRAPH_VERSION = 1  # bump when EmbeddingGraph changes, so cached exports are redone
+GRAPH_VERSION = 2  # bump when EmbeddingGraph changes, so cached exports are redone
 RUNTIMES = ("auto", "onnxruntime", "torch")
 
 
@@ -112,6 +112,12 @@ class Embedder:
                 out[start:start + len(chunk)] = self.embed_pixels(chunk)
                 bar.update(len(chunk))
         return out
+
+
+def embedding_fingerprint(spec: ModelSpec, weights: str | None) -> str:
+    """Names everything that decides a vector: model, weights and graph version. Vectors with
+    different fingerprints are not comparable, so a collection records the one that built it."""
+    return f"{spec.name}:{spec.weights_id(weights)}:graph{GRAPH_VERSION}"
 
 
 def _renormalise(vectors: np.ndarray) -> np.ndarray:
