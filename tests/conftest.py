@@ -6,9 +6,29 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from lookalike.demo import edited_copies, sample_photos
+
+
+def make_variants(sample_dir: Path, folder: Path, n: int, *, seed: int = 7,
+                  start: int = 0) -> list[Path]:
+    """``n`` distinct small photos: seeded crops of the sample photos, named img<k>.jpg."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sources = [Image.open(p).convert("RGB") for p in sorted(sample_dir.glob("*.jpg"))]
+    paths = []
+    for i in range(start, start + n):
+        image = sources[i % len(sources)]
+        w, h = image.size
+        left, top = int(rng.integers(0, w // 4)), int(rng.integers(0, h // 4))
+        crop = image.crop((left, top, left + w // 2 + 20, top + h // 2 + 20))
+        path = folder / f"img{i:04d}.jpg"
+        crop.resize((160, 120)).save(path, quality=85)
+        paths.append(path)
+    return paths
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -180,7 +180,7 @@ def test_walk_follows_symlinks_without_looping(photos: Path, tmp_path: Path) -> 
     os.symlink(photos, photos / "sub" / "loop")
     os.symlink(photos / "missing.jpg", photos / "dangling.jpg")
     (photos / ".hidden.jpg").write_bytes(b"")
-    files, roots = walk([photos])
+    files, roots, missing = walk([photos, photos / "gone"])
     names = [Path(f.uri).name for f in files]
     assert len(names) == len(set(names)) == len(list(photos.glob("[!.]*.jpg"))) - 1
-    assert roots == [str(photos)]
+    assert roots == [str(photos)] and missing == [str(photos / "gone")]

@@ -367,7 +367,7 @@ def test_loading_an_unreadable_file_is_a_corrupt_collection(content: str, tmp_pa
     }[content]
     path = tmp_path / "vectors.faiss"
     path.write_bytes(payload)
-    with pytest.raises(CorruptCollectionError, match="unreadable.*--rebuild"):
+    with pytest.raises(CorruptCollectionError, match="unreadable.*lookalike rebuild"):
         FaissIndex.load(path, parse_spec("auto"))
 
 

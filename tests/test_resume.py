@@ -10,25 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from conftest import make_variants
 from lookalike import Collection
 
 N_IMAGES = 400
-
-
-def _variants(sample_dir: Path, folder: Path) -> None:
-    """Distinct small photos: seeded crops of the sample photos."""
-    folder.mkdir()
-    rng = np.random.default_rng(7)
-    sources = [Image.open(p).convert("RGB") for p in sorted(sample_dir.glob("*.jpg"))]
-    for i in range(N_IMAGES):
-        image = sources[i % len(sources)]
-        w, h = image.size
-        left, top = int(rng.integers(0, w // 4)), int(rng.integers(0, h // 4))
-        crop = image.crop((left, top, left + w // 2 + 20, top + h // 2 + 20))
-        crop.resize((160, 120)).save(folder / f"img{i:04d}.jpg", quality=85)
 
 
 def _committed(db: Path) -> int:
@@ -43,7 +28,7 @@ def _committed(db: Path) -> int:
 
 def test_kill_9_then_resume(sample_dir: Path, tmp_path: Path) -> None:
     photos, col_dir = tmp_path / "photos", tmp_path / "col"
-    _variants(sample_dir, photos)
+    make_variants(sample_dir, photos, N_IMAGES)
     command = [sys.executable, "-m", "lookalike", "index", str(photos), "-c", str(col_dir),
                "--batch-size", "4", "--workers", "1", "--threads", "1", "--json"]
     writer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -67,7 +52,7 @@ def test_kill_9_then_resume(sample_dir: Path, tmp_path: Path) -> None:
         rows = conn.execute("SELECT uri, status FROM images").fetchall()
     assert len(rows) == N_IMAGES and {s for _, s in rows} == {"active"}
     assert len({u for u, _ in rows}) == N_IMAGES  # nothing doubled
-    ids = col.vector_index.ids()
+    ids = col.live.live_ids()
     assert len(ids) == len(set(ids.tolist())) == N_IMAGES  # the index agrees with the store
     probe = photos / "img0123.jpg"
     assert col.search(probe, k=1)[0].uri == str(probe)
@@ -75,7 +60,7 @@ def test_kill_9_then_resume(sample_dir: Path, tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_cleanly_and_resumes(sample_dir: Path, tmp_path: Path) -> None:
     photos, col_dir = tmp_path / "photos", tmp_path / "col"
-    _variants(sample_dir, photos)
+    make_variants(sample_dir, photos, N_IMAGES)
     command = [sys.executable, "-m", "lookalike", "index", str(photos), "-c", str(col_dir),
                "--batch-size", "4", "--workers", "1", "--threads", "1", "--json"]
     writer = subprocess.Popen(  # a shell may start children with SIGINT ignored: restore it

@@ -1,4 +1,4 @@
-"""The façade: one folder holds a collection (manifest, SQLite store, Faiss index).
+"""The façade: one folder holds a collection (manifest, SQLite store, main and delta indexes).
 
 >>> col = Collection.create("photos.lookalike")
 >>> col.index(["~/Pictures"])
@@ -9,40 +9,33 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import settings
-from .embedders import Embedder, embedding_fingerprint, get_model_spec
-from .errors import (
-    CollectionExistsError,
-    CollectionLockedError,
-    CollectionNotFoundError,
-    CorruptCollectionError,
-    ImageNotFoundError,
-    ModelMismatchError,
-    UsageError,
-)
+from .embedders import Embedder
+from .errors import CollectionExistsError, CollectionLockedError, ImageNotFoundError, UsageError
 from .imaging import ImageSource, load_pixels, to_model_input
-from .index import FaissIndex, parse_spec
+from .index import parse_spec
 from .ingest import Ingestor
+from .live import (
+    DELTA_INDEX,
+    MAIN_INDEX,
+    CompactionReport,
+    LiveIndex,
+    VerifyReport,
+    remove_stale_temporaries,
+    verify,
+)
+from .manifest import MANIFEST, new_manifest, now, read_manifest, write_json
 from .store import SQLiteStore
 from .types import CollectionInfo, IngestReport, SearchHit
 
-FORMAT_VERSION = 1
-MANIFEST, DATABASE, MAIN_INDEX, LOCK = "manifest.json", "lookalike.db", "main.index", ".lock"
-REBUILD_TOMBSTONE_FRACTION = 0.1
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+DATABASE, LOCK, COMPACT_LOCK = "lookalike.db", ".lock", ".compact.lock"
 
 
 class Collection:
@@ -63,8 +56,7 @@ class Collection:
         self.max_pixels: int = settings.resolve("max_pixels", max_pixels)
         self.store = SQLiteStore(path / DATABASE, self.dim)
         self._embedder: Embedder | None = None
-        self._index: FaissIndex | None = None
-        self._tombstones: set[int] = set()
+        self._live: LiveIndex | None = None
 
     # -- opening --------------------------------------------------------------------------
 
@@ -76,21 +68,11 @@ class Collection:
         folder = Path(path).expanduser()
         if (folder / MANIFEST).exists():
             raise CollectionExistsError(f"A collection already exists at {folder}.")
-        spec = get_model_spec(settings.resolve("model", model))
-        index_spec = parse_spec(settings.resolve("index", index))
-        if weights:
-            weights = str(Path(weights).expanduser().resolve())
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "model": {"name": spec.name, "dim": spec.dim, "weights": weights,
-                      "fingerprint": embedding_fingerprint(spec, weights),
-                      "preprocess": spec.preprocess.to_dict()},
-            "index": {"spec": index_spec.text},
-            "created": _now(),
-            "updated": _now(),
-        }
+        weights = str(Path(weights).expanduser().resolve()) if weights else None
+        manifest = new_manifest(settings.resolve("model", model), weights,
+                                parse_spec(settings.resolve("index", index)))
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / MANIFEST, manifest)
+        write_json(folder / MANIFEST, manifest)
         return cls(folder, manifest, weights=weights, **options)
 
     @classmethod
@@ -98,37 +80,8 @@ class Collection:
              weights: str | None = None, **options: Any) -> Collection:
         """Open an existing collection; ``model``, if given, must be the one that built it."""
         folder = Path(path).expanduser()
-        manifest_path = folder / MANIFEST
-        if not manifest_path.is_file():
-            raise CollectionNotFoundError(
-                f"No collection at {folder}. Create one with `lookalike index PATH "
-                f"--collection {folder}`, or pass the right --collection."
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CorruptCollectionError(f"Cannot read {manifest_path}: {exc}") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise CorruptCollectionError(
-                f"{folder} has collection format {manifest.get('format_version')}, this lookalike "
-                f"reads format {FORMAT_VERSION}; upgrade lookalike or rebuild the collection."
-            )
-        built_with = manifest["model"]["name"]
-        if model and model != built_with:
-            raise ModelMismatchError(
-                f"{folder} was built with model {built_with!r}, not {model!r}. Use "
-                f"--model {built_with}, or index into a new --collection to use {model}."
-            )
-        if weights:
-            weights = str(Path(weights).expanduser().resolve())
-        spec = get_model_spec(built_with)
-        found = embedding_fingerprint(spec, weights or manifest["model"].get("weights"))
-        if found != manifest["model"].get("fingerprint"):
-            raise ModelMismatchError(
-                f"{folder} was built with {built_with} as {manifest['model'].get('fingerprint')}, "
-                f"but this lookalike and these weights compute {found}: the vectors would not be "
-                "comparable. Pass the weights it was built with, or index into a new --collection."
-            )
+        weights = str(Path(weights).expanduser().resolve()) if weights else None
+        manifest = read_manifest(folder, model=model, weights=weights)
         return cls(folder, manifest, weights=weights, **options)
 
     @classmethod
@@ -160,84 +113,113 @@ class Collection:
         return self._embedder
 
     @property
-    def vector_index(self) -> FaissIndex:
-        if self._index is None:
-            self._index = self._load_index()
-        return self._index
-
-    def _load_index(self) -> FaissIndex:
-        path = self.path / MAIN_INDEX
-        index = (FaissIndex.load(path, self.spec) if path.is_file()
-                 else FaissIndex.build(self.spec, self.dim))
-        # The store is the source of truth: anything committed after the last save is added now.
-        for ids, vectors in self.store.iter_vectors(after_id=index.max_id()):
-            index.add(ids, vectors)
-        self._tombstones = self.store.tombstones()
-        return index
+    def live(self) -> LiveIndex:
+        """The main and delta indexes, kept in step with the store."""
+        if self._live is None:
+            self._live = LiveIndex(self.path, self.spec, self.dim, self.store)
+        return self._live
 
     # -- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
         """Hold the writer lock; a second writer gets :class:`CollectionLockedError`."""
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(str(self.path / LOCK))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise CollectionLockedError(
-                f"{self.path} is being written by another process (lock file {self.path / LOCK}). "
-                "Wait for it to finish; searches keep working meanwhile."
-            ) from None
-        try:
+        with _file_lock(self.path / LOCK, "being written by another process"):
+            remove_stale_temporaries(self.path)
             yield
-        finally:
-            lock.release()
 
     def index(self, paths: Iterable[str | os.PathLike[str]], *, batch_size: int | None = None,
-              workers: int | None = None, show_progress: bool | None = None) -> IngestReport:
-        """Bring the collection in step with image files and folders (incremental, resumable)."""
+              workers: int | None = None, show_progress: bool | None = None,
+              remove_missing: bool = True) -> IngestReport:
+        """Bring the collection in step with image files and folders (incremental, resumable).
+
+        Indexed files under ``paths`` that no longer exist are removed unless ``remove_missing``
+        is false. Compacts at the end when the delta or the tombstones have grown large.
+        """
         paths = list(paths)
         for p in paths:
             if not os.path.exists(p):
                 raise UsageError(f"Path {p} does not exist.")
+        return self._ingest(paths, batch_size=batch_size, workers=workers,
+                            show_progress=show_progress, remove_missing=remove_missing)
+
+    def sync(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
+        """Bring these paths in step: index those that exist, remove those that are gone."""
+        return self._ingest(list(paths), workers=0, show_progress=False)
+
+    def _ingest(self, paths: list[str | os.PathLike[str]], *, batch_size: int | None = None,
+                workers: int | None = None, show_progress: bool | None = None,
+                remove_missing: bool = True) -> IngestReport:
         with self.writer():
-            index = self.vector_index
+            live = self.live
             ingestor = Ingestor(
-                self.store, self.embedder, index, max_pixels=self.max_pixels,
+                self.store, self.embedder, live, max_pixels=self.max_pixels,
                 batch_size=settings.resolve("batch_size", batch_size),
-                workers=settings.resolve("workers", workers), checkpoint=self._save_index,
+                workers=settings.resolve("workers", workers),
+                checkpoint=self._checkpoint, forget=live.forget,
             )
             try:
-                report = ingestor.run(paths, show_progress=show_progress)
+                report = ingestor.run(paths, remove_missing=remove_missing,
+                                      show_progress=show_progress)
             finally:
-                self._save_index()
-            self._tombstones = self.store.tombstones()
-            if self._needs_rebuild():
-                self.rebuild_index()
-            self.manifest["updated"] = _now()
-            _write_json(self.path / MANIFEST, self.manifest)
+                live.save_delta()
+            self._touch_manifest()
+        if self.live.needs_compaction():
+            self.compact(wait=False)
         return report
 
-    def _save_index(self) -> None:
-        if self._index is not None:
-            self._index.save(self.path / MAIN_INDEX)
+    def _checkpoint(self) -> None:
+        # Called by long indexing runs now and then: bound the work a crash would redo on open,
+        # and keep the delta small enough to stay fast.
+        self.live.save_delta()
+        if self.live.needs_compaction():
+            self.compact(wait=False)
 
-    def _needs_rebuild(self) -> bool:
-        index = self.vector_index
-        grown = self.spec.auto and index.spec.kind != self.spec.for_size(index.ntotal).kind
-        return grown or len(self._tombstones) > REBUILD_TOMBSTONE_FRACTION * max(index.ntotal, 1)
+    def add(self, paths: Iterable[str | os.PathLike[str]], **options: Any) -> IngestReport:
+        """Index files and folders without removing anything else."""
+        return self.index(paths, remove_missing=False, **options)
 
-    def rebuild_index(self) -> None:
-        """Build a fresh index from the stored vectors of active images and swap it in."""
-        n = self.store.counts()["active"]
-        index = FaissIndex.build(self.spec.for_size(n), self.dim)
-        for ids, vectors in self.store.iter_vectors():
-            index.add(ids, vectors)
-        index.save(self.path / MAIN_INDEX)
-        self.store.drop_tombstoned_vectors()
-        self._index, self._tombstones = index, set()
+    def remove(self, images: Iterable[int | str | os.PathLike[str]]) -> list[int]:
+        """Remove images by id or path; gone from results at once. Returns the ids removed."""
+        ids = []
+        for image in images:
+            image_id = image if isinstance(image, int) else self.find(image)
+            record = self.store.get([image_id]).get(image_id) if image_id else None
+            if record is None or record.status != "active":
+                raise ImageNotFoundError(f"No indexed image {image!r}.")
+            ids.append(int(image_id))  # type: ignore[arg-type]
+        with self.writer():
+            self.store.mark_removed(ids)
+            self.live.forget(set(ids))
+            self.live.save_delta()
+        return ids
+
+    def compact(self, *, wait: bool = True) -> CompactionReport | None:
+        """Build a new main index from the stored vectors and swap it in (searches and writers
+        carry on meanwhile). With ``wait=False``, returns None if a compaction is running."""
+        try:
+            with _file_lock(self.path / COMPACT_LOCK, "being compacted by another process"):
+                return self.live.compact()
+        except CollectionLockedError:
+            if wait:
+                raise
+            return None
+
+    def rebuild(self) -> CompactionReport:
+        """Rebuild every index from the stored vectors, discarding the index files."""
+        with _file_lock(self.path / COMPACT_LOCK, "being compacted by another process"):
+            for name in (MAIN_INDEX, DELTA_INDEX):
+                (self.path / name).unlink(missing_ok=True)
+            self._live = None
+            return self.live.compact()
+
+    def verify(self) -> VerifyReport:
+        """Check that the index files agree with the store; changes nothing."""
+        return verify(self.path, self.spec, self.dim, self.store)
+
+    def _touch_manifest(self) -> None:
+        self.manifest["updated"] = now()
+        write_json(self.path / MANIFEST, self.manifest)
 
     # -- searching --------------------------------------------------------------------------
 
@@ -281,12 +263,8 @@ class Collection:
                       exclude: set[int] | None = None) -> list[SearchHit]:
         if k < 1:
             raise UsageError(f"k must be at least 1, got {k}.")
-        index = self.vector_index
-        if index.ntotal == 0:
-            return []
-        banned = self._tombstones | (exclude or set())
         ef = settings.resolve("ef_search", ef)
-        scores, ids = index.search(vector[None, :], k, ef_search=ef, exclude=banned)
+        scores, ids = self.live.search(vector[None, :], k, ef_search=ef, exclude=exclude)
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         records = self.store.get([i for i, _ in found])
         return [
@@ -299,20 +277,35 @@ class Collection:
     def info(self) -> CollectionInfo:
         counts = self.store.counts()
         sizes = {}
-        for name in (MANIFEST, DATABASE, DATABASE + "-wal", MAIN_INDEX):
+        for name in (MANIFEST, DATABASE, DATABASE + "-wal", MAIN_INDEX, DELTA_INDEX):
             file = self.path / name
             if file.exists():
                 sizes[name] = file.stat().st_size
+        live = self.live
+        live.refresh()
         return CollectionInfo(
             path=str(self.path), model=self.model_name, dim=self.dim,
-            index_spec=self.spec.text, index_kind=self.vector_index.spec.describe,
+            index_spec=self.spec.text, index_kind=live.main_kind,
             images=counts["active"], failed=counts["failed"], removed=counts["removed"],
-            indexed_vectors=self.vector_index.ntotal, bytes_on_disk=sizes,
+            main_vectors=live.main_vectors, delta_vectors=live.delta_vectors,
+            tombstones=len(live.tombstones), bytes_on_disk=sizes,
             created=self.manifest["created"], updated=self.manifest["updated"],
         )
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+@contextlib.contextmanager
+def _file_lock(path: Path, doing: str) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CollectionLockedError(
+            f"{path.parent} is {doing} (lock file {path}). Wait for it to finish; searches "
+            "keep working meanwhile."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -17,14 +17,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from .embedders import Embedder
 from .imaging import IMAGE_EXTENSIONS, Decoded, decode_file
-from .index import FaissIndex
 from .store import NewImage, SQLiteStore
 from .types import FailedFile, IngestReport, Preprocess
+
+
+class VectorSink(Protocol):
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -34,24 +38,29 @@ class FileEntry:
     mtime_ns: int
 
 
-def walk(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[FileEntry], list[str]]:
-    """Image files under ``paths`` (recursive, symlinks followed, loops skipped), and the roots.
+def walk(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[FileEntry], list[str], list[str]]:
+    """Image files under ``paths`` (recursive, symlinks followed, loops skipped).
 
-    Returns the files sorted by uri and the absolute roots that were listed. Hidden files and
-    folders are skipped. A missing path raises ``FileNotFoundError``.
+    Returns the files sorted by uri, the absolute paths that were listed, and the absolute paths
+    that do not exist. Hidden files and folders are skipped.
     """
     files: dict[str, FileEntry] = {}
     roots: list[str] = []
+    missing: list[str] = []
     for raw in paths:
         root = os.path.abspath(os.fspath(raw))
-        st = os.stat(root)  # raises FileNotFoundError for a missing path
+        try:
+            st = os.stat(root)
+        except FileNotFoundError:
+            missing.append(root)
+            continue
         roots.append(root)
         if stat.S_ISDIR(st.st_mode):
             for entry in _walk_dir(root):
                 files[entry.uri] = entry
         else:  # a file named explicitly is indexed whatever its extension
             files[root] = FileEntry(root, st.st_size, st.st_mtime_ns)
-    return sorted(files.values(), key=lambda e: e.uri), roots
+    return sorted(files.values(), key=lambda e: e.uri), roots, missing
 
 
 def _is_image_name(name: str) -> bool:
@@ -116,12 +125,13 @@ class Ingestor:
         self,
         store: SQLiteStore,
         embedder: Embedder,
-        index: FaissIndex,
+        index: VectorSink,
         *,
         max_pixels: int,
         batch_size: int = 32,
         workers: int = 1,
         checkpoint: Callable[[], None] | None = None,
+        forget: Callable[[set[int]], None] | None = None,
         checkpoint_seconds: float = 60.0,
     ) -> None:
         self.store = store
@@ -131,14 +141,18 @@ class Ingestor:
         self.batch_size = max(1, batch_size)
         self.workers = max(0, workers)
         self._checkpoint = checkpoint
+        self._forget = forget
         self._checkpoint_seconds = checkpoint_seconds
 
     def run(
-        self, paths: Iterable[str | os.PathLike[str]], *, show_progress: bool | None = None
+        self, paths: Iterable[str | os.PathLike[str]], *, remove_missing: bool = True,
+        show_progress: bool | None = None,
     ) -> IngestReport:
+        """Index ``paths``. With ``remove_missing``, indexed files under them that no longer
+        exist (including paths that are gone altogether) are removed."""
         started = time.perf_counter()
         tally = _Tally()
-        files, roots = walk(paths)
+        files, roots, missing = walk(paths)
         known = self.store.file_states()
         todo: list[FileEntry] = []
         unchanged = 0
@@ -149,11 +163,15 @@ class Ingestor:
             else:
                 todo.append(entry)
         present = {e.uri for e in files}
-        gone = [r.id for uri, r in known.items() if uri not in present and _under(uri, roots)]
+        swept = roots + missing
+        gone = [r.id for uri, r in known.items()
+                if remove_missing and uri not in present and _under(uri, swept)]
         tally.stages["walk"] = time.perf_counter() - started
 
         self._process(todo, known, tally, show_progress)
         removed = self.store.mark_removed(gone) if gone else 0
+        if gone and self._forget:
+            self._forget(set(gone))
         return IngestReport(
             added=tally.added, updated=tally.updated, unchanged=unchanged, reused=tally.reused,
             removed=removed, failed=tuple(tally.failed),

@@ -8,6 +8,7 @@ Every index can be rebuilt from the ``vectors`` table.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -80,20 +81,41 @@ class SQLiteStore:
     def __init__(self, path: Path, dim: int) -> None:
         self.path = path
         self.dim = dim
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
+            db = self._db
+            db.executescript(_SCHEMA)
+            db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
         except sqlite3.DatabaseError as exc:
             raise CorruptCollectionError(f"Metadata database {path} is unreadable: {exc}") from None
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        # One connection per thread: a reader thread never sees another thread's open
+        # transaction, and each write transaction is its own.
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed write survives an OS crash or power cut, not only a killed process.
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
+
     def close(self) -> None:
-        self._db.close()
+        with self._connections_lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -133,16 +155,29 @@ class SQLiteStore:
         ).fetchone()
         return self._decode(row[0]) if row else None
 
+    def generation(self) -> int:
+        """A counter every write bumps: readers compare it to know when to catch up."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    def max_id(self) -> int:
+        row = self._db.execute("SELECT MAX(id) FROM images").fetchone()
+        return int(row[0] or 0)
+
     def iter_vectors(
-        self, *, after_id: int = 0, active_only: bool = True, chunk: int = 8192
+        self, *, after_id: int = 0, upto_id: int | None = None, active_only: bool = True,
+        chunk: int = 8192,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) chunks in id order: the source from which any index is rebuilt."""
+        """(ids, vectors) chunks in id order, ids in (after_id, upto_id]: the source from which
+        any index is rebuilt."""
         status = "AND i.status = 'active'" if active_only else ""
+        upto = (1 << 62) if upto_id is None else upto_id
         last = after_id
         while True:
             rows = self._db.execute(
                 "SELECT v.image_id, v.vector FROM vectors v JOIN images i ON i.id = v.image_id "
-                f"WHERE v.image_id > ? {status} ORDER BY v.image_id LIMIT ?", (last, chunk)
+                f"WHERE v.image_id > ? AND v.image_id <= ? {status} ORDER BY v.image_id LIMIT ?",
+                (last, upto, chunk),
             ).fetchall()
             if not rows:
                 return
@@ -206,12 +241,14 @@ class SQLiteStore:
             )
         return cursor.rowcount
 
-    def drop_tombstoned_vectors(self) -> None:
-        """Forget vectors of removed images once no index holds them any more."""
+    def drop_tombstoned_vectors(self, removed_before: float) -> None:
+        """Forget vectors of images removed before ``removed_before`` (a time.time()): an index
+        built after that moment no longer holds them. Later removals stay tombstones."""
         with self._transaction() as db:
             db.execute(
                 "DELETE FROM vectors WHERE image_id IN "
-                "(SELECT id FROM images WHERE status != 'active')"
+                "(SELECT id FROM images WHERE status != 'active' AND removed_at < ?)",
+                (removed_before,),
             )
 
     def _transaction(self) -> _Transaction:
@@ -227,6 +264,9 @@ class _Transaction:
 
     def __enter__(self) -> sqlite3.Connection:
         self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
+        )
         return self._db
 
     def __exit__(self, exc_type: object, *_: object) -> None:

@@ -97,7 +97,9 @@ class CollectionInfo:
     images: int
     failed: int
     removed: int
-    indexed_vectors: int
+    main_vectors: int
+    delta_vectors: int
+    tombstones: int
     bytes_on_disk: dict[str, int]
     created: str
     updated: str

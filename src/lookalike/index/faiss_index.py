@@ -52,7 +52,7 @@ class FaissIndex:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise CorruptCollectionError(
-                f"Index file {path} is unreadable ({exc}); run `lookalike index PATH --rebuild` to "
+                f"Index file {path} is unreadable ({exc}); run `lookalike rebuild` to "
                 "rebuild it from the stored vectors."
             ) from None
         # read_index returns the typed outer object, which owns the memory: keep that one.
@@ -72,6 +72,10 @@ class FaissIndex:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)  # type: ignore[attr-defined]
 
     @property
     def ntotal(self) -> int:

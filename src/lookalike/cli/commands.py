@@ -1,49 +1,15 @@
-"""The command line: parse, call the library, format. Results on stdout, progress on stderr."""
+"""Indexing and querying commands: index, search, info, models, demo."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from .errors import LookalikeError
-
-COLLECTION_HELP = (
-    "Collection folder [env LOOKALIKE_COLLECTION; default ~/.local/share/lookalike/default]."
-)
-_common_runtime = [
-    click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "torch"]), default=None,
-                 help="Inference runtime [env LOOKALIKE_RUNTIME; default auto]."),
-    click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-                 help="cuda runs the model on a GPU [env LOOKALIKE_DEVICE; default cpu]."),
-    click.option("--threads", type=click.IntRange(min=1), default=None,
-                 help="Threads for the model runtime [env LOOKALIKE_THREADS]."),
-    click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                 help="Weights file for models that need one (e.g. resnet50)."),
-]
-
-
-def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_common_runtime):
-        func = option(func)
-    return func
-
-
-def _collection_path(value: str | None) -> str:
-    from .settings import resolve
-
-    return os.path.expanduser(resolve("collection", value))
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="lookalike")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def cli(debug: bool) -> None:
-    """lookalike: find more images that look like this one, offline."""
+from .base import COLLECTION_HELP, cli, collection_path, runtime_options
 
 
 @cli.command("index")
@@ -74,17 +40,16 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
     \b
     Example:  lookalike index ~/Pictures --collection photos.lookalike
     """
-    from .collection import Collection
+    from ..collection import Collection
 
     for path in paths:
         if not os.path.exists(path):
             raise click.BadParameter(f"{path} does not exist.", param_hint="PATHS")
-    with Collection.open_or_create(_collection_path(collection), model=model, index=index_spec,
+    with Collection.open_or_create(collection_path(collection), model=model, index=index_spec,
                                    **runtime) as col:
         report = col.index(paths, batch_size=batch_size, workers=workers, show_progress=progress)
         if rebuild:
-            with col.writer():
-                col.rebuild_index()
+            col.rebuild()
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -118,11 +83,11 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
     \b
     Example:  lookalike search holiday.jpg -k 5
     """
-    from .collection import Collection
+    from ..collection import Collection
 
     if (image is None) == (image_id is None):
         raise click.UsageError("Give either IMAGE or --id, not both.")
-    with Collection.open(_collection_path(collection), **runtime) as col:
+    with Collection.open(collection_path(collection), **runtime) as col:
         if image is not None and image_id is None:
             image_id = col.find(image) if os.path.isfile(image) else _as_id(image)
         if image_id is not None:
@@ -150,9 +115,9 @@ def _as_id(value: str) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
     """Counts, model, index spec and sizes on disk of a collection."""
-    from .collection import Collection
+    from ..collection import Collection
 
-    with Collection.open(_collection_path(collection)) as col:
+    with Collection.open(collection_path(collection)) as col:
         info = col.info()
         failed = col.store.failures() if failures else []
     if as_json:
@@ -163,8 +128,8 @@ def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
         return
     click.echo(f"collection  {info.path}")
     click.echo(f"model       {info.model} ({info.dim}-d)")
-    click.echo(f"index       {info.index_spec} (now {info.index_kind}, "
-               f"{info.indexed_vectors} vectors)")
+    click.echo(f"index       {info.index_spec} (main: {info.index_kind}, {info.main_vectors} "
+               f"vectors; delta: {info.delta_vectors}; tombstones: {info.tombstones})")
     click.echo(f"images      {info.images} indexed, {info.failed} failed, {info.removed} removed")
     for name, size in info.bytes_on_disk.items():
         click.echo(f"  {name:<16} {size / 1e6:10.2f} MB")
@@ -177,7 +142,7 @@ def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def models_command(as_json: bool) -> None:
     """List the available embedding models."""
-    from .embedders import describe_models
+    from ..embedders import describe_models
 
     models = describe_models()
     if as_json:
@@ -192,28 +157,6 @@ def models_command(as_json: bool) -> None:
               help="Folder for the demo photos and collection.")
 def demo_command(out: str) -> None:
     """Build a collection from sample photos and edited copies, and show what it finds."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(out)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: maps errors to exit codes (2 misuse, 1 failure, 130 interrupted)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or bool(os.environ.get("LOOKALIKE_DEBUG"))
-    try:
-        cli.main(args=args, prog_name="lookalike", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("Interrupted. Finished batches are saved; run the same command to resume.",
-                   err=True)
-        sys.exit(130)
-    except LookalikeError as exc:
-        if debug:
-            raise
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)

@@ -1,0 +1,44 @@
+"""The `lookalike` group and the options its commands share."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+COLLECTION_HELP = (
+    "Collection folder [env LOOKALIKE_COLLECTION; default ~/.local/share/lookalike/default]."
+)
+_common_runtime = [
+    click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "torch"]), default=None,
+                 help="Inference runtime [env LOOKALIKE_RUNTIME; default auto]."),
+    click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                 help="cuda runs the model on a GPU [env LOOKALIKE_DEVICE; default cpu]."),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help="Threads for the model runtime [env LOOKALIKE_THREADS]."),
+    click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                 help="Weights file for models that need one (e.g. resnet50)."),
+]
+
+
+def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_common_runtime):
+        func = option(func)
+    return func
+
+
+def collection_path(value: str | None) -> str:
+    from ..settings import resolve
+
+    return os.path.expanduser(resolve("collection", value))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="lookalike")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """lookalike: find more images that look like this one, offline."""
+
+

@@ -1,0 +1,142 @@
+"""Commands that change or check a collection beyond indexing folders: add, remove, watch,
+compact, rebuild, verify. Registered on the `lookalike` group when imported."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from .base import COLLECTION_HELP, cli, collection_path, runtime_options
+
+
+@cli.command("add")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@runtime_options
+def add_command(paths: Sequence[str], collection: str | None, as_json: bool,
+                **runtime: Any) -> None:
+    """Add image files or folders; nothing else in the collection is removed.
+
+    Each image is searchable when the command returns (it is in the delta index).
+
+    \b
+    Example:  lookalike add new-photo.jpg -c photos.lookalike
+    """
+    from ..collection import Collection
+
+    with Collection.open_or_create(collection_path(collection), **runtime) as col:
+        report = col.add(paths, workers=0, show_progress=False)
+        ids = {p: col.find(p) for p in paths}
+    if as_json:
+        click.echo(json.dumps({**report.to_dict(), "ids": ids}, indent=2))
+        return
+    for path, image_id in ids.items():
+        click.echo(f"{image_id if image_id is not None else '-':>8}  {path}")
+    for failure in report.failed:
+        click.echo(f"  failed: {failure.uri}: {failure.reason}")
+
+
+@cli.command("remove")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+def remove_command(images: Sequence[str], collection: str | None) -> None:
+    """Remove images by id or path; they disappear from results at once.
+
+    \b
+    Example:  lookalike remove 17 ~/Pictures/blurry.jpg -c photos.lookalike
+    """
+    from ..collection import Collection
+
+    with Collection.open(collection_path(collection)) as col:
+        removed = col.remove(int(i) if i.isdigit() else i for i in images)
+    click.echo(f"Removed {len(removed)} image(s): {', '.join(map(str, removed))}")
+
+
+@cli.command("compact")
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compact_command(collection: str | None, as_json: bool) -> None:
+    """Merge the delta into a new main index and drop removed images from it.
+
+    Searches and writers carry on during the merge; the new index is swapped in atomically.
+    """
+    from ..collection import Collection
+
+    with Collection.open(collection_path(collection)) as col:
+        report = col.compact()
+    _print_compaction(report, as_json)
+
+
+@cli.command("rebuild")
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def rebuild_command(collection: str | None, as_json: bool) -> None:
+    """Rebuild every index file from the stored vectors."""
+    from ..collection import Collection
+
+    with Collection.open(collection_path(collection)) as col:
+        report = col.rebuild()
+    _print_compaction(report, as_json)
+
+
+def _print_compaction(report: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.__dict__, indent=2))
+        return
+    click.echo(f"Main index: {report.main_vectors} vectors ({report.spec}) built in "
+               f"{report.seconds:.1f} s; {report.dropped_tombstones} removed images dropped.")
+
+
+@cli.command("verify")
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_command(collection: str | None, as_json: bool) -> None:
+    """Check that the index files agree with the stored vectors (exit 1 on any drift).
+
+    Vectors committed after the last index save are normal: they are added when the collection
+    is opened. Fix drift with `lookalike rebuild`.
+    """
+    from ..collection import Collection
+
+    with Collection.open(collection_path(collection)) as col:
+        report = col.verify()
+    if as_json:
+        click.echo(json.dumps({**report.__dict__, "ok": report.ok}, indent=2))
+    else:
+        click.echo(f"{report.active_images} active images; main.index {report.main_vectors}, "
+                   f"delta.index {report.delta_vectors}, {report.pending_vectors} pending, "
+                   f"{report.tombstones} tombstones.")
+        for problem in report.problems:
+            click.echo(f"  drift: {problem}")
+        click.echo("OK: the indexes agree with the store." if report.ok else
+                   "Run `lookalike rebuild` to rebuild the indexes from the stored vectors.")
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("watch")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--poll", "poll_seconds", type=float, default=None,
+              help="Poll every N seconds instead of using inotify.")
+@click.option("--seconds", type=float, default=None,
+              help="Stop after this many seconds (default: run until Ctrl-C).")
+@runtime_options
+def watch_command(paths: Sequence[str], collection: str | None, poll_seconds: float | None,
+                  seconds: float | None, **runtime: Any) -> None:
+    """Keep a collection in step with folders: new, changed, moved and deleted files are
+    reflected within seconds.
+
+    \b
+    Example:  lookalike watch ~/Pictures -c photos.lookalike
+    """
+    from ..collection import Collection
+    from ..watch import watch
+
+    with Collection.open_or_create(collection_path(collection), **runtime) as col:
+        watch(col, paths, poll_seconds=poll_seconds, seconds=seconds,
+              report=lambda line: click.echo(line, err=True))

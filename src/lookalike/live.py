@@ -1,0 +1,355 @@
+"""The live index: a large main index plus a small delta of recent additions, kept in step with
+the store (the source of truth) and safe to share between threads and processes.
+
+- New vectors go to the delta (exact, in memory, cached in ``delta.index``): searchable at once.
+- Removed images are tombstones, skipped during the search, until a compaction drops them.
+- A compaction builds a new main index from the stored vectors without stopping searches or
+  writers, then swaps it in: ``main.index`` is replaced atomically (temporary file + rename).
+- Before each search a reader compares the store's generation counter with the one it last saw
+  and catches up: a new main index file, new rows, new tombstones.
+
+Crash safety comes from the order of writes: rows are committed to the store before any index
+file mentions them, index files are only ever replaced whole, and the delta is rebuilt from the
+store whenever its cached file is behind, ahead or unreadable.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorruptCollectionError
+from .index import FaissIndex, IndexSpec, parse_spec
+from .store import SQLiteStore
+
+MAIN_INDEX, DELTA_INDEX = "main.index", "delta.index"
+_FLAT = parse_spec("Flat")
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    """When the delta or the tombstones are large enough that a compaction pays off."""
+
+    delta_min: int = 5_000  # never compact for fewer new vectors than this
+    delta_fraction: float = 0.25  # ... unless they are this fraction of the main index
+    tombstone_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    main_vectors: int
+    dropped_tombstones: int
+    seconds: float
+    spec: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` found: counts, and every disagreement between the indexes and the store."""
+
+    active_images: int
+    main_vectors: int
+    delta_vectors: int
+    pending_vectors: int  # committed after the last index save; added on open (normal)
+    tombstones: int
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _ReadWriteLock:
+    """Many searches at once, or one change to the in-memory indexes."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class LiveIndex:
+    """Main + delta + tombstones over one collection folder and its store."""
+
+    def __init__(self, folder: Path, spec: IndexSpec, dim: int, store: SQLiteStore,
+                 policy: CompactionPolicy | None = None) -> None:
+        self.folder = folder
+        self.spec = spec
+        self.dim = dim
+        self.store = store
+        self.policy = policy or CompactionPolicy()
+        self._lock = _ReadWriteLock()
+        self._refresh_lock = threading.Lock()
+        self._main = FaissIndex.build(spec, dim)
+        self._main_stamp: tuple[int, int, int] | None = None
+        self._delta = FaissIndex.build(_FLAT, dim)
+        self._tombstones: set[int] = set()
+        self._generation = -1
+        self.refresh()
+
+    # -- keeping up with the store ----------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Catch up with other writers: a new main index file, new rows, new tombstones."""
+        with self._refresh_lock:
+            generation = self.store.generation()
+            stamp = _stamp(self.folder / MAIN_INDEX)
+            if generation == self._generation and stamp == self._main_stamp:
+                return
+            main = self._main
+            if stamp != self._main_stamp:
+                main = (FaissIndex.load(self.folder / MAIN_INDEX, self.spec) if stamp
+                        else FaissIndex.build(self.spec, self.dim))
+            delta = self._delta if main is self._main else self._load_delta(main.max_id())
+            pending = list(self.store.iter_vectors(after_id=max(main.max_id(), delta.max_id())))
+            tombstones = self.store.tombstones()
+            with self._lock.write():
+                for ids, vectors in pending:
+                    delta.add(ids, vectors)
+                self._main, self._main_stamp, self._delta = main, stamp, delta
+                self._tombstones, self._generation = tombstones, generation
+
+    def _load_delta(self, main_max: int) -> FaissIndex:
+        path = self.folder / DELTA_INDEX
+        if path.is_file():
+            try:
+                delta = FaissIndex.load(path, _FLAT)
+            except CorruptCollectionError:
+                delta = None  # a cache only: rebuilt from the store below
+            if delta is not None and (delta.ntotal == 0 or int(delta.ids().min()) > main_max):
+                return delta
+        delta = FaissIndex.build(_FLAT, self.dim)
+        for ids, vectors in self.store.iter_vectors(after_id=main_max):
+            delta.add(ids, vectors)
+        return delta
+
+    # -- writing (the caller holds the collection's writer lock) -----------------------------
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Make vectors the caller has just committed to the store searchable."""
+        with self._refresh_lock:
+            # A search's refresh may have read this committed batch from the store already.
+            known = max(self._main.max_id(), self._delta.max_id())
+            fresh = ids > known
+            if fresh.any():
+                with self._lock.write():
+                    self._delta.add(ids[fresh], vectors[fresh])
+
+    def forget(self, ids: set[int]) -> None:
+        """Hide ids the caller has just marked removed in the store."""
+        with self._lock.write():
+            self._tombstones |= ids
+
+    def save_delta(self) -> None:
+        """Cache the delta on disk, so the next process need not rebuild it from the store."""
+        self.refresh()  # a compaction elsewhere may have swapped the main index meanwhile
+        with self._lock.read():
+            self._delta.save(self.folder / DELTA_INDEX)
+
+    # -- searching --------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int, *, ef_search: int | None = None,
+               exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n, k), best first over main and delta; -1 pads missing results."""
+        self.refresh()
+        with self._lock.read():
+            banned = self._tombstones | exclude if exclude else self._tombstones
+            parts = [index.search(queries, k, ef_search=ef_search, exclude=banned)
+                     for index in (self._main, self._delta) if index.ntotal]
+        n = len(queries)
+        if not parts:
+            return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        ids = np.concatenate([p[1] for p in parts], axis=1)
+        scores = np.where(ids < 0, -np.inf, scores)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top_scores = np.take_along_axis(scores, order, axis=1)
+        top_ids = np.take_along_axis(ids, order, axis=1)
+        if top_ids.shape[1] < k:
+            pad = k - top_ids.shape[1]
+            top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
+        return top_scores, top_ids
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def main_vectors(self) -> int:
+        return self._main.ntotal
+
+    @property
+    def delta_vectors(self) -> int:
+        return self._delta.ntotal
+
+    @property
+    def main_kind(self) -> str:
+        return self._main.spec.describe
+
+    @property
+    def tombstones(self) -> set[int]:
+        return set(self._tombstones)
+
+    def live_ids(self) -> np.ndarray:
+        """Every searchable id, main then delta (a duplicate would show up twice)."""
+        self.refresh()
+        with self._lock.read():
+            ids = np.concatenate([self._main.ids(), self._delta.ids()])
+            banned = np.fromiter(self._tombstones, np.int64, count=len(self._tombstones))
+        return ids[~np.isin(ids, banned)]
+
+    def needs_compaction(self) -> bool:
+        main, delta, policy = self._main.ntotal, self._delta.ntotal, self.policy
+        total = main + delta
+        if main == 0:
+            return delta > 0  # a first run: build the main index right away
+        if self.spec.auto and self._main.spec.kind != self.spec.for_size(total).kind:
+            return True
+        if delta >= max(policy.delta_min, policy.delta_fraction * main):
+            return True
+        return len(self._tombstones) > policy.tombstone_fraction * max(total, 1)
+
+    # -- compaction -------------------------------------------------------------------------
+
+    def compact(self) -> CompactionReport:
+        """Build a new main index from the store's active vectors and swap it in.
+
+        Searches go on against the old indexes during the build; vectors added meanwhile land
+        in the delta (their ids are above the snapshot) and survive the swap. Callers make sure
+        only one compaction runs at a time (the collection's compaction lock).
+        """
+        started, began_at = time.perf_counter(), time.time()
+        upto = self.store.max_id()
+        n = self.store.counts()["active"]
+        main = FaissIndex.build(self.spec.for_size(n), self.dim)
+        for ids, vectors in self.store.iter_vectors(upto_id=upto):
+            main.add(ids, vectors)
+        main.save(self.folder / MAIN_INDEX)
+        stamp = _stamp(self.folder / MAIN_INDEX)
+        with self._refresh_lock:
+            delta = FaissIndex.build(_FLAT, self.dim)
+            for ids, vectors in self.store.iter_vectors(after_id=main.max_id()):
+                delta.add(ids, vectors)
+            with self._lock.write():
+                self._main, self._main_stamp, self._delta = main, stamp, delta
+            delta.save(self.folder / DELTA_INDEX)
+        before = len(self._tombstones)
+        # Images removed before the build began are not in the new main: forget their vectors.
+        self.store.drop_tombstoned_vectors(removed_before=began_at)
+        self._generation = -1  # re-read tombstones on the next refresh
+        self.refresh()
+        return CompactionReport(main.ntotal, before - len(self._tombstones),
+                                time.perf_counter() - started, main.spec.describe)
+
+def verify(folder: Path, spec: IndexSpec, dim: int, store: SQLiteStore) -> VerifyReport:
+    """Compare the index files in ``folder`` with the store, without changing anything."""
+    problems: list[str] = []
+    active = {int(i) for ids, _ in store.iter_vectors() for i in ids}
+    stored = {int(i) for ids, _ in store.iter_vectors(active_only=False) for i in ids}
+    main = _read_file(folder / MAIN_INDEX, spec, dim, problems)
+    delta = _read_file(folder / DELTA_INDEX, _FLAT, dim, problems)
+    main_ids = main.ids() if main else np.zeros(0, np.int64)
+    delta_ids = delta.ids() if delta else np.zeros(0, np.int64)
+    main_max = int(main_ids.max()) if len(main_ids) else 0
+    for name, ids in (("main.index", main_ids), ("delta.index", delta_ids)):
+        if len(ids) != len(np.unique(ids)):
+            problems.append(f"{name} holds {len(ids) - len(np.unique(ids))} duplicate ids")
+        unknown = set(ids.tolist()) - stored
+        if unknown:
+            problems.append(f"{name} holds {len(unknown)} ids with no stored vector "
+                            f"(e.g. {sorted(unknown)[:5]})")
+    missing = {i for i in active if i <= main_max} - set(main_ids.tolist())
+    if missing:
+        problems.append(f"{len(missing)} active images are missing from main.index "
+                        f"(e.g. {sorted(missing)[:5]})")
+    on_disk = set(main_ids.tolist()) | set(delta_ids.tolist())
+    pending = {i for i in active if i > main_max} - on_disk
+    for ids, vectors in store.iter_vectors():
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = ids[np.abs(norms - 1.0) > 1e-3]
+        if len(bad):
+            problems.append(f"{len(bad)} stored vectors are not unit length "
+                            f"(e.g. {bad[:5].tolist()})")
+    return VerifyReport(
+        active_images=len(active), main_vectors=len(main_ids), delta_vectors=len(delta_ids),
+        pending_vectors=len(pending), tombstones=len(stored - active),
+        problems=tuple(problems),
+    )
+
+def _read_file(path: Path, spec: IndexSpec, dim: int, problems: list[str]) -> FaissIndex | None:
+    if not path.is_file():
+        return None
+    try:
+        index = FaissIndex.load(path, spec)
+    except CorruptCollectionError as exc:
+        problems.append(str(exc))
+        return None
+    if index.ntotal and index.dim != dim:
+        problems.append(f"{path.name} has dimension {index.dim}, the collection {dim}")
+    return index
+
+
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files that killed writers left behind (``.<name>.<pid>[.<n>].tmp``),
+    never one whose writer is still running."""
+    for tmp in folder.glob(".*.tmp"):
+        parts = tmp.name.split(".")
+        pid = next((int(p) for p in parts if p.isdigit()), None)
+        if pid is None or _alive(pid):
+            continue
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
