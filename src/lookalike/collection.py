@@ -43,7 +43,8 @@ class Collection:
 
     def __init__(self, path: Path, manifest: dict[str, Any], *, weights: str | None = None,
                  runtime: str | None = None, device: str | None = None,
-                 threads: int | None = None, max_pixels: int | None = None) -> None:
+                 threads: int | None = None, precision: str | None = None,
+                 max_pixels: int | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self.model_name: str = manifest["model"]["name"]
@@ -53,6 +54,7 @@ class Collection:
         self._runtime = settings.resolve("runtime", runtime)
         self._device = settings.resolve("device", device)
         self._threads = settings.resolve("threads", threads)
+        self._precision = settings.resolve("precision", precision)
         self.max_pixels: int = settings.resolve("max_pixels", max_pixels)
         self.store = SQLiteStore(path / DATABASE, self.dim)
         self._embedder: Embedder | None = None
@@ -107,7 +109,7 @@ class Collection:
         if self._embedder is None:
             self._embedder = Embedder.load(
                 self.model_name, weights=self._weights, runtime=self._runtime,
-                device=self._device, threads=self._threads,
+                device=self._device, threads=self._threads, precision=self._precision,
                 cache_dir=settings.resolve("cache_dir"),
             )
         return self._embedder

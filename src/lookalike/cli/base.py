@@ -12,8 +12,11 @@ COLLECTION_HELP = (
     "Collection folder [env LOOKALIKE_COLLECTION; default ~/.local/share/lookalike/default]."
 )
 _common_runtime = [
-    click.option("--runtime", type=click.Choice(["auto", "onnxruntime", "torch"]), default=None,
-                 help="Inference runtime [env LOOKALIKE_RUNTIME; default auto]."),
+    click.option("--runtime", type=click.Choice(["auto", "openvino", "onnxruntime", "torch"]),
+                 default=None, help="Inference runtime [env LOOKALIKE_RUNTIME; default auto]."),
+    click.option("--precision", type=click.Choice(["auto", "f32", "bf16"]), default=None,
+                 help="CPU inference precision [env LOOKALIKE_PRECISION; default auto: bf16 "
+                      "where the CPU has it natively]."),
     click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
                  help="cuda runs the model on a GPU [env LOOKALIKE_DEVICE; default cpu]."),
     click.option("--threads", type=click.IntRange(min=1), default=None,

@@ -1,8 +1,7 @@
-"""Running a model: an exported ONNX graph on ONNX Runtime (CPU), or PyTorch (CUDA or fallback).
+"""Running a model: the exported ONNX graph on OpenVINO or ONNX Runtime (CPU), or PyTorch.
 
-Measured on a 2-core CPU (benchmarks/bench_runtimes.py): ONNX Runtime runs EfficientNet-Lite0 about
-5x faster than PyTorch eager, with outputs equal to 1e-5. The graph is exported once per model and
-weights and cached on disk; later processes load it without touching torch.
+benchmarks/bench_runtimes.py measures the choices on this machine. The graph is exported once per
+model and weights and cached on disk; later processes load it without touching torch.
 """
 
 from __future__ import annotations
@@ -18,10 +17,12 @@ import numpy as np
 
 from ..errors import MissingDependencyError, UsageError
 from ..types import Preprocess
+from .backends import Backend, OpenVinoBackend, OrtBackend, TorchBackend
 from .registry import ModelSpec, get_model_spec
 
 GRAPH_VERSION = 2  # bump when EmbeddingGraph changes, so cached exports are redone
-RUNTIMES = ("auto", "onnxruntime", "torch")
+RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
+PRECISIONS = ("auto", "f32", "bf16")
 
 
 class Embedder:
@@ -31,7 +32,7 @@ class Embedder:
     >>> vectors = embedder.embed(pixel_arrays)  # (n, 1280) float32, unit norm
     """
 
-    def __init__(self, spec: ModelSpec, backend: _Backend, weights: str | None) -> None:
+    def __init__(self, spec: ModelSpec, backend: Backend, weights: str | None) -> None:
         self.spec = spec
         self.weights = weights
         self._backend = backend
@@ -45,23 +46,44 @@ class Embedder:
         runtime: str = "auto",
         device: str = "cpu",
         threads: int | None = None,
+        precision: str = "auto",
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> Embedder:
-        """Load model ``name`` from the registry onto the fastest runtime for ``device``."""
+        """Load model ``name`` from the registry onto the fastest runtime for ``device``.
+
+        ``runtime="auto"`` picks OpenVINO on the CPU when it is installed (else ONNX Runtime)
+        and PyTorch on CUDA. ``precision="auto"`` picks bf16 where the CPU computes it natively
+        (AVX512-BF16 or AMX) and OpenVINO runs the model, f32 everywhere else; the retrieval
+        effect of bf16 is measured in benchmarks/bench_runtimes.py.
+        """
         spec = get_model_spec(name)
         if runtime not in RUNTIMES:
             raise UsageError(f"Unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}.")
+        if precision not in PRECISIONS:
+            raise UsageError(
+                f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}."
+            )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"Unknown device {device!r}; choose cpu or cuda.")
         if runtime == "auto":
             runtime = "torch" if device == "cuda" else _cpu_runtime()
-        if runtime == "onnxruntime":
-            if device != "cpu":
-                raise UsageError("The onnxruntime runtime runs on the CPU; use --runtime torch.")
-            cache = Path(cache_dir) if cache_dir else None
-            backend: _Backend = _OrtBackend(_exported_graph(spec, weights, cache), threads)
+        if runtime != "torch" and device != "cpu":
+            raise UsageError(f"The {runtime} runtime runs on the CPU; use --runtime torch.")
+        if runtime == "openvino":
+            from .backends import cpu_has_bf16
+
+            if precision == "auto":
+                precision = "bf16" if cpu_has_bf16() else "f32"
+        elif precision == "bf16":
+            raise UsageError("bf16 inference needs --runtime openvino; use --precision f32.")
+        cache = Path(cache_dir) if cache_dir else None
+        backend: Backend
+        if runtime == "openvino":
+            backend = OpenVinoBackend(_exported_graph(spec, weights, cache), threads, precision)
+        elif runtime == "onnxruntime":
+            backend = OrtBackend(_exported_graph(spec, weights, cache), threads)
         else:
-            backend = _TorchBackend(spec, weights, device, threads)
+            backend = TorchBackend(spec, weights, device, threads)
         return cls(spec, backend, weights)
 
     @property
@@ -127,68 +149,12 @@ def _renormalise(vectors: np.ndarray) -> np.ndarray:
 
 
 def _cpu_runtime() -> str:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "onnxruntime"
+    import importlib.util
 
-
-class _Backend:
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-
-class _OrtBackend(_Backend):
-    def __init__(self, path: Path, threads: int | None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads would steal the cores that decoding workers need between batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
-        self._input = self._session.get_inputs()[0].name
-
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: pixels})[0]
-
-    def describe(self) -> str:
-        return "onnxruntime-cpu"
-
-
-class _TorchBackend(_Backend):
-    def __init__(self, spec: ModelSpec, weights: str | None, device: str, threads: int | None):
-        import torch
-
-        from .nets import EmbeddingGraph
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UsageError(
-                "--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu."
-            )
-        if threads:
-            torch.set_num_threads(threads)
-        self._torch = torch
-        self._device = torch.device(device)
-        graph = EmbeddingGraph(spec.build(weights), spec.preprocess).eval().to(self._device)
-        self._graph = graph.to(memory_format=torch.channels_last)
-
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with torch.inference_mode():
-            batch = torch.from_numpy(pixels).to(self._device, non_blocking=True)
-            return self._graph(batch).float().cpu().numpy()
-
-    def describe(self) -> str:
-        return f"torch-{self._device.type}"
+    for runtime in ("openvino", "onnxruntime"):
+        if importlib.util.find_spec(runtime) is not None:
+            return runtime
+    return "torch"
 
 
 def _exported_graph(spec: ModelSpec, weights: str | None, cache_dir: Path | None) -> Path:
