@@ -96,9 +96,19 @@ def _under(uri: str, roots: Sequence[str]) -> bool:
     return any(uri == r or uri.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
-def _ignore_sigint() -> None:
+def _init_worker() -> None:
     # Ctrl-C is handled once, by the main process, which then stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # If the main process is killed (kill -9), its workers must not linger: on Linux, ask the
+    # kernel to kill this worker when its parent dies.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 def _decode_chunk(uris: list[str], preprocess: Preprocess, max_pixels: int) -> tuple[list, float]:
@@ -206,10 +216,12 @@ class Ingestor:
                 tally.stages["decode_wait"] += seconds
                 yield decoded
             return
-        context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+        # spawn: workers start clean (no inherited runtime threads or locks) as children of
+        # this process, so the parent-death signal above reaches them.
+        context = multiprocessing.get_context("spawn")
         pending: deque[Future] = deque()
         with ProcessPoolExecutor(self.workers, mp_context=context,
-                                 initializer=_ignore_sigint) as pool:
+                                 initializer=_init_worker) as pool:
             try:
                 queue = iter(chunks)
                 for chunk in queue:  # bounded prefetch: a few chunks per worker in flight
