@@ -50,7 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Flat, or HNSW<M>[,efConstruction=<n>]."),
     Setting("ef_search", lambda: 64, "HNSW efSearch used by searches that do not pass --ef.", int),
     Setting("batch_size", lambda: 32, "Images per model call while indexing.", int),
-    Setting("workers", lambda: max(1, (os.cpu_count() or 2) - 1),
+    Setting("workers", lambda: os.cpu_count() or 1,
             "Decoding worker processes while indexing (0 decodes in the main process).", int),
     Setting("threads", lambda: os.cpu_count() or 1, "Threads the model runtime may use.", int),
     Setting("runtime", lambda: "auto",
