@@ -54,8 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Decoding worker processes while indexing (0 decodes in the main process).", int),
     Setting("threads", lambda: os.cpu_count() or 1, "Threads the model runtime may use.", int),
     Setting("runtime", lambda: "auto",
-            "Inference runtime: auto (OpenVINO, else ONNX Runtime, on the CPU; PyTorch on CUDA), "
-            "openvino, onnxruntime, torch."),
+            "Inference runtime: auto (CPU: OpenVINO for bf16, else ONNX Runtime; PyTorch on "
+            "CUDA), openvino, onnxruntime, torch."),
     Setting("precision", lambda: "auto",
             "CPU inference precision: auto (bf16 where the CPU computes it natively and OpenVINO "
             "runs the model, else f32), f32, bf16."),

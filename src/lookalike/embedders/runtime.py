@@ -51,10 +51,10 @@ class Embedder:
     ) -> Embedder:
         """Load model ``name`` from the registry onto the fastest runtime for ``device``.
 
-        ``runtime="auto"`` picks OpenVINO on the CPU when it is installed (else ONNX Runtime)
-        and PyTorch on CUDA. ``precision="auto"`` picks bf16 where the CPU computes it natively
-        (AVX512-BF16 or AMX) and OpenVINO runs the model, f32 everywhere else; the retrieval
-        effect of bf16 is measured in benchmarks/bench_runtimes.py.
+        On the CPU, ``runtime="auto"`` picks OpenVINO in bf16 where the CPU computes bf16
+        natively (AVX512-BF16 or AMX) and ``precision`` allows it, else ONNX Runtime in f32 (the
+        fastest f32 runtime measured here); PyTorch on CUDA. benchmarks/bench_runtimes.py and
+        bench_precision.py measure the speed and the retrieval effect of each choice.
         """
         spec = get_model_spec(name)
         if runtime not in RUNTIMES:
@@ -66,7 +66,7 @@ class Embedder:
         if device not in ("cpu", "cuda"):
             raise UsageError(f"Unknown device {device!r}; choose cpu or cuda.")
         if runtime == "auto":
-            runtime = "torch" if device == "cuda" else _cpu_runtime()
+            runtime = "torch" if device == "cuda" else _cpu_runtime(precision)
         if runtime != "torch" and device != "cpu":
             raise UsageError(f"The {runtime} runtime runs on the CPU; use --runtime torch.")
         if runtime == "openvino":
@@ -148,11 +148,19 @@ def _renormalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def _cpu_runtime() -> str:
+def _cpu_runtime(precision: str) -> str:
     import importlib.util
 
-    for runtime in ("openvino", "onnxruntime"):
-        if importlib.util.find_spec(runtime) is not None:
+    def installed(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    if precision != "f32" and installed("openvino"):
+        from .backends import cpu_has_bf16
+
+        if cpu_has_bf16() or precision == "bf16":
+            return "openvino"
+    for runtime in ("onnxruntime", "openvino"):
+        if installed(runtime):
             return runtime
     return "torch"
 
