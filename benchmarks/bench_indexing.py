@@ -275,7 +275,7 @@ def report(args: argparse.Namespace, folder: Path, n_photos: int, ours: list[dic
         [[f"{r['images']:,}", f"{ips(r):.1f}", mib(r["self_peak"]), mib(r["tree_peak"]),
           mib(r["index_bytes"]), f"{r['other_cores']:.2f}"] for r in scale],
     ))
-    print("\n'All processes' sums the resident sizes of the main process, the forkserver and the "
+    print("\n'All processes' sums the resident sizes of the main process and the "
           "decoding workers (sampled every 50 ms; shared pages counted once per process).\n")
 
     if len(runs) > 1:

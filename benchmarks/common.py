@@ -145,7 +145,7 @@ class Meter:
     ``self_peak`` is the kernel's exact high-water mark of this process (VmHWM; not
     ``ru_maxrss``, which after fork + exec also remembers the parent's size).
     ``tree_peak`` is the largest sum of the resident sizes of this process and all its
-    descendants (decoding workers, forkserver), sampled every 50 ms from /proc; shared pages are
+    descendants (decoding workers), sampled every 50 ms from /proc; shared pages are
     counted once per process, so it is an upper bound on what the tree really used.
     ``other_cores`` is the CPU that other processes on the machine used meanwhile, in cores
     (system busy time minus this tree's, over the wall time): the benchmark's noise floor.

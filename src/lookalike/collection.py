@@ -208,12 +208,11 @@ class Collection:
             return None
 
     def rebuild(self) -> CompactionReport:
-        """Rebuild every index from the stored vectors, discarding the index files."""
+        """Rebuild every index from the stored vectors, ignoring (then replacing) the index files:
+        the repair for anything `verify` reports."""
         with _file_lock(self.path / COMPACT_LOCK, "being compacted by another process"):
-            for name in (MAIN_INDEX, DELTA_INDEX):
-                (self.path / name).unlink(missing_ok=True)
-            self._live = None
-            return self.live.compact()
+            self._live = LiveIndex(self.path, self.spec, self.dim, self.store, load=False)
+            return self._live.compact()
 
     def verify(self) -> VerifyReport:
         """Check that the index files agree with the store; changes nothing."""

@@ -113,7 +113,9 @@ class LiveIndex:
     """Main + delta + tombstones over one collection folder and its store."""
 
     def __init__(self, folder: Path, spec: IndexSpec, dim: int, store: SQLiteStore,
-                 policy: CompactionPolicy | None = None) -> None:
+                 policy: CompactionPolicy | None = None, *, load: bool = True) -> None:
+        """``load=False`` ignores the index files on disk until the next refresh (for a rebuild,
+        which must not read a damaged file)."""
         self.folder = folder
         self.spec = spec
         self.dim = dim
@@ -126,7 +128,8 @@ class LiveIndex:
         self._delta = FaissIndex.build(_FLAT, dim)
         self._tombstones: set[int] = set()
         self._generation = -1
-        self.refresh()
+        if load:
+            self.refresh()
 
     # -- keeping up with the store ----------------------------------------------------------
 
@@ -273,13 +276,12 @@ class LiveIndex:
             with self._lock.write():
                 self._main, self._main_stamp, self._delta = main, stamp, delta
             delta.save(self.folder / DELTA_INDEX)
-        before = len(self._tombstones)
         # Images removed before the build began are not in the new main: forget their vectors.
-        self.store.drop_tombstoned_vectors(removed_before=began_at)
+        dropped = self.store.drop_tombstoned_vectors(removed_before=began_at)
         self._generation = -1  # re-read tombstones on the next refresh
         self.refresh()
-        return CompactionReport(main.ntotal, before - len(self._tombstones),
-                                time.perf_counter() - started, main.spec.describe)
+        return CompactionReport(main.ntotal, dropped, time.perf_counter() - started,
+                                main.spec.describe)
 
 def verify(folder: Path, spec: IndexSpec, dim: int, store: SQLiteStore) -> VerifyReport:
     """Compare the index files in ``folder`` with the store, without changing anything."""

@@ -241,15 +241,16 @@ class SQLiteStore:
             )
         return cursor.rowcount
 
-    def drop_tombstoned_vectors(self, removed_before: float) -> None:
+    def drop_tombstoned_vectors(self, removed_before: float) -> int:
         """Forget vectors of images removed before ``removed_before`` (a time.time()): an index
         built after that moment no longer holds them. Later removals stay tombstones."""
         with self._transaction() as db:
-            db.execute(
+            cursor = db.execute(
                 "DELETE FROM vectors WHERE image_id IN "
                 "(SELECT id FROM images WHERE status != 'active' AND removed_at < ?)",
                 (removed_before,),
             )
+        return cursor.rowcount
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
