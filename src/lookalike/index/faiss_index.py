@@ -23,6 +23,7 @@ class FaissIndex:
     def __init__(self, index: object, spec: IndexSpec) -> None:
         self._index = index
         self.spec = spec
+        self._max_id: int | None = None  # cached: asked for on every write and refresh
 
     @classmethod
     def build(
@@ -87,12 +88,17 @@ class FaissIndex:
         return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
 
     def max_id(self) -> int:
-        ids = self.ids()
-        return int(ids.max()) if len(ids) else 0
+        if self._max_id is None:
+            ids = self.ids()
+            self._max_id = int(ids.max()) if len(ids) else 0
+        return self._max_id
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))  # type: ignore[attr-defined]
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self._index.add_with_ids(vectors, ids)  # type: ignore[attr-defined]
+        if len(ids):
+            self._max_id = max(self.max_id(), int(ids.max()))
 
     def search(
         self,
