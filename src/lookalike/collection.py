@@ -201,7 +201,9 @@ class Collection:
         carry on meanwhile). With ``wait=False``, returns None if a compaction is running."""
         try:
             with _file_lock(self.path / COMPACT_LOCK, "being compacted by another process"):
-                return self.live.compact()
+                if self._live is None:  # nothing searches here yet: skip loading the old indexes
+                    self._live = LiveIndex(self.path, self.spec, self.dim, self.store, load=False)
+                return self._live.compact()
         except CollectionLockedError:
             if wait:
                 raise

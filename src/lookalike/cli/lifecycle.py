@@ -63,9 +63,13 @@ def compact_command(collection: str | None, as_json: bool) -> None:
     """Merge the delta into a new main index and drop removed images from it.
 
     Searches and writers carry on during the merge; the new index is swapped in atomically.
+    The merge runs at low CPU priority, so searches served meanwhile stay fast.
     """
+    import os
+
     from ..collection import Collection
 
+    os.nice(10)
     with Collection.open(collection_path(collection)) as col:
         report = col.compact()
     _print_compaction(report, as_json)

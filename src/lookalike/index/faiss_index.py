@@ -7,14 +7,30 @@ so k live results still come back; a rebuild drops them for good.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CorruptCollectionError
 from .spec import IndexSpec
+
+
+@contextmanager
+def omp_threads(threads: int) -> Iterator[None]:
+    """Let Faiss use at most ``threads`` OpenMP threads inside the block (the setting is per
+    calling thread in OpenMP, so concurrent callers do not disturb each other)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(min(threads, before))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class FaissIndex:
@@ -128,5 +144,8 @@ class FaissIndex:
             params = faiss.SearchParameters()
         if selector is not None:
             params.sel = selector
-        scores, ids = self._index.search(queries, k, params=params)  # type: ignore[attr-defined]
+        # One query runs on one thread: a team of threads only waits at the barrier for a core
+        # that is busy elsewhere (measured: search p99 during a merge 6x worse with 2 threads).
+        with omp_threads(1) if len(queries) == 1 else contextlib.nullcontext():
+            scores, ids = self._index.search(queries, k, params=params)  # type: ignore[attr-defined]
         return scores, ids
