@@ -175,7 +175,7 @@ def main() -> None:
     print("\nThe max during a merge includes the one search that loads the new main index "
           "after the swap.\n")
     print("### Add to searchable\n")
-    rows = [["`Collection.add` / `lookalike add` / `POST` paths", "0 (searchable when the call "
+    rows = [["`Collection.add` / `lookalike add`", "0 (searchable when the call "
              "returns: the vector is in the delta before it returns)", ""]]
     if delays:
         rows.append([f"`lookalike watch` (inotify), {len(delays)} new files",
