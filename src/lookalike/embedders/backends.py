@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -15,12 +16,14 @@ from ..errors import UsageError
 from .registry import ModelSpec
 
 
-class Backend:
+class Backend(Protocol):
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(n, size, size, 3) uint8 pixels -> (n, dim) float32 embeddings."""
+        ...
 
     def describe(self) -> str:
-        raise NotImplementedError
+        """The runtime in a few words, e.g. ``openvino-cpu-bf16``."""
+        ...
 
 
 class OrtBackend(Backend):
