@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +45,10 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("XDG_CONFIG_HOME", str(home / "config"))
         mp.setenv("TORCH_HOME", str(home / "torch"))
         for name in ("LOOKALIKE_COLLECTION", "LOOKALIKE_CONFIG", "LOOKALIKE_MODEL",
-                     "LOOKALIKE_INDEX", "LOOKALIKE_DEBUG", "LOOKALIKE_WORKERS"):
+                     "LOOKALIKE_INDEX", "LOOKALIKE_DEBUG", "LOOKALIKE_WORKERS",
+                     "LOOKALIKE_API_KEY", "LOOKALIKE_WRITE_KEY", "LOOKALIKE_CORS_ORIGINS",
+                     "LOOKALIKE_MAX_UPLOAD_BYTES", "LOOKALIKE_COMPACT_MIN_DELTA",
+                     "LOOKALIKE_COMPACT_DELTA_FRACTION", "LOOKALIKE_COMPACT_TOMBSTONE_FRACTION"):
             mp.delenv(name, raising=False)
         yield home
 
@@ -76,3 +82,82 @@ def embedder():
     from lookalike.embedders import Embedder
 
     return Embedder.load("efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def sample_collection(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A collection of the sample photos, indexed once (read-only: copy it to change it)."""
+    from lookalike.collection import Collection
+
+    path = tmp_path_factory.mktemp("sample-collection") / "photos.lookalike"
+    with Collection.create(path) as col:
+        col.index([sample_dir], workers=0)
+    return path
+
+
+class LiveServer:
+    """`lookalike serve`'s application on a real uvicorn server, on loopback, in a thread."""
+
+    def __init__(self, app: object) -> None:
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout: float = 120.0) -> LiveServer:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server at {self.url} not ready after {timeout} s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., LiveServer]]:
+    """Start servers over collections: ``start_server(path, api_key=..., ...)``; all stopped
+    at the end of the test."""
+    from lookalike.server import ServeConfig, create_app
+
+    servers: list[LiveServer] = []
+
+    def start(collection: Path, **config: object) -> LiveServer:
+        server = LiveServer(create_app(ServeConfig(collection=str(collection), **config)))
+        servers.append(server.start())
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def served_copy(sample_collection: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the sample collection."""
+    path = tmp_path / "photos.lookalike"
+    shutil.copytree(sample_collection, path)
+    return path
+
+
+@pytest.fixture
+def live_server(served_copy: Path, start_server: Callable[..., LiveServer]) -> LiveServer:
+    """A server over a private copy of the sample collection."""
+    server = start_server(served_copy)
+    server.collection_path = served_copy  # type: ignore[attr-defined]
+    return server

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,21 @@ import numpy as np
 
 from . import settings
 from .embedders import Embedder
-from .errors import CollectionExistsError, CollectionLockedError, ImageNotFoundError, UsageError
-from .imaging import ImageSource, load_pixels, to_model_input
+from .errors import (
+    CollectionExistsError,
+    CollectionLockedError,
+    DecodeError,
+    ImageNotFoundError,
+    UsageError,
+)
+from .files import is_upload, remove_quietly, thumbnail, upload_path, write_durably
+from .imaging import ImageSource, decode_bytes, load_pixels, to_model_input
 from .index import parse_spec
 from .ingest import Ingestor
 from .live import (
     DELTA_INDEX,
     MAIN_INDEX,
+    CompactionPolicy,
     CompactionReport,
     LiveIndex,
     VerifyReport,
@@ -32,8 +42,8 @@ from .live import (
     verify,
 )
 from .manifest import MANIFEST, new_manifest, now, read_manifest, write_json
-from .store import SQLiteStore
-from .types import CollectionInfo, IngestReport, SearchHit
+from .store import ImageRecord, NewImage, SQLiteStore
+from .types import CollectionInfo, ImageDetails, IngestReport, SearchHit
 
 DATABASE, LOCK, COMPACT_LOCK = "lookalike.db", ".lock", ".compact.lock"
 
@@ -59,6 +69,7 @@ class Collection:
         self.store = SQLiteStore(path / DATABASE, self.dim)
         self._embedder: Embedder | None = None
         self._live: LiveIndex | None = None
+        self._write_lock = threading.Lock()  # threads of this process take turns as the writer
 
     # -- opening --------------------------------------------------------------------------
 
@@ -114,21 +125,40 @@ class Collection:
             )
         return self._embedder
 
+    @embedder.setter
+    def embedder(self, embedder: Embedder) -> None:
+        """Swap in an object with Embedder's interface (a server's query batcher wraps it)."""
+        self._embedder = embedder
+
     @property
     def live(self) -> LiveIndex:
         """The main and delta indexes, kept in step with the store."""
         if self._live is None:
-            self._live = LiveIndex(self.path, self.spec, self.dim, self.store)
+            self._live = LiveIndex(self.path, self.spec, self.dim, self.store, self._policy())
         return self._live
+
+    @staticmethod
+    def _policy() -> CompactionPolicy:
+        return CompactionPolicy(
+            delta_min=settings.resolve("compact_min_delta"),
+            delta_fraction=settings.resolve("compact_delta_fraction"),
+            tombstone_fraction=settings.resolve("compact_tombstone_fraction"),
+        )
 
     # -- writing ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def writer(self) -> Iterator[None]:
-        """Hold the writer lock; a second writer gets :class:`CollectionLockedError`."""
-        with _file_lock(self.path / LOCK, "being written by another process"):
-            remove_stale_temporaries(self.path)
-            yield
+    def writer(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the writer lock, waiting up to ``wait`` seconds for another writer to finish;
+        then :class:`CollectionLockedError`."""
+        if not self._write_lock.acquire(timeout=wait if wait > 0 else -1):
+            raise CollectionLockedError(f"{self.path} is being written by another thread.")
+        try:
+            with _file_lock(self.path / LOCK, "being written by another process", wait):
+                remove_stale_temporaries(self.path)
+                yield
+        finally:
+            self._write_lock.release()
 
     def index(self, paths: Iterable[str | os.PathLike[str]], *, batch_size: int | None = None,
               workers: int | None = None, show_progress: bool | None = None,
@@ -181,20 +211,87 @@ class Collection:
         """Index files and folders without removing anything else."""
         return self.index(paths, remove_missing=False, **options)
 
-    def remove(self, images: Iterable[int | str | os.PathLike[str]]) -> list[int]:
-        """Remove images by id or path; gone from results at once. Returns the ids removed."""
-        ids = []
+    def remove(self, images: Iterable[int | str | os.PathLike[str]], *,
+               wait: float = 0.0) -> list[int]:
+        """Remove images by id or path; gone from results at once. Returns the ids removed.
+
+        Files uploaded into the collection are deleted too; indexed files elsewhere never are.
+        """
+        records = []
         for image in images:
             image_id = image if isinstance(image, int) else self.find(image)
             record = self.store.get([image_id]).get(image_id) if image_id else None
             if record is None or record.status != "active":
                 raise ImageNotFoundError(f"No indexed image {image!r}.")
-            ids.append(int(image_id))  # type: ignore[arg-type]
-        with self.writer():
+            records.append(record)
+        ids = [r.id for r in records]
+        with self.writer(wait):
             self.store.mark_removed(ids)
             self.live.forget(set(ids))
-            self.live.save_delta()
+        for record in records:
+            if is_upload(self.path, record.uri):
+                remove_quietly(Path(record.uri))
         return ids
+
+    def add_bytes(self, data: bytes, *, metadata: dict[str, Any] | None = None,
+                  wait: float = 10.0) -> tuple[ImageDetails, bool]:
+        """Store an uploaded image inside the collection, embed it and make it searchable.
+
+        Returns the image and whether it is new: identical bytes uploaded before give back that
+        image (with ``metadata`` replacing its old metadata, if given). The image is durable and
+        searchable when this returns. Raises DecodeError for bytes that are not a usable image.
+        """
+        decoded = decode_bytes(data, self.embedder.preprocess, self.max_pixels)
+        path = upload_path(self.path, decoded.content_hash, decoded.uri)
+        meta = json.dumps(metadata, ensure_ascii=False) if metadata is not None else None
+        vector = self.embedder.embed_pixels(decoded.pixels[None])  # type: ignore[index]
+        with self.writer(wait):
+            existing = self.store.find_uri(str(path))
+            if existing is not None:
+                if meta is not None:
+                    self.store.set_metadata(existing.id, meta)
+                image_id, created = existing.id, False
+            else:
+                write_durably(path, data)  # the file first: a row never points at nothing
+                stat = path.stat()
+                [image_id] = self.store.write([NewImage(
+                    str(path), stat.st_size, stat.st_mtime_ns, decoded.content_hash,
+                    decoded.width, decoded.height, vector[0], metadata=meta,
+                )])
+                self.live.add(np.array([image_id], np.int64), vector)
+                created = True
+        return self.details(image_id), created
+
+    def details(self, image_id: int) -> ImageDetails:
+        """An indexed image's location, size and metadata."""
+        record = self._record(image_id)
+        meta = self.store.metadata(image_id)
+        return ImageDetails(
+            record.id, record.uri, record.status, record.width, record.height, record.size,
+            record.content_hash, record.added_at, is_upload(self.path, record.uri),
+            json.loads(meta) if meta else None,
+        )
+
+    def file(self, image_id: int) -> Path:
+        """The image file of an indexed image (raises ImageNotFoundError if it is gone)."""
+        path = Path(self._record(image_id).uri)
+        if not path.is_file():
+            raise ImageNotFoundError(f"The file of image {image_id} is gone: {path}.")
+        return path
+
+    def thumbnail(self, image_id: int, side: int = 256) -> Path:
+        """A small cached JPEG of an indexed image."""
+        try:
+            return thumbnail(self.path, image_id, str(self.file(image_id)), side=side,
+                             max_pixels=self.max_pixels)
+        except DecodeError as exc:
+            raise ImageNotFoundError(f"Image {image_id} can no longer be read: {exc}.") from None
+
+    def _record(self, image_id: int) -> ImageRecord:
+        record = self.store.get([image_id]).get(image_id)
+        if record is None or record.status != "active":
+            raise ImageNotFoundError(f"No indexed image has id {image_id}.")
+        return record
 
     def compact(self, *, wait: bool = True) -> CompactionReport | None:
         """Build a new main index from the stored vectors and swap it in (searches and writers
@@ -202,7 +299,8 @@ class Collection:
         try:
             with _file_lock(self.path / COMPACT_LOCK, "being compacted by another process"):
                 if self._live is None:  # nothing searches here yet: skip loading the old indexes
-                    self._live = LiveIndex(self.path, self.spec, self.dim, self.store, load=False)
+                    self._live = LiveIndex(self.path, self.spec, self.dim, self.store,
+                                           self._policy(), load=False)
                 return self._live.compact()
         except CollectionLockedError:
             if wait:
@@ -213,7 +311,8 @@ class Collection:
         """Rebuild every index from the stored vectors, ignoring (then replacing) the index files:
         the repair for anything `verify` reports."""
         with _file_lock(self.path / COMPACT_LOCK, "being compacted by another process"):
-            self._live = LiveIndex(self.path, self.spec, self.dim, self.store, load=False)
+            self._live = LiveIndex(self.path, self.spec, self.dim, self.store, self._policy(),
+                                       load=False)
             return self._live.compact()
 
     def verify(self) -> VerifyReport:
@@ -267,13 +366,20 @@ class Collection:
         if k < 1:
             raise UsageError(f"k must be at least 1, got {k}.")
         ef = settings.resolve("ef_search", ef)
-        scores, ids = self.live.search(vector[None, :], k, ef_search=ef, exclude=exclude)
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-        records = self.store.get([i for i, _ in found])
-        return [
-            SearchHit(i, records[i].uri, s, records[i].width, records[i].height)
-            for i, s in found if i in records and records[i].status == "active"
-        ]
+        fetch = k
+        while True:
+            scores, ids = self.live.search(vector[None, :], fetch, ef_search=ef, exclude=exclude)
+            found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+            records = self.store.get([i for i, _ in found])
+            hits = [
+                SearchHit.from_cosine(i, records[i].uri, s, records[i].width, records[i].height)
+                for i, s in found if i in records and records[i].status == "active"
+            ]
+            # Fewer hits than asked while the index had more: an image was removed after this
+            # reader last caught up (e.g. during a compaction elsewhere). Look further.
+            if len(hits) >= k or len(found) < fetch or fetch >= 16 * k:
+                return hits[:k]
+            fetch *= 4
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -297,12 +403,12 @@ class Collection:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path, doing: str) -> Iterator[None]:
+def _file_lock(path: Path, doing: str, wait: float = 0.0) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(path))
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=wait, poll_interval=0.02)
     except Timeout:
         raise CollectionLockedError(
             f"{path.parent} is {doing} (lock file {path}). Wait for it to finish; searches "

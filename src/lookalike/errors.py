@@ -63,9 +63,19 @@ class WeightsError(LookalikeError):
 class DecodeError(LookalikeError):
     """A file or byte string is not an image lookalike can read (the message says why)."""
 
+    #: Why, for callers that map it to a status: ``empty``, ``not_image``, ``corrupt``,
+    #: ``too_many_pixels``, ``unreadable`` or ``needs_decoder``.
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 class CollectionLockedError(LookalikeError):
     """Another process is writing to the collection."""
+
+
+class PayloadTooLargeError(UsageError):
+    """An upload is larger than the configured limit."""
 
 
 class CorruptCollectionError(LookalikeError):

@@ -72,7 +72,7 @@ def open_image(
     if name is None:
         name = "" if isinstance(source, bytes) else os.fspath(source)
     if not data:
-        raise DecodeError("empty file (0 bytes)")
+        raise DecodeError("empty file (0 bytes)", "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -82,7 +82,7 @@ def open_image(
                 raise DecodeError(
                     f"image is {width}x{height} = {width * height:,} pixels, over the limit "
                     f"of {max_pixels:,} (decompression-bomb guard); raise LOOKALIKE_MAX_PIXELS "
-                    "to allow it"
+                    "to allow it", "too_many_pixels"
                 )
             if image.getexif().get(_ORIENTATION_TAG) in _TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
@@ -91,6 +91,7 @@ def open_image(
             image.load()
             rgb = _to_rgb(ImageOps.exif_transpose(image) or image)
             rgb.info["lookalike_size"] = (width, height)
+            rgb.info["lookalike_format"] = image.format
             return rgb
     except DecodeError:
         raise
@@ -98,11 +99,12 @@ def open_image(
         ext = Path(name).suffix.lower()
         if ext in _HEIF_EXTENSIONS and not HEIF_AVAILABLE:
             raise DecodeError(
-                f"{ext} files need the pillow-heif decoder: pip install 'lookalike[heif]'"
+                f"{ext} files need the pillow-heif decoder: pip install 'lookalike[heif]'",
+                "needs_decoder",
             ) from None
-        raise DecodeError("not an image (no decoder recognises these bytes)") from None
+        raise DecodeError("not an image (no decoder recognises these bytes)", "not_image") from None
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"decompression bomb refused: {exc}") from None
+        raise DecodeError(f"decompression bomb refused: {exc}", "too_many_pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise DecodeError(f"corrupt or truncated image data: {exc}") from None
 
@@ -112,14 +114,49 @@ def original_size(image: Image.Image) -> tuple[int, int]:
     return image.info.get("lookalike_size", image.size)
 
 
+def original_format(image: Image.Image) -> str | None:
+    """The file format Pillow recognised from the bytes (``"JPEG"``, ``"PNG"``...)."""
+    return image.info.get("lookalike_format")
+
+
+def decode_bytes(data: bytes, preprocess: Preprocess, max_pixels: int) -> Decoded:
+    """Decode the bytes of an uploaded file to model input; raises :class:`DecodeError`.
+
+    The format is sniffed from the bytes alone: a name or a declared content type is never
+    trusted. ``Decoded.uri`` holds the format's usual file extension (e.g. ``.jpg``).
+    """
+    image = open_image(data, max_pixels=max_pixels, draft_to=preprocess.size)
+    pixels = to_model_input(image, preprocess)
+    width, height = original_size(image)
+    return Decoded(extension_for(original_format(image)), pixels, width, height,
+                   content_hash(data))
+
+
+def extension_for(image_format: str | None) -> str:
+    """The usual extension of a Pillow format name, ``.img`` when it has none."""
+    extensions = Image.registered_extensions()
+    candidates = sorted(ext for ext, fmt in extensions.items() if fmt == image_format)
+    preferred = {"JPEG": ".jpg", "TIFF": ".tif", "MPO": ".jpg", "HEIF": ".heic"}
+    return preferred.get(image_format or "", candidates[0] if candidates else ".img")
+
+
+def media_type(path: str | os.PathLike[str]) -> str:
+    """The MIME type of an image file, sniffed from its first bytes."""
+    try:
+        with Image.open(path) as image:
+            return Image.MIME.get(image.format or "", "application/octet-stream")
+    except (OSError, SyntaxError, ValueError):
+        return "application/octet-stream"
+
+
 def _read(path: str | os.PathLike[str]) -> bytes:
     try:
         with open(path, "rb") as fh:
             return fh.read()
     except IsADirectoryError:
-        raise DecodeError("is a directory, not an image file") from None
+        raise DecodeError("is a directory, not an image file", "unreadable") from None
     except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}", "unreadable") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

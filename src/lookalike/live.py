@@ -128,30 +128,63 @@ class LiveIndex:
         self._delta = FaissIndex.build(_FLAT, dim)
         self._tombstones: set[int] = set()
         self._generation = -1
+        self.reload_in_background = False  # see refresh()
         if load:
-            self.refresh()
+            self.refresh(reload_main=True)
 
     # -- keeping up with the store ----------------------------------------------------------
 
-    def refresh(self) -> None:
-        """Catch up with other writers: a new main index file, new rows, new tombstones."""
+    def refresh(self, *, reload_main: bool | None = None) -> None:
+        """Catch up with other writers: a new main index file, new rows, new tombstones.
+
+        With ``reload_main=False`` a new main index file is left for :meth:`reload_main` (a
+        server calls it from a background thread) and searches go on with the old one, which
+        stays correct: its removed images are tombstones, its missing ones are in the delta.
+        """
+        if reload_main is None:
+            reload_main = not self.reload_in_background
         with self._refresh_lock:
             generation = self.store.generation()
             stamp = _stamp(self.folder / MAIN_INDEX)
-            if generation == self._generation and stamp == self._main_stamp:
+            new_main = reload_main and stamp != self._main_stamp
+            if generation == self._generation and not new_main:
                 return
             main = self._main
-            if stamp != self._main_stamp:
+            if new_main:
                 main = (FaissIndex.load(self.folder / MAIN_INDEX, self.spec) if stamp
                         else FaissIndex.build(self.spec, self.dim))
-            delta = self._delta if main is self._main else self._load_delta(main.max_id())
-            pending = list(self.store.iter_vectors(after_id=max(main.max_id(), delta.max_id())))
-            tombstones = self.store.tombstones()
-            with self._lock.write():
-                for ids, vectors in pending:
-                    delta.add(ids, vectors)
-                self._main, self._main_stamp, self._delta = main, stamp, delta
-                self._tombstones, self._generation = tombstones, generation
+            self._catch_up(main, stamp if new_main else self._main_stamp, generation)
+
+    def reload_main(self) -> bool:
+        """Load a main index file that a compaction swapped in, while searches go on with the
+        old one; then swap it in. Returns whether there was one."""
+        stamp = _stamp(self.folder / MAIN_INDEX)
+        if stamp is None or stamp == self._main_stamp:
+            return False
+        main = FaissIndex.load(self.folder / MAIN_INDEX, self.spec)  # slow: no lock held
+        with self._refresh_lock:
+            if _stamp(self.folder / MAIN_INDEX) != stamp:
+                return False  # replaced again while loading: the next call takes the newest
+            self._catch_up(main, stamp, self.store.generation())
+        return True
+
+    def _catch_up(self, main: FaissIndex, stamp: tuple[int, int, int] | None,
+                  generation: int) -> None:
+        # The caller holds the refresh lock. Read everything first, then swap under the write
+        # lock, so searches wait only for the swap.
+        same_main = main is self._main
+        delta = self._delta if same_main else self._load_delta(main.max_id())
+        pending = list(self.store.iter_vectors(after_id=max(main.max_id(), delta.max_id())))
+        tombstones = self.store.tombstones()
+        if same_main:
+            # A compaction elsewhere drops the vectors of images removed before it began, so
+            # they leave the store's tombstones while the old main index still holds them.
+            tombstones |= self._tombstones
+        with self._lock.write():
+            for ids, vectors in pending:
+                delta.add(ids, vectors)
+            self._main, self._main_stamp, self._delta = main, stamp, delta
+            self._tombstones, self._generation = tombstones, generation
 
     def _load_delta(self, main_max: int) -> FaissIndex:
         path = self.folder / DELTA_INDEX
@@ -186,7 +219,11 @@ class LiveIndex:
 
     def save_delta(self) -> None:
         """Cache the delta on disk, so the next process need not rebuild it from the store."""
-        self.refresh()  # a compaction elsewhere may have swapped the main index meanwhile
+        # A compaction elsewhere may have swapped the main index meanwhile: the cached delta
+        # must belong to the main index on disk. (Loading it first, outside the refresh lock,
+        # keeps searches in other threads from waiting for the load.)
+        self.reload_main()
+        self.refresh(reload_main=True)
         with self._lock.read():
             self._delta.save(self.folder / DELTA_INDEX)
 
@@ -281,7 +318,10 @@ class LiveIndex:
             delta.save(self.folder / DELTA_INDEX)
         # Images removed before the build began are not in the new main: forget their vectors.
         dropped = self.store.drop_tombstoned_vectors(removed_before=began_at)
-        self._generation = -1  # re-read tombstones on the next refresh
+        with self._refresh_lock:
+            tombstones = self.store.tombstones()
+            with self._lock.write():
+                self._tombstones = tombstones
         self.refresh()
         return CompactionReport(main.ntotal, dropped, time.perf_counter() - started,
                                 main.spec.describe)

@@ -64,6 +64,21 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest image, in pixels, that will be decoded (decompression-bomb guard).", int),
     Setting("cache_dir", lambda: str(_cache_home() / "lookalike"),
             "Where exported model graphs are cached."),
+    Setting("compact_min_delta", lambda: 5_000,
+            "Compact automatically once the delta index holds this many vectors ...", int),
+    Setting("compact_delta_fraction", lambda: 0.25,
+            "... and this fraction of the main index's vectors.", float),
+    Setting("compact_tombstone_fraction", lambda: 0.1,
+            "Compact automatically once removed images are this fraction of the index.", float),
+    Setting("api_key", lambda: None,
+            "serve: every route but /healthz, /readyz and the web page's assets needs this key "
+            "(header X-API-Key or Authorization: Bearer)."),
+    Setting("write_key", lambda: None,
+            "serve: uploads and deletes need this key (reads then accept either key)."),
+    Setting("max_upload_bytes", lambda: 20 * 1024 * 1024,
+            "serve: largest request body accepted, in bytes.", int),
+    Setting("cors_origins", lambda: "",
+            "serve: comma-separated origins allowed by CORS (empty: CORS off; * for any)."),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 

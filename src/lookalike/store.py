@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS vectors (
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS metadata (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id),
+    json TEXT NOT NULL
+);
 """
 
 
@@ -56,6 +60,7 @@ class ImageRecord:
     height: int | None
     status: str
     error: str | None
+    added_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,10 @@ class NewImage:
     height: int | None = None
     vector: np.ndarray | None = None
     error: str | None = None
+    metadata: str | None = None  # a JSON object, for images uploaded with metadata
 
 
-_COLUMNS = "id, uri, size, mtime_ns, content_hash, width, height, status, error"
+_COLUMNS = "id, uri, size, mtime_ns, content_hash, width, height, status, error, added_at"
 
 
 class SQLiteStore:
@@ -146,6 +152,13 @@ class SQLiteStore:
             "SELECT vector FROM vectors WHERE image_id = ?", (image_id,)
         ).fetchone()
         return self._decode(row[0]) if row else None
+
+    def metadata(self, image_id: int) -> str | None:
+        """The JSON metadata stored with an image, if any."""
+        row = self._db.execute(
+            "SELECT json FROM metadata WHERE image_id = ?", (image_id,)
+        ).fetchone()
+        return row[0] if row else None
 
     def vector_by_hash(self, content_hash: str) -> np.ndarray | None:
         """A stored vector for identical bytes, so a renamed or copied file is not re-embedded."""
@@ -230,7 +243,13 @@ class SQLiteStore:
                 if image.vector is not None:
                     blob = np.ascontiguousarray(image.vector, dtype=np.float32).tobytes()
                     db.execute("INSERT INTO vectors VALUES (?, ?)", (image_id, blob))
+                if image.metadata is not None:
+                    db.execute("INSERT INTO metadata VALUES (?, ?)", (image_id, image.metadata))
         return ids
+
+    def set_metadata(self, image_id: int, metadata: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO metadata VALUES (?, ?)", (image_id, metadata))
 
     def mark_removed(self, ids: Iterable[int]) -> int:
         now = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -37,13 +38,53 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One result of a search: the image's id and location, and its cosine similarity."""
+    """One result of a search: the image's id and location, and how similar it is.
+
+    ``score`` is ``(1 + cosine) / 2`` of the two embeddings: 1 for the same image, 0.5 for
+    unrelated directions, never outside [0, 1], and higher always means more similar.
+    ``distance`` is the Euclidean distance between the unit-length embeddings,
+    ``sqrt(2 - 2 * cosine)``, in [0, 2]: the same order, reversed.
+    """
 
     image_id: int
     uri: str
     score: float
     width: int | None = None
     height: int | None = None
+    distance: float = 0.0
+
+    @classmethod
+    def from_cosine(cls, image_id: int, uri: str, cosine: float, width: int | None = None,
+                    height: int | None = None) -> SearchHit:
+        cosine = min(1.0, max(-1.0, cosine))
+        return cls(image_id, uri, (1.0 + cosine) / 2.0, width, height,
+                   math.sqrt(max(0.0, 2.0 - 2.0 * cosine)))
+
+    @property
+    def cosine(self) -> float:
+        return 2.0 * self.score - 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImageDetails:
+    """One indexed image as the API shows it: where it is, its size, and its metadata."""
+
+    image_id: int
+    uri: str
+    status: str
+    width: int | None
+    height: int | None
+    size: int | None
+    content_hash: str | None
+    added_at: float
+    uploaded: bool
+    metadata: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

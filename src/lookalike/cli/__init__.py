@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import click
 
 from ..errors import LookalikeError
-from . import commands, lifecycle  # noqa: F401  (importing registers their commands)
+from . import commands, lifecycle, serve  # noqa: F401  (importing registers their commands)
 from .base import cli
 
 __all__ = ["cli", "main"]

@@ -1,0 +1,70 @@
+"""`lookalike serve`: the HTTP API and web page. Registered on the `lookalike` group."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from .base import COLLECTION_HELP, cli, runtime_options
+
+
+@cli.command("serve")
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes; each loads the model and index and shares the collection.")
+@click.option("--api-key", default=None,
+              help="Require this key on every route but health [env LOOKALIKE_API_KEY].")
+@click.option("--write-key", default=None,
+              help="Require this key for uploads and deletes [env LOOKALIKE_WRITE_KEY].")
+@click.option("--max-upload-bytes", type=click.IntRange(min=1), default=None,
+              help="Largest request body [env LOOKALIKE_MAX_UPLOAD_BYTES; default 20 MiB].")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Allow this origin by CORS (repeat; * for any) [env LOOKALIKE_CORS_ORIGINS; "
+                   "default: CORS off].")
+@click.option("--max-k", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Most results one search may ask for.")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="Run concurrent queries through the model together.")
+@click.option("--auto-compact/--no-auto-compact", default=True, show_default=True,
+              help="Merge the delta into the main index in the background when it grows.")
+@runtime_options
+def serve_command(collection: str | None, host: str, port: int, workers: int,
+                  api_key: str | None, write_key: str | None, max_upload_bytes: int | None,
+                  cors_origins: tuple[str, ...], max_k: int, batching: bool, auto_compact: bool,
+                  **runtime: Any) -> None:
+    """Serve the HTTP API and the web page over a collection.
+
+    Open http://HOST:PORT/ for the web page and /docs for the API. The collection must exist
+    (create it with `lookalike index`); images uploaded through the API are stored inside it.
+
+    \b
+    Example:  lookalike serve -c photos.lookalike --port 8000
+    """
+    import uvicorn
+
+    from ..collection import Collection
+    from ..server import ServeConfig, create_app
+    from ..server.config import CONFIG_ENV
+
+    config = ServeConfig.from_settings(
+        collection, api_key=api_key, write_key=write_key, max_upload_bytes=max_upload_bytes,
+        cors_origins=cors_origins or None, max_k=max_k, batching=batching,
+        auto_compact=auto_compact, runtime={k: v for k, v in runtime.items() if v is not None},
+    )
+    Collection.open(config.collection).close()  # fail now, with the CLI's message, if missing
+    if host not in ("127.0.0.1", "localhost", "::1") and not (config.api_key or config.write_key):
+        click.echo(f"Warning: listening on {host} with no API key: anyone who can reach this "
+                   "port can upload and delete images. Set --api-key / --write-key.", err=True)
+    click.echo(f"Serving {config.collection} on http://{host}:{port}/ (API docs at /docs)",
+               err=True)
+    if workers == 1:
+        uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+        return
+    os.environ[CONFIG_ENV] = config.to_env()
+    uvicorn.run("lookalike.server.app:app_from_environment", factory=True, host=host, port=port,
+                workers=workers, log_level="warning")

@@ -1,0 +1,272 @@
+"""The HTTP API and the web page: `create_app(ServeConfig(...))` gives a FastAPI application.
+
+Routes read the request, call the collection, and shape the answer; errors become the one JSON
+error shape in `errors.py`. Blocking work (decoding, the model, the index, SQLite) runs in the
+threadpool, so the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.middleware import Middleware
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from ..imaging import load_pixels, media_type
+from ..types import ImageDetails, SearchHit
+from .config import ServeConfig
+from .errors import ApiError, error_response, install_handlers
+from .middleware import READ_SECONDS, ApiKeys, BodyLimit, RequestTiming
+from .models import (
+    DeleteResponse,
+    ErrorResponse,
+    ImageOut,
+    SearchResponse,
+    SimilarResponse,
+    UploadResponse,
+)
+from .service import Service
+
+THUMBNAIL_SIDES = (64, 128, 256, 512)
+_ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+_UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "metadata": {"type": "string", "description": "A JSON object (POST /images only)."},
+    }}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description} for status, description in (
+        (400, "No file, an empty file, or a bad field"), (401, "Missing or wrong API key"),
+        (404, "No such image"), (413, "Upload over the size limit"),
+        (415, "Not an image"), (422, "Corrupt image, too many pixels, or a bad parameter"),
+        (503, "Still loading, or the collection is busy"),
+    )
+}
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    service = Service(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        service.start()
+        yield
+        await run_in_threadpool(service.close)
+
+    middleware = [Middleware(RequestTiming, latencies=service.latencies)]
+    if config.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        ))
+    middleware += [Middleware(ApiKeys, api_key=config.api_key, write_key=config.write_key),
+                   Middleware(BodyLimit, limit=config.max_upload_bytes)]
+    app = FastAPI(
+        title="lookalike", summary="Find images that look like this one.",
+        lifespan=lifespan, middleware=middleware, responses=_ERRORS,
+    )
+    app.state.service = service
+    install_handlers(app)
+    _routes(app, service, config)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for `serve --workers N`: each worker process reads its config from the env."""
+    return create_app(ServeConfig.from_env())
+
+
+def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:  # noqa: C901
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up (it may still be loading)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> dict[str, Any]:
+        """200 once the model and index are loaded; 503 until then."""
+        service.collection  # noqa: B018  (raises the 503)
+        return {"ready": True, "load_s": round(service.load_seconds or 0.0, 2)}
+
+    @app.get("/stats", tags=["health"])
+    def stats() -> dict[str, Any]:
+        """Counts, model, index, compaction, uptime and request latency percentiles."""
+        return service.stats()
+
+    @app.post("/search/visual", response_model=SearchResponse, tags=["search"],
+              openapi_extra=_UPLOAD_BODY)
+    async def search_visual(
+        request: Request,
+        k: int | None = Query(None, description="Number of results [default 10]."),
+        ef: int | None = Query(None, description="HNSW efSearch for this query."),
+    ) -> dict[str, Any]:
+        """Images most similar to the uploaded one (multipart field `file`, or the raw body)."""
+        started = time.perf_counter()
+        data, fields = await _read_upload(request)
+        k = _bounded("k", k if k is not None else fields.get("k"), 10, 1, config.max_k)
+        ef = _bounded("ef", ef if ef is not None else fields.get("ef"), None, 1, 100_000)
+        took = {"read": request.scope.get(READ_SECONDS, 0.0) + time.perf_counter() - started}
+        hits = await run_in_threadpool(_search_bytes, service, data, k, ef, took)
+        took["total"] = time.perf_counter() - started + request.scope.get(READ_SECONDS, 0.0)
+        return {"results": [_hit(h) for h in hits],
+                "took_ms": {stage: round(s * 1000.0, 2) for stage, s in took.items()}}
+
+    @app.get("/search/similar/{image_id}", response_model=SimilarResponse, tags=["search"])
+    def search_similar(image_id: int, k: int | None = None,
+                       ef: int | None = None) -> dict[str, Any]:
+        """Look-alikes of an indexed image, from its stored vector (itself left out)."""
+        started = time.perf_counter()
+        col = service.collection
+        hits = col.search_similar(image_id, _bounded("k", k, 10, 1, config.max_k),
+                                  ef=_bounded("ef", ef, None, 1, 100_000))
+        query = col.details(image_id)
+        return {"query": _image(query), "results": [_hit(h) for h in hits],
+                "took_ms": {"total": round((time.perf_counter() - started) * 1000.0, 2)}}
+
+    @app.post("/images", response_model=UploadResponse, status_code=201, tags=["images"],
+              openapi_extra=_UPLOAD_BODY)
+    async def upload(request: Request) -> Any:
+        """Store an image in the collection; it is searchable when this returns. Identical
+        bytes uploaded before answer 200 with that image."""
+        data, fields = await _read_upload(request)
+        metadata = _metadata(fields.get("metadata"))
+        col = service.collection
+        details, created = await run_in_threadpool(
+            lambda: col.add_bytes(data, metadata=metadata, wait=config.write_wait))
+        body = {"image": _image(details), "created": created}
+        return JSONResponse(body, status_code=201 if created else 200)
+
+    @app.get("/images/{image_id}", response_model=ImageOut, tags=["images"])
+    def image(image_id: int) -> dict[str, Any]:
+        """An indexed image's location, size and metadata."""
+        return _image(service.collection.details(image_id))
+
+    @app.delete("/images/{image_id}", response_model=DeleteResponse, tags=["images"])
+    def delete(image_id: int) -> dict[str, Any]:
+        """Remove an image: gone from results at once (an uploaded file is deleted too)."""
+        service.collection.remove([image_id], wait=config.write_wait)
+        return {"deleted": image_id}
+
+    @app.get("/images/{image_id}/file", tags=["images"], response_class=FileResponse)
+    def image_file(image_id: int) -> FileResponse:
+        """The image file itself."""
+        path = service.collection.file(image_id)
+        return FileResponse(path, media_type=media_type(path),
+                            headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/images/{image_id}/thumbnail", tags=["images"], response_class=FileResponse)
+    def image_thumbnail(image_id: int, size: int = 256) -> FileResponse:
+        """A small JPEG of the image (cached), at most `size` pixels a side."""
+        if size not in THUMBNAIL_SIDES:
+            raise ApiError(422, "invalid_parameter",
+                           f"size must be one of {', '.join(map(str, THUMBNAIL_SIDES))}.")
+        path = service.collection.thumbnail(image_id, size)
+        # Ids are never reused, so a thumbnail never changes.
+        return FileResponse(path, media_type="image/jpeg",
+                            headers={"Cache-Control": "private, max-age=31536000, immutable"})
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return _asset("index.html", "text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in _ASSETS:  # a fixed list: no request path reaches the filesystem
+            raise ApiError(404, "not_found", f"No asset {name!r}.")
+        return _asset(name, _ASSETS[name])
+
+
+def _asset(name: str, kind: str) -> Response:
+    try:
+        content = (resources.files("lookalike.server") / "static" / name).read_bytes()
+    except FileNotFoundError:
+        return error_response(404, "not_found", f"The web page's {name} is not installed.")
+    cls = HTMLResponse if kind == "text/html" else Response
+    return cls(content, media_type=kind, headers={"Cache-Control": "no-cache"})
+
+
+async def _read_upload(request: Request) -> tuple[bytes, dict[str, str]]:
+    """The uploaded file's bytes and any other form fields; never trusts a declared type."""
+    content_type = request.headers.get("content-type", "")
+    missing = ApiError(400, "missing_file", "Send the image as a multipart/form-data field "
+                       "named 'file', or as the raw request body.")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=16)
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise missing
+        data = await upload.read()
+        if not data:
+            raise ApiError(400, "empty_file", "The uploaded file is empty (0 bytes).")
+        return data, fields
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        raise missing
+    data = await request.body()
+    if not data:
+        raise missing
+    return data, {}
+
+
+def _bounded(name: str, raw: Any, default: int | None, low: int, high: int) -> Any:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError(422, "invalid_parameter",
+                       f"{name} must be an integer, got {raw!r}.") from None
+    if not low <= value <= high:
+        raise ApiError(422, "invalid_parameter",
+                       f"{name} must be between {low} and {high}, got {value}.")
+    return value
+
+
+def _metadata(raw: str | None) -> dict[str, Any] | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_metadata", f"metadata is not valid JSON: {exc}.") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_metadata", "metadata must be a JSON object.")
+    return value
+
+
+def _search_bytes(service: Service, data: bytes, k: int, ef: int | None,
+                  took: dict[str, float]) -> list[SearchHit]:
+    col = service.collection
+    started = time.perf_counter()
+    pixels = load_pixels(data, col.embedder.preprocess, max_pixels=col.max_pixels)
+    decoded = time.perf_counter()
+    vector = col.embedder.embed_pixels(pixels[None])[0]
+    embedded = time.perf_counter()
+    hits = col.search_vector(vector, k, ef=ef)
+    took.update(decode=decoded - started, embed=embedded - decoded,
+                search=time.perf_counter() - embedded)
+    return hits
+
+
+def _hit(hit: SearchHit) -> dict[str, Any]:
+    return {"image_id": hit.image_id, "uri": hit.uri, "score": round(hit.score, 6),
+            "distance": round(hit.distance, 6), "width": hit.width, "height": hit.height,
+            "thumbnail_url": f"/images/{hit.image_id}/thumbnail",
+            "file_url": f"/images/{hit.image_id}/file"}
+
+
+def _image(details: ImageDetails) -> dict[str, Any]:
+    return {**details.to_dict(), "thumbnail_url": f"/images/{details.image_id}/thumbnail",
+            "file_url": f"/images/{details.image_id}/file"}

@@ -1,0 +1,52 @@
+"""What `lookalike serve` is configured with: flags over LOOKALIKE_* variables over defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .. import settings
+
+CONFIG_ENV = "LOOKALIKE_SERVE_CONFIG"  # how `serve --workers N` hands its config to each worker
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything one server process needs; see `lookalike serve --help` for each field."""
+
+    collection: str
+    api_key: str | None = None
+    write_key: str | None = None
+    max_upload_bytes: int = 20 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ()
+    max_k: int = 1000
+    batching: bool = True
+    auto_compact: bool = True
+    write_wait: float = 10.0  # seconds an upload or delete waits for another writer
+    runtime: dict[str, Any] = field(default_factory=dict)  # Collection.open options
+
+    @classmethod
+    def from_settings(cls, collection: str | None = None, *, api_key: str | None = None,
+                      write_key: str | None = None, max_upload_bytes: int | None = None,
+                      cors_origins: tuple[str, ...] | None = None, **rest: Any) -> ServeConfig:
+        origins = cors_origins or tuple(
+            o.strip() for o in settings.resolve("cors_origins").split(",") if o.strip()
+        )
+        return cls(
+            collection=os.path.expanduser(settings.resolve("collection", collection)),
+            api_key=settings.resolve("api_key", api_key) or None,
+            write_key=settings.resolve("write_key", write_key) or None,
+            max_upload_bytes=settings.resolve("max_upload_bytes", max_upload_bytes),
+            cors_origins=origins, **rest,
+        )
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        data = json.loads(os.environ[CONFIG_ENV])
+        data["cors_origins"] = tuple(data["cors_origins"])
+        return cls(**data)

@@ -1,0 +1,61 @@
+"""Response shapes, for the OpenAPI description at /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Hit(BaseModel):
+    image_id: int
+    uri: str
+    score: float = Field(description="(1 + cosine) / 2 in [0, 1]; higher is more similar.")
+    distance: float = Field(description="Euclidean distance of the unit embeddings, in [0, 2].")
+    width: int | None
+    height: int | None
+    thumbnail_url: str
+    file_url: str
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit] = Field(description="Best first.")
+    took_ms: dict[str, float] = Field(description="Time per stage: read, decode, embed, "
+                                                  "search, total.")
+
+
+class ImageOut(BaseModel):
+    image_id: int
+    uri: str
+    status: str
+    width: int | None
+    height: int | None
+    size: int | None
+    content_hash: str | None
+    added_at: float
+    uploaded: bool = Field(description="Stored inside the collection by POST /images.")
+    metadata: dict[str, Any] | None
+    thumbnail_url: str
+    file_url: str
+
+
+class SimilarResponse(SearchResponse):
+    query: ImageOut
+
+
+class UploadResponse(BaseModel):
+    image: ImageOut
+    created: bool = Field(description="False when identical bytes were uploaded before.")
+
+
+class DeleteResponse(BaseModel):
+    deleted: int
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

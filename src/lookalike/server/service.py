@@ -1,0 +1,171 @@
+"""The server's state: the collection, the query batcher, readiness, and background upkeep.
+
+Loading happens in a thread at start-up, so /healthz answers at once and /readyz says when the
+model and index are in memory. Upkeep runs in another thread: it loads a main index that a
+compaction swapped in (searches go on with the old one meanwhile), starts a compaction in a
+separate low-priority process when the delta has grown past the policy, and caches the delta.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from ..collection import Collection
+from ..errors import CollectionLockedError
+from .batching import QueryBatcher
+from .config import ServeConfig
+from .errors import ApiError
+from .middleware import Latencies
+
+log = logging.getLogger("lookalike.server")
+UPKEEP_SECONDS = 1.0
+SAVE_DELTA_SECONDS = 60.0
+
+
+class Service:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.latencies = Latencies()
+        self.started = time.time()
+        self.load_seconds: float | None = None
+        self.load_error: str | None = None
+        self.compactions = 0
+        self._collection: Collection | None = None
+        self._batcher: QueryBatcher | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._compactor: subprocess.Popen[bytes] | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        loader = threading.Thread(target=self._load, name="lookalike-load", daemon=True)
+        loader.start()
+        self._threads.append(loader)
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            col = Collection.open(self.config.collection, **self.config.runtime)
+            embedder = col.embedder
+            embedder.embed_pixels(np.zeros((1, *self._input_shape(embedder)), np.uint8))
+            if self.config.batching:
+                self._batcher = QueryBatcher(embedder)
+                col.embedder = self._batcher  # type: ignore[assignment]
+            col.live.reload_in_background = True
+            self._collection = col
+        except Exception as exc:  # shown by /readyz and the log; the process keeps answering
+            self.load_error = str(exc)
+            log.error("Cannot load the collection: %s", exc, exc_info=exc)
+            return
+        self.load_seconds = time.perf_counter() - started
+        self._ready.set()
+        upkeep = threading.Thread(target=self._upkeep, name="lookalike-upkeep", daemon=True)
+        upkeep.start()
+        self._threads.append(upkeep)
+
+    @staticmethod
+    def _input_shape(embedder: Any) -> tuple[int, int, int]:
+        side = embedder.preprocess.size
+        return (side, side, 3)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        col = self._collection
+        if col is not None:
+            self._save_delta(col)
+            col.close()
+        if self._batcher is not None:
+            self._batcher.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def collection(self) -> Collection:
+        """The loaded collection; a 503 while the server is still starting."""
+        if self._collection is None:
+            message = (f"Cannot load the collection: {self.load_error}" if self.load_error
+                       else "The server is still loading the model and index; retry shortly.")
+            raise ApiError(503, "not_ready", message, {"Retry-After": "2"})
+        return self._collection
+
+    # -- upkeep -------------------------------------------------------------------------------
+
+    def _upkeep(self) -> None:
+        col = self.collection
+        saved_at, saved_generation = time.monotonic(), col.store.generation()
+        while not self._stop.wait(UPKEEP_SECONDS):
+            try:
+                col.live.reload_main()
+                if self.config.auto_compact:
+                    self._maybe_compact(col)
+                if time.monotonic() - saved_at > SAVE_DELTA_SECONDS:
+                    generation = col.store.generation()
+                    if generation != saved_generation and self._save_delta(col):
+                        saved_generation = generation
+                    saved_at = time.monotonic()
+            except Exception as exc:  # upkeep must outlive a bad moment; the next round retries
+                log.warning("Background upkeep failed (will retry): %s", exc, exc_info=exc)
+
+    def _maybe_compact(self, col: Collection) -> None:
+        if self._compactor is not None:
+            if self._compactor.poll() is None:
+                return
+            self.compactions += self._compactor.returncode == 0
+            self._compactor = None
+            return  # give the reload a round to pick up the new main index
+        col.live.refresh(reload_main=False)
+        if col.live.needs_compaction():
+            # A separate process: the build runs at low priority on its own interpreter, so
+            # searches here keep their cores and the GIL. Another server process sharing this
+            # collection may already be compacting; then this one exits at once (locked).
+            self._compactor = subprocess.Popen(
+                [sys.executable, "-m", "lookalike", "compact", "-c", str(col.path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+
+    @staticmethod
+    def _save_delta(col: Collection) -> bool:
+        try:
+            with col.writer(wait=0.5):
+                col.live.save_delta()
+            return True
+        except CollectionLockedError:
+            return False
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        col = self.collection
+        info = col.info()
+        batcher = self._batcher
+        return {
+            "images": info.images, "failed": info.failed, "removed": info.removed,
+            "model": info.model, "dim": info.dim, "runtime": col.embedder.runtime,
+            "index": {"spec": info.index_spec, "kind": info.index_kind,
+                      "main_vectors": info.main_vectors, "delta_vectors": info.delta_vectors,
+                      "tombstones": info.tombstones},
+            "compaction": {"running": self._compactor is not None
+                           and self._compactor.poll() is None,
+                           "completed": self.compactions},
+            "batching": {"enabled": batcher is not None,
+                         "model_calls": batcher.calls if batcher else None,
+                         "mean_batch": round(batcher.images / batcher.calls, 2)
+                         if batcher and batcher.calls else None},
+            "uptime_s": round(time.time() - self.started, 1), "pid": os.getpid(),
+            "load_s": round(self.load_seconds or 0.0, 2),
+            "requests": self.latencies.summary(),
+        }
