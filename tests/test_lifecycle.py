@@ -234,3 +234,41 @@ def test_hnsw_results_before_and_after_a_merge_agree(tmp_path: Path) -> None:
     assert col.info().delta_vectors == 0 and col.info().tombstones == 0
     assert before >= 0.95 and after >= 0.95, (before, after)
     assert abs(before - after) <= 0.01
+
+
+def test_background_reload_keeps_the_old_main_until_the_new_one_is_loaded(
+    col: Collection, sample_dir: Path, tmp_path: Path
+) -> None:
+    # A server's reader: searches never load a new main index themselves.
+    reader = Collection.open(col.path)
+    reader.live.reload_in_background = True
+    query = sample_dir / "coffee.jpg"
+    before = _top(reader, query, k=6)
+    gone = col.remove([before[1]])
+    new = make_variants(sample_dir, tmp_path / "new", 2)
+    col.add(new, workers=0, show_progress=False)
+    assert col.compact() is not None  # elsewhere: swaps main.index, drops the removed vector
+    old_main = reader.live.main_vectors
+    after = _top(reader, query, k=6)  # still the old main, plus the delta and tombstones
+    assert reader.live.main_vectors == old_main
+    assert after == _top(col, query, k=6) and not set(gone) & set(after)
+    assert reader.search(new[0], k=1)[0].uri == str(new[0])
+    assert reader.live.reload_main() is True
+    assert reader.live.main_vectors == col.live.main_vectors and reader.live.delta_vectors == 0
+    assert reader.live.reload_main() is False
+    assert _top(reader, query, k=6) == after
+
+
+def test_a_reader_that_missed_a_removal_still_returns_k_results(
+    col: Collection, sample_dir: Path
+) -> None:
+    # The reader last caught up before the removal; by its next search a compaction elsewhere
+    # has dropped the removed vector, so no tombstone names it. Searches must look further.
+    reader = Collection.open(col.path)
+    reader.live.reload_in_background = True
+    query = sample_dir / "coffee.jpg"
+    before = _top(reader, query, k=5)
+    col.remove([before[0], before[2]])
+    col.compact()
+    hits = reader.search(query, k=5)
+    assert len(hits) == 5 and not {before[0], before[2]} & {h.image_id for h in hits}
