@@ -5,7 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-all lint bench clean
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +19,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The web page's test drives a real headless Chromium: Debian's, installed with apt.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+browser:
+	@$(MAKE) --no-print-directory $(CHROMIUM) || echo "Could not install chromium with apt-get; the browser test will be skipped."
+
 demo: install
 	$(VENV)/bin/lookalike demo --out demo-out
 
-test: install
+test: install browser
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: install
+test-all: install browser
 	$(PY) -m pytest -q
 
 lint: install

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         return {"seconds": report.seconds, "rss_before": before, "rss_peak": meter.self_peak,
                 "index_bytes": size, "vectors": report.main_vectors, "spec": report.spec}
     col = Collection.open(spec["folder"])  # spec["task"] == "query"
+    reloads: list[float] = []
+    if spec.get("background"):  # as `lookalike serve` does: load a swapped-in main elsewhere
+        col.live.reload_in_background = True
+        threading.Thread(target=_reload_loop, args=(col, reloads), daemon=True).start()
     queries = _vectors(256, seed=99)
     for q in queries[:16]:
         col.search_vector(q, k=10)
@@ -92,7 +97,17 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         laps.append(time.perf_counter() - t)
         i += 1
     merge_done = started is None or started.wait() == 0
-    return {"laps": laps, "merge_ok": merge_done}
+    while spec.get("background") and not reloads and time.monotonic() < end + 60:
+        time.sleep(0.1)  # the merge has finished: wait for the reload to be timed
+    return {"laps": laps, "merge_ok": merge_done, "reload_s": reloads}
+
+
+def _reload_loop(col: Any, reloads: list[float]) -> None:
+    while True:
+        t = time.perf_counter()
+        if col.live.reload_main():
+            reloads.append(time.perf_counter() - t)
+        time.sleep(1.0)
 
 
 def _watch_latency(files: int, tmp: Path) -> list[float]:
@@ -138,7 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"## Index lifecycle ({machine()})\n")
-    merge_rows, query_rows = [], []
+    merge_rows, query_rows, reload_rows = [], [], []
     with tempfile.TemporaryDirectory(dir=OUT) as tmp_name:
         tmp = Path(tmp_name)
         for n in (int(s) for s in args.sizes.split(",")):
@@ -158,7 +173,12 @@ def main() -> None:
             busy = run_child(__file__, {"task": "query", "folder": str(folder),
                                         "seconds": args.seconds * 100, "merge": True},
                              timeout=7200)
-            for label, result in (("no merge", quiet), ("during a merge", busy)):
+            served = run_child(__file__, {"task": "query", "folder": str(folder),
+                                          "seconds": args.seconds * 100, "merge": True,
+                                          "background": True}, timeout=7200)
+            reload_rows.append([f"{n:,}", ", ".join(f"{s:.2f}" for s in served["reload_s"])])
+            for label, result in (("no merge", quiet), ("during a merge", busy),
+                                  ("during a merge, background reload (serve)", served)):
                 laps = result["laps"]
                 query_rows.append([f"{n:,}", label, len(laps), f"{percentile_ms(laps, 50):.2f}",
                                    f"{percentile_ms(laps, 99):.2f}",
@@ -173,7 +193,10 @@ def main() -> None:
     print("\n### search_vector latency (k=10, ef 64) in a reader process\n")
     print(table(["vectors", "while", "queries", "p50 ms", "p99 ms", "max ms"], query_rows))
     print("\nThe max during a merge includes the one search that loads the new main index "
-          "after the swap.\n")
+          "after the swap; with background reload (what `lookalike serve` does) a thread loads "
+          "it while searches go on with the old one.\n")
+    print(table(["vectors", "background load of the new main index, s"], reload_rows))
+    print()
     print("### Add to searchable\n")
     rows = [["`Collection.add` / `lookalike add`", "0 (searchable when the call "
              "returns: the vector is in the delta before it returns)", ""]]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,3 +89,61 @@ def test_serve_refuses_a_missing_collection(tmp_path: Path) -> None:
                           timeout=60, env={**os.environ})
     assert done.returncode == 2
     assert "lookalike index" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_kill_9_during_uploads_and_deletes_loses_nothing_acknowledged(served_copy: Path) -> None:
+    from lookalike.collection import Collection
+
+    rng = random.Random(5)
+    acknowledged: dict[int, bytes] = {}
+    deleted: set[int] = set()
+    for round_ in range(3):
+        process, url = serve(served_copy, "--no-auto-compact")
+        stop_at = time.monotonic() + rng.uniform(0.5, 2.0)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            n = 0
+            try:
+                while time.monotonic() < stop_at or n < 3:
+                    buffer = io.BytesIO()
+                    Image.new("RGB", (50 + n, 40 + round_), (n % 256, 7 * round_, 99)).save(
+                        buffer, "PNG")
+                    response = client.post("/images", files={"file": buffer.getvalue()})
+                    image_id = response.json()["image"]["image_id"]
+                    acknowledged[image_id] = buffer.getvalue()
+                    if n % 3 == 2:
+                        client.delete(f"/images/{image_id}").raise_for_status()
+                        deleted.add(image_id)
+                    n += 1
+                    if time.monotonic() >= stop_at and n >= 3:
+                        # kill while the next upload is in flight
+                        threading.Thread(target=upload_unacknowledged,
+                                         args=(url, jpeg_noise(n))).start()
+                        time.sleep(rng.uniform(0.0, 0.05))
+                        break
+            finally:
+                process.send_signal(signal.SIGKILL)
+                process.communicate()
+        with Collection.open(served_copy) as col:
+            assert col.verify().ok, col.verify().problems
+            for image_id, data in acknowledged.items():
+                if image_id in deleted:
+                    assert not any(h.image_id == image_id for h in col.search(data, k=30))
+                else:
+                    assert col.search(data, k=1)[0].image_id == image_id
+                    assert col.file(image_id).read_bytes() == data
+
+
+def upload_unacknowledged(url: str, data: bytes) -> None:
+    try:
+        httpx.post(f"{url}/images", files={"file": data}, timeout=30)
+    except httpx.TransportError:
+        pass  # the server was killed before answering: never acknowledged
+
+
+def jpeg_noise(seed: int) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, "JPEG")
+    return buffer.getvalue()
