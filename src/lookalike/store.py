@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS images_live_uri ON images(uri) WHERE status != 'removed';
 CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
+-- Few rows are not active: readers ask for them after every write (tombstones, counts).
+CREATE INDEX IF NOT EXISTS images_inactive ON images(status) WHERE status != 'active';
 CREATE TABLE IF NOT EXISTS vectors (
     image_id INTEGER PRIMARY KEY REFERENCES images(id),
     vector BLOB NOT NULL
@@ -142,10 +144,12 @@ class SQLiteStore:
         return found
 
     def find_uri(self, uri: str) -> ImageRecord | None:
+        # "status != 'removed'" lets SQLite use the partial unique index on live uris.
         row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM images WHERE uri = ? AND status = 'active'", (uri,)
+            f"SELECT {_COLUMNS} FROM images WHERE uri = ? AND status != 'removed'", (uri,)
         ).fetchone()
-        return ImageRecord(*row) if row else None
+        record = ImageRecord(*row) if row else None
+        return record if record and record.status == "active" else None
 
     def vector(self, image_id: int) -> np.ndarray | None:
         row = self._db.execute(
@@ -209,8 +213,12 @@ class SQLiteStore:
 
     def counts(self) -> dict[str, int]:
         counts = {"active": 0, "failed": 0, "removed": 0}
-        for status, n in self._db.execute("SELECT status, COUNT(*) FROM images GROUP BY status"):
+        for status, n in self._db.execute(
+            "SELECT status, COUNT(*) FROM images WHERE status != 'active' GROUP BY status"
+        ):
             counts[status] = n
+        total = self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        counts["active"] = total - counts["failed"] - counts["removed"]
         return counts
 
     def failures(self) -> list[ImageRecord]:
