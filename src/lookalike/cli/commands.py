@@ -95,7 +95,7 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
         else:
             hits = col.search(image, k, ef=ef)  # type: ignore[arg-type]
     if as_json:
-        results = [{"rank": r, **hit.__dict__} for r, hit in enumerate(hits, 1)]
+        results = [{"rank": r, **hit.to_dict()} for r, hit in enumerate(hits, 1)]
         click.echo(json.dumps({"query": image or image_id, "results": results}, indent=2))
         return
     for rank, hit in enumerate(hits, 1):
