@@ -1,0 +1,655 @@
+// lookalike's web page: drop, choose or paste a photo, see its look-alikes, click one to go on.
+// Talks to the same-origin JSON API; no build step, no dependencies.
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  dropzone: $("dropzone"), fileInput: $("file-input"), queryImage: $("query-image"),
+  queryInfo: $("query-info"), queryKind: $("query-kind"), queryName: $("query-name"),
+  queryDetail: $("query-detail"), k: $("k"), addButton: $("add-button"), notice: $("notice"),
+  status: $("status"), error: $("error"), errorMessage: $("error-message"),
+  errorDismiss: $("error-dismiss"), empty: $("empty"), results: $("results"),
+  resultsHeading: $("results-heading"), backButton: $("back-button"),
+  imageCount: $("image-count"), modelName: $("model-name"),
+  keyForm: $("api-key-form"), keyInput: $("api-key"), keyForget: $("api-key-forget"),
+  keyChange: $("api-key-change"),
+};
+
+const STORAGE = { key: "lookalike.apiKey", k: "lookalike.k" };
+const EMPTY_TEXT = els.empty.textContent;
+
+const state = {
+  apiKey: storageGet(STORAGE.key),
+  query: null, // {kind: "file", file, previewUrl, addedId} or {kind: "similar", id, uri}
+  lastFile: null, // the last file query, so Back from a similar search can return to it
+  seq: 0, // bumps on every search; a response for an older one is dropped
+  controller: null,
+  retry: null, // what to run again once an API key is given
+  blobUrls: [], // thumbnails fetched with the API key, revoked on the next render
+  queryBlobUrl: null, // the query preview fetched with the API key, revoked when replaced
+  thumbObserver: null,
+};
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+function storageGet(name) {
+  try { return localStorage.getItem(name); } catch { return null; }
+}
+
+function storageSet(name, value) {
+  try {
+    if (value == null) localStorage.removeItem(name); else localStorage.setItem(name, value);
+  } catch { /* private mode: the setting lasts for this page only */ }
+}
+
+// -- talking to the server ------------------------------------------------------------------
+
+// Paths without a leading slash resolve against the page, so the app also works behind a prefix.
+async function api(path, { method = "GET", body, signal } = {}) {
+  const headers = {};
+  if (state.apiKey) headers["X-API-Key"] = state.apiKey;
+  let response;
+  try {
+    response = await fetch(path, { method, body, headers, signal });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, "network",
+      "Could not reach the lookalike server. Check that it is still running, then try again.");
+  }
+  if (response.ok) return response;
+  let code = `http_${response.status}`;
+  let message = `The server answered ${response.status} ${response.statusText}`.trim() + ".";
+  try {
+    const payload = await response.json();
+    if (payload?.error?.message) ({ code, message } = payload.error);
+  } catch { /* not the JSON error shape (a proxy page, say): keep the status line */ }
+  // 401: no key or a wrong one; 403: a read-only key used to change the collection.
+  if (response.status === 401 || response.status === 403) {
+    askForKey();
+    message += " Enter the key in the “API key” box at the top of the page.";
+  }
+  throw new ApiError(response.status, code, message);
+}
+
+async function apiJson(path, options) {
+  return (await api(path, options)).json();
+}
+
+// -- messages -------------------------------------------------------------------------------
+
+function showError(message) {
+  els.errorMessage.textContent = message;
+  els.error.hidden = false;
+}
+
+function clearError() {
+  els.error.hidden = true;
+  els.errorMessage.textContent = "";
+}
+
+function showNotice(text, action) {
+  els.notice.replaceChildren(document.createTextNode(text));
+  if (action) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link-button";
+    button.textContent = action.label;
+    button.addEventListener("click", action.run);
+    els.notice.append(" ", button);
+  }
+  els.notice.hidden = false;
+}
+
+function clearNotice() {
+  els.notice.hidden = true;
+  els.notice.replaceChildren();
+  delete els.notice.dataset.imageId;
+}
+
+function setStatus(text, title = "") {
+  els.status.textContent = text;
+  els.status.title = title;
+}
+
+function formatMs(ms) {
+  if (ms == null || Number.isNaN(ms)) return "";
+  if (ms < 10) return `${ms.toFixed(1)} ms`;
+  if (ms < 10000) return `${Math.round(ms)} ms`;
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function plural(n, word) {
+  return `${n.toLocaleString()} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function splitPath(uri) {
+  const cut = Math.max(uri.lastIndexOf("/"), uri.lastIndexOf("\\"));
+  return cut < 0 ? ["", uri] : [uri.slice(0, cut + 1), uri.slice(cut + 1) || uri];
+}
+
+// -- API key --------------------------------------------------------------------------------
+
+function askForKey() {
+  els.keyChange.hidden = true;
+  els.keyForm.hidden = false;
+  els.keyForget.hidden = !state.apiKey;
+  if (document.activeElement !== els.keyInput) els.keyInput.focus({ preventScroll: true });
+}
+
+// With a key saved the form folds into a small button; a refused key opens it again.
+function foldKeyForm() {
+  els.keyForm.hidden = true;
+  els.keyChange.hidden = false;
+}
+
+function saveKey(event) {
+  event.preventDefault();
+  const key = els.keyInput.value.trim();
+  if (!key) return;
+  state.apiKey = key;
+  storageSet(STORAGE.key, key);
+  els.keyInput.value = "";
+  foldKeyForm();
+  els.keyChange.focus();
+  clearError();
+  refreshStats();
+  const retry = state.retry;
+  state.retry = null;
+  if (retry) retry();
+}
+
+function forgetKey() {
+  state.apiKey = null;
+  storageSet(STORAGE.key, null);
+  els.keyForget.hidden = true;
+  els.keyInput.focus();
+}
+
+// -- header ---------------------------------------------------------------------------------
+
+async function refreshStats() {
+  try {
+    const stats = await apiJson("stats");
+    els.imageCount.textContent = `${plural(stats.images, "image")} indexed`;
+    els.imageCount.dataset.count = String(stats.images);
+    els.modelName.textContent = stats.model ? ` · ${stats.model}` : "";
+    if (stats.images === 0 && !state.query) {
+      els.empty.textContent = "The collection is empty: index a folder with the " +
+        "“lookalike index” command, or choose a photo here and press “Add to collection”.";
+    }
+  } catch (error) {
+    els.imageCount.textContent = error.status === 401 ? "API key needed" : "unavailable";
+    els.imageCount.dataset.count = "";
+    showError(error.status === 401 ? error.message
+      : `Could not read the collection's statistics: ${error.message}`);
+  }
+}
+
+async function waitUntilReady() {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const response = await fetch("readyz");
+      if (response.status !== 503) break;
+      setStatus("The server is loading its model and index…");
+    } catch {
+      setStatus("Waiting for the server…");
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(500 * 2 ** attempt, 4000)));
+  }
+  if (!state.query) setStatus("");
+  await refreshStats();
+}
+
+// -- the query ------------------------------------------------------------------------------
+
+function currentK() {
+  return Number.parseInt(els.k.value, 10) || 24;
+}
+
+function showQuery(src, kind, name, detail, title = "") {
+  document.body.classList.add("has-query");
+  els.dropzone.classList.add("has-image");
+  els.queryImage.hidden = false;
+  els.queryImage.alt = `Query: ${name}`;
+  els.queryImage.classList.remove("broken");
+  // src: a URL to show, null to clear, undefined to keep what is shown.
+  if (src) setImage(els.queryImage, src, { lazy: false });
+  else if (src === null) els.queryImage.removeAttribute("src");
+  els.queryInfo.hidden = false;
+  els.queryKind.textContent = kind;
+  els.queryName.textContent = name;
+  els.queryName.title = title || name;
+  els.queryDetail.textContent = detail;
+  els.queryDetail.title = detail;
+  els.backButton.hidden = !(state.query?.kind === "similar" && state.lastFile);
+}
+
+function searchFile(file, label = file.name || "Untitled image") {
+  // The same file again (a new k, Back): keep its preview and whether it was added.
+  let query = state.lastFile;
+  if (query?.file !== file) {
+    if (query) URL.revokeObjectURL(query.previewUrl);
+    query = { kind: "file", file, label, previewUrl: URL.createObjectURL(file), addedId: null };
+  }
+  state.query = state.lastFile = query;
+  const { previewUrl, label: name } = query;
+  const type = file.type.replace("image/", "").toUpperCase();
+  const describe = () => [query.dims, type, formatBytes(file.size)].filter(Boolean).join(" · ");
+  showQuery(previewUrl, "Photo", name, describe());
+  els.queryImage.onload = () => {
+    const { naturalWidth: w, naturalHeight: h } = els.queryImage;
+    if (state.query !== query || !w) return;
+    query.dims = `${w} × ${h}`;
+    els.queryDetail.textContent = describe();
+  };
+  setAddButton(query.addedId == null ? "ready" : "added");
+  clearNotice();
+  if (location.hash) history.pushState(null, "", location.pathname + location.search);
+  runSearch(`search/visual?k=${currentK()}`, () => {
+    const form = new FormData();
+    form.append("file", file, file.name || "pasted-image");
+    return { method: "POST", body: form };
+  });
+}
+
+function searchSimilar(id, { uri, thumbnailUrl, push = true } = {}) {
+  state.query = { kind: "similar", id, uri };
+  const [dir, name] = splitPath(uri ?? "");
+  showQuery(thumbnailUrl ?? null, `Image #${id}`, name, dir, uri);
+  setAddButton("indexed");
+  clearNotice();
+  const hash = `#similar/${id}`;
+  if (push && location.hash !== hash) history.pushState(null, "", hash);
+  runSearch(`search/similar/${encodeURIComponent(id)}?k=${currentK()}`, () => ({}), (body) => {
+    const query = body.query;
+    if (!query || state.query?.id !== id) return;
+    state.query.uri = query.uri;
+    const [qdir, qname] = splitPath(query.uri ?? "");
+    const src = thumbnailUrl ? undefined : query.thumbnail_url; // keep a preview already shown
+    showQuery(src, `Image #${id}`, qname, qdir, query.uri);
+  });
+}
+
+function rerun() {
+  const query = state.query;
+  if (query?.kind === "file") searchFile(query.file);
+  else if (query?.kind === "similar") searchSimilar(query.id, { uri: query.uri, push: false });
+}
+
+async function runSearch(path, makeRequest, onBody) {
+  const seq = ++state.seq;
+  state.controller?.abort();
+  const controller = (state.controller = new AbortController());
+  clearError();
+  setBusy(true);
+  setStatus("Searching…");
+  const started = performance.now();
+  try {
+    const body = await apiJson(path, { ...makeRequest(), signal: controller.signal });
+    if (seq !== state.seq) return;
+    onBody?.(body);
+    renderResults(body.results ?? []);
+    const n = body.results?.length ?? 0;
+    const took = body.took_ms ?? {};
+    const total = took.total ?? performance.now() - started;
+    const breakdown = Object.entries(took).filter(([stage]) => stage !== "total")
+      .map(([stage, ms]) => `${stage} ${formatMs(ms)}`).join(" · ");
+    setStatus(`${plural(n, "result")} in ${formatMs(total)}`, breakdown);
+  } catch (error) {
+    if (error.name === "AbortError" || seq !== state.seq) return;
+    if (error.status === 401 || error.status === 403) state.retry = rerun;
+    // A file the server cannot read as an image cannot be added either.
+    if (state.query?.kind === "file" && [400, 413, 415, 422].includes(error.status)) {
+      setAddButton("unreadable");
+    }
+    renderResults(null);
+    setStatus("");
+    showError(error.message);
+  } finally {
+    if (seq === state.seq) setBusy(false);
+  }
+}
+
+function setBusy(busy) {
+  document.body.classList.toggle("busy", busy);
+  els.results.setAttribute("aria-busy", String(busy));
+  if (busy && !els.results.querySelector(".result")) {
+    els.empty.hidden = true;
+    const n = Math.min(currentK(), 12);
+    els.results.replaceChildren(...Array.from({ length: n }, () => {
+      const li = document.createElement("li");
+      li.className = "card skeleton";
+      li.setAttribute("aria-hidden", "true");
+      li.innerHTML = '<div class="thumb"></div><div class="meta"><span></span><span></span></div>';
+      return li;
+    }));
+  }
+}
+
+// -- results --------------------------------------------------------------------------------
+
+function renderResults(results) {
+  for (const url of state.blobUrls) URL.revokeObjectURL(url);
+  state.blobUrls = [];
+  state.thumbObserver?.disconnect();
+  els.results.replaceChildren(...(results ?? []).map(resultCard));
+  if (results && results.length === 0) {
+    els.empty.textContent = "No look-alikes: the collection has no other images yet.";
+    els.empty.hidden = false;
+  } else {
+    els.empty.textContent = EMPTY_TEXT;
+    els.empty.hidden = results !== null || Boolean(state.query);
+  }
+}
+
+function resultCard(hit, index) {
+  const [dir, name] = splitPath(hit.uri);
+  const percent = `${(Math.max(0, Math.min(1, hit.score)) * 100).toFixed(1)}%`;
+  const li = document.createElement("li");
+  li.className = "card";
+
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "result";
+  button.dataset.imageId = String(hit.image_id);
+  button.dataset.uri = hit.uri;
+  button.title = `${hit.uri}\nSimilarity ${hit.score.toFixed(3)} · click for its look-alikes`;
+  button.setAttribute("aria-label",
+    `${index + 1}. ${name}, ${percent} similar. Show its look-alikes.`);
+  button.addEventListener("click", () => {
+    searchSimilar(hit.image_id, { uri: hit.uri, thumbnailUrl: hit.thumbnail_url });
+    const still = matchMedia("(prefers-reduced-motion: reduce)").matches;
+    window.scrollTo({ top: 0, behavior: still ? "auto" : "smooth" });
+    els.resultsHeading.focus({ preventScroll: true });
+  });
+
+  const thumb = document.createElement("span");
+  thumb.className = "thumb";
+  const img = document.createElement("img");
+  img.alt = "";
+  img.decoding = "async";
+  if (hit.width && hit.height) {
+    img.width = hit.width;
+    img.height = hit.height;
+  }
+  img.addEventListener("error", () => thumb.classList.add("missing"), { once: true });
+  setImage(img, hit.thumbnail_url, { lazy: true });
+  const rank = document.createElement("span");
+  rank.className = "rank";
+  rank.textContent = String(index + 1);
+  thumb.append(img, rank);
+
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  meta.innerHTML =
+    '<span class="score-row"><span class="score"></span>' +
+    '<span class="bar"><span></span></span></span>' +
+    '<span class="name"></span><span class="path"><span></span></span>';
+  meta.querySelector(".score").textContent = percent;
+  meta.querySelector(".bar").style.setProperty("--score", String(Math.max(0, hit.score)));
+  meta.querySelector(".name").textContent = name;
+  // The directory is clipped from the left, so the part nearest the file stays visible.
+  const size = hit.width ? ` · ${hit.width}×${hit.height}` : "";
+  meta.querySelector(".path span").textContent = `\u200E${dir}${size}\u200E`;
+  button.append(thumb, meta);
+
+  const open = document.createElement("a");
+  open.className = "open";
+  open.href = hit.file_url;
+  open.target = "_blank";
+  open.rel = "noopener";
+  open.title = "Open the original file";
+  open.setAttribute("aria-label", `Open the original of ${name}`);
+  open.innerHTML = '<svg viewBox="0 0 20 20" aria-hidden="true">' +
+    '<path d="M11 3h6v6M17 3l-8 8M8 4H4v12h12v-4" fill="none" stroke="currentColor"' +
+    ' stroke-width="2" stroke-linecap="round" stroke-linejoin="round"/></svg>';
+  open.addEventListener("click", (event) => openWithKey(event, hit.file_url));
+
+  li.append(button, open);
+  return li;
+}
+
+// Without a key a plain <img src> does the work (lazy, cached by the browser). With one, an <img>
+// cannot send the header, so the image is fetched with it and shown from a blob URL.
+function setImage(img, url, { lazy }) {
+  if (!state.apiKey || url.startsWith("blob:")) {
+    delete img.dataset.src; // a keyed fetch still under way must not replace this image
+    if (lazy) img.loading = "lazy";
+    if (lazy) img.srcset = `${withSize(url, 256)} 1x, ${withSize(url, 512)} 2x`;
+    img.src = url;
+    return;
+  }
+  img.dataset.src = lazy && window.devicePixelRatio > 1 ? withSize(url, 512) : url;
+  if (!lazy || !("IntersectionObserver" in window)) {
+    loadWithKey(img);
+    return;
+  }
+  state.thumbObserver ??= new IntersectionObserver((entries, observer) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      observer.unobserve(entry.target);
+      loadWithKey(entry.target);
+    }
+  }, { rootMargin: "400px" });
+  state.thumbObserver.observe(img);
+}
+
+// Thumbnails come in a few sizes; sharp ones for high-density screens.
+function withSize(url, size) {
+  const full = new URL(url, document.baseURI);
+  full.searchParams.set("size", String(size));
+  return full.pathname + full.search;
+}
+
+async function loadWithKey(img) {
+  const url = img.dataset.src;
+  try {
+    const blob = await (await api(url)).blob();
+    if (img.dataset.src !== url) return;
+    const objectUrl = URL.createObjectURL(blob);
+    if (img === els.queryImage) {
+      if (state.queryBlobUrl) URL.revokeObjectURL(state.queryBlobUrl);
+      state.queryBlobUrl = objectUrl;
+    } else {
+      state.blobUrls.push(objectUrl);
+    }
+    img.src = objectUrl;
+  } catch {
+    img.dispatchEvent(new Event("error"));
+  }
+}
+
+async function openWithKey(event, url) {
+  if (!state.apiKey) return;
+  event.preventDefault();
+  const tab = window.open("", "_blank"); // opened now, while the click still allows pop-ups
+  try {
+    const blob = await (await api(url)).blob();
+    const objectUrl = URL.createObjectURL(blob);
+    if (tab) tab.location.href = objectUrl; else window.location.href = objectUrl;
+  } catch (error) {
+    tab?.close();
+    showError(`Could not open the original: ${error.message}`);
+  }
+}
+
+// -- adding the query to the collection -----------------------------------------------------
+
+function setAddButton(mode) {
+  const button = els.addButton;
+  const modes = {
+    none: [true, "Add to collection", "Choose a photo first"],
+    ready: [false, "Add to collection", "Index this photo so later searches can find it"],
+    busy: [true, "Adding…", "Uploading and indexing"],
+    added: [true, "Added ✓", "This photo is in the collection"],
+    indexed: [true, "Add to collection", "This image is already in the collection"],
+    unreadable: [true, "Add to collection", "The server cannot read this file as an image"],
+  };
+  const [disabled, text, title] = modes[mode];
+  button.disabled = disabled;
+  button.textContent = text;
+  button.title = title;
+}
+
+async function addToCollection() {
+  const query = state.query;
+  if (query?.kind !== "file") return;
+  setAddButton("busy");
+  clearNotice();
+  clearError();
+  const form = new FormData();
+  form.append("file", query.file, query.file.name || "pasted-image");
+  try {
+    const { image, created } = await apiJson("images", { method: "POST", body: form });
+    if (state.query !== query) return;
+    query.addedId = image.image_id;
+    setAddButton("added");
+    showNotice(created ? `Added to the collection as image #${image.image_id}.`
+      : `Already in the collection as image #${image.image_id}.`,
+    { label: "Show its look-alikes", run: () => searchSimilar(image.image_id,
+      { uri: image.uri, thumbnailUrl: image.thumbnail_url }) });
+    els.notice.dataset.imageId = String(image.image_id);
+    refreshStats();
+  } catch (error) {
+    if (state.query !== query) return;
+    if (error.status === 401 || error.status === 403) state.retry = addToCollection;
+    setAddButton("ready");
+    showError(`Could not add the photo: ${error.message}`);
+  }
+}
+
+// -- getting an image in: picker, drop, paste -----------------------------------------------
+
+function pickImage(files) {
+  const list = Array.from(files ?? []);
+  return list.find((file) => file.type.startsWith("image/")) ?? list[0] ?? null;
+}
+
+function openPicker() {
+  els.fileInput.click();
+}
+
+function hasDroppable(event) {
+  const types = Array.from(event.dataTransfer?.types ?? []);
+  return types.includes("Files") || types.includes("text/uri-list");
+}
+
+let dragDepth = 0;
+
+function endDrag() {
+  dragDepth = 0;
+  document.body.classList.remove("dragging");
+}
+
+function onDrop(event) {
+  if (!hasDroppable(event)) return;
+  event.preventDefault();
+  endDrag();
+  const file = pickImage(event.dataTransfer.files);
+  if (file) {
+    searchFile(file);
+    return;
+  }
+  // A result thumbnail dragged onto the drop zone: search by that image.
+  const dragged = event.dataTransfer.getData("text/uri-list");
+  const match = /\/images\/(\d+)\/(?:thumbnail|file)/.exec(dragged);
+  if (match) searchSimilar(Number(match[1]));
+  else showError("That is not an image file. Drop a photo from your computer, or paste one.");
+}
+
+function onPaste(event) {
+  const data = event.clipboardData;
+  let file = pickImage(data?.files);
+  if (!file) {
+    const item = Array.from(data?.items ?? []).find((entry) => entry.kind === "file");
+    file = item?.getAsFile() ?? null;
+  }
+  if (file) {
+    event.preventDefault();
+    searchFile(file, "Pasted image");
+    return;
+  }
+  const target = event.target;
+  const editing = target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement ||
+    target?.isContentEditable;
+  if (!editing) {
+    showError("The clipboard holds no image. Copy the image itself (not its address or file " +
+      "name) and paste again.");
+  }
+}
+
+function routeFromHash({ push = false } = {}) {
+  const match = /^#similar\/(\d+)$/.exec(location.hash);
+  if (match) searchSimilar(Number(match[1]), { push });
+  else if (state.query?.kind === "similar" && state.lastFile) searchFile(state.lastFile.file);
+}
+
+// -- wiring ---------------------------------------------------------------------------------
+
+function init() {
+  const savedK = storageGet(STORAGE.k);
+  if (savedK && [...els.k.options].some((option) => option.value === savedK)) els.k.value = savedK;
+  if (state.apiKey) foldKeyForm();
+
+  els.dropzone.addEventListener("click", openPicker);
+  els.dropzone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      openPicker();
+    }
+  });
+  els.fileInput.addEventListener("change", () => {
+    const file = pickImage(els.fileInput.files);
+    if (file) searchFile(file);
+    els.fileInput.value = ""; // choosing the same file again still fires "change"
+  });
+  els.queryImage.addEventListener("error", () => els.queryImage.classList.add("broken"));
+
+  window.addEventListener("dragenter", (event) => {
+    if (!hasDroppable(event)) return;
+    dragDepth += 1;
+    document.body.classList.add("dragging");
+  });
+  window.addEventListener("dragleave", () => {
+    dragDepth -= 1;
+    if (dragDepth <= 0) endDrag();
+  });
+  window.addEventListener("dragover", (event) => {
+    if (!hasDroppable(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  window.addEventListener("drop", onDrop);
+  document.addEventListener("paste", onPaste);
+
+  els.k.addEventListener("change", () => {
+    storageSet(STORAGE.k, els.k.value);
+    rerun();
+  });
+  els.addButton.addEventListener("click", addToCollection);
+  els.errorDismiss.addEventListener("click", clearError);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !els.error.hidden) clearError();
+  });
+  els.backButton.addEventListener("click", () => searchFile(state.lastFile.file));
+  els.keyForm.addEventListener("submit", saveKey);
+  els.keyForget.addEventListener("click", forgetKey);
+  els.keyChange.addEventListener("click", askForKey);
+  window.addEventListener("popstate", () => routeFromHash());
+
+  setAddButton("none");
+  waitUntilReady().then(() => routeFromHash());
+}
+
+init();
