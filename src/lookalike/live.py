@@ -153,7 +153,8 @@ class LiveIndex:
             if new_main:
                 main = (FaissIndex.load(self.folder / MAIN_INDEX, self.spec) if stamp
                         else FaissIndex.build(self.spec, self.dim))
-            self._catch_up(main, stamp if new_main else self._main_stamp, generation)
+            retired = self._catch_up(main, stamp if new_main else self._main_stamp, generation)
+        del retired  # the old indexes, freed outside the lock
 
     def reload_main(self) -> bool:
         """Load a main index file that a compaction swapped in, while searches go on with the
@@ -165,13 +166,15 @@ class LiveIndex:
         with self._refresh_lock:
             if _stamp(self.folder / MAIN_INDEX) != stamp:
                 return False  # replaced again while loading: the next call takes the newest
-            self._catch_up(main, stamp, self.store.generation())
+            retired = self._catch_up(main, stamp, self.store.generation())
+        del retired  # the old indexes, freed outside the lock
         return True
 
     def _catch_up(self, main: FaissIndex, stamp: tuple[int, int, int] | None,
-                  generation: int) -> None:
+                  generation: int) -> tuple[FaissIndex, FaissIndex]:
         # The caller holds the refresh lock. Read everything first, then swap under the write
-        # lock, so searches wait only for the swap.
+        # lock, so searches wait only for the swap. Returns the replaced indexes, for the caller
+        # to free once it has released the refresh lock (freeing a large index takes a while).
         same_main = main is self._main
         delta = self._delta if same_main else self._load_delta(main.max_id())
         pending = list(self.store.iter_vectors(after_id=max(main.max_id(), delta.max_id())))
@@ -180,11 +183,13 @@ class LiveIndex:
             # A compaction elsewhere drops the vectors of images removed before it began, so
             # they leave the store's tombstones while the old main index still holds them.
             tombstones |= self._tombstones
+        retired = self._main, self._delta
         with self._lock.write():
             for ids, vectors in pending:
                 delta.add(ids, vectors)
             self._main, self._main_stamp, self._delta = main, stamp, delta
             self._tombstones, self._generation = tombstones, generation
+        return retired
 
     def _load_delta(self, main_max: int) -> FaissIndex:
         path = self.folder / DELTA_INDEX
