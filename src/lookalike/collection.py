@@ -149,9 +149,9 @@ class Collection:
 
     @contextlib.contextmanager
     def writer(self, wait: float = 0.0) -> Iterator[None]:
-        """Hold the writer lock, waiting up to ``wait`` seconds for another writer to finish;
-        then :class:`CollectionLockedError`."""
-        if not self._write_lock.acquire(timeout=wait if wait > 0 else -1):
+        """Hold the writer lock, waiting up to ``wait`` seconds for a writer in another process
+        to finish, then :class:`CollectionLockedError`. Threads of this process take turns."""
+        if not self._write_lock.acquire(timeout=max(wait, 60.0)):
             raise CollectionLockedError(f"{self.path} is being written by another thread.")
         try:
             with _file_lock(self.path / LOCK, "being written by another process", wait):
@@ -312,7 +312,7 @@ class Collection:
         the repair for anything `verify` reports."""
         with _file_lock(self.path / COMPACT_LOCK, "being compacted by another process"):
             self._live = LiveIndex(self.path, self.spec, self.dim, self.store, self._policy(),
-                                       load=False)
+                                   load=False)
             return self._live.compact()
 
     def verify(self) -> VerifyReport:
