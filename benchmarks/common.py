@@ -81,7 +81,7 @@ def reply(result: dict[str, Any]) -> None:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _proc_sample(pid: int) -> tuple[int, float]:
+def proc_sample(pid: int) -> tuple[int, float]:
     """(resident bytes, CPU seconds so far) of one process; zeros once it has gone."""
     rss = 0
     try:
@@ -162,7 +162,7 @@ class Meter:
 
     def __enter__(self) -> Meter:
         self._busy0, self._wall0 = _system_busy_seconds(), time.monotonic()
-        self._cpu0 = _proc_sample(os.getpid())[1]
+        self._cpu0 = proc_sample(os.getpid())[1]
         self._thread.start()
         return self
 
@@ -181,7 +181,7 @@ class Meter:
         me = os.getpid()
         total = 0
         for pid in [me, *_descendants(me)]:
-            rss, cpu = _proc_sample(pid)
+            rss, cpu = proc_sample(pid)
             total += rss
             self._cpu[pid] = max(cpu, self._cpu.get(pid, 0.0))
         self.tree_peak = max(self.tree_peak, total)

@@ -163,6 +163,7 @@ class Service:
                            "completed": self.compactions},
             "batching": {"enabled": batcher is not None,
                          "model_calls": batcher.calls if batcher else None,
+                         "images": batcher.images if batcher else None,
                          "mean_batch": round(batcher.images / batcher.calls, 2)
                          if batcher and batcher.calls else None},
             "uptime_s": round(time.time() - self.started, 1), "pid": os.getpid(),
