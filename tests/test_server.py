@@ -337,4 +337,10 @@ def test_openapi_describes_the_api(live_server) -> None:
                  "/images/{image_id}", "/images/{image_id}/file", "/images/{image_id}/thumbnail",
                  "/healthz", "/readyz", "/stats"):
         assert path in schema["paths"], path
-    assert httpx.get(f"{live_server.url}/docs").status_code == 200
+    docs = httpx.get(f"{live_server.url}/docs")
+    assert docs.status_code == 200
+    # Offline: Swagger UI's script and style come from the app itself, not a CDN.
+    assert "cdn" not in docs.text.lower()
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs-assets/{asset}" in docs.text
+        assert httpx.get(f"{live_server.url}/docs-assets/{asset}").status_code == 200

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.middleware import Middleware
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -24,7 +25,7 @@ from ..imaging import load_pixels, media_type
 from ..types import ImageDetails, SearchHit
 from .config import ServeConfig
 from .errors import ApiError, error_response, install_handlers
-from .middleware import READ_SECONDS, ApiKeys, BodyLimit, RequestTiming
+from .middleware import DOCS_ASSETS, READ_SECONDS, ApiKeys, BodyLimit, RequestTiming
 from .models import (
     DeleteResponse,
     ErrorResponse,
@@ -73,9 +74,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         ))
     middleware += [Middleware(ApiKeys, api_key=config.api_key, write_key=config.write_key),
                    Middleware(BodyLimit, limit=config.max_upload_bytes)]
-    app = FastAPI(
+    # FastAPIOffline serves /docs and /redoc with their scripts from this package, not a CDN.
+    app = FastAPIOffline(
         title="lookalike", summary="Find images that look like this one.",
         lifespan=lifespan, middleware=middleware, responses=_ERRORS,
+        static_url=DOCS_ASSETS, favicon_url="/static/favicon.svg",
     )
     app.state.service = service
     install_handlers(app)

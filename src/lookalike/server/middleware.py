@@ -19,6 +19,7 @@ from .errors import error_body
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico", "/docs", "/openapi.json",
                         "/docs/oauth2-redirect", "/redoc"})
+DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc scripts, served by the app
 READ_SECONDS = "lookalike.read_seconds"  # scope key: how long receiving the body took
 
 
@@ -106,7 +107,8 @@ class ApiKeys:
             await self.app(scope, receive, send)
             return
         path, method = scope["path"], scope["method"]
-        if path in OPEN_PATHS or path.startswith("/static/") or method == "OPTIONS":
+        if (path in OPEN_PATHS or path.startswith(("/static/", DOCS_ASSETS + "/"))
+                or method == "OPTIONS"):
             await self.app(scope, receive, send)
             return
         given = _presented_key(scope)
