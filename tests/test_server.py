@@ -244,6 +244,10 @@ def test_every_kind_of_bad_input_is_a_clear_4xx(live_server, tmp_path: Path) -> 
          400, "invalid_metadata"),
         (httpx.post(f"{url}/images", files={"file": ("x.jpg", b"GIF89a-but-not-really")}), 415,
          "unsupported_media_type"),
+        (httpx.post(f"{url}/images", files=[("file", photo), ("file", photo)]), 400,
+         "bad_request"),
+        (httpx.post(f"{url}/search/visual", content=b"--x\r\nnonsense",
+                    headers={"Content-Type": "multipart/form-data"}), 400, "bad_request"),
         (httpx.put(f"{url}/images/1"), 405, "method_not_allowed"),
         (httpx.get(f"{url}/no/such/route"), 404, "not_found"),
     ]
