@@ -55,6 +55,7 @@ def serve_command(collection: str | None, host: str, port: int, workers: int,
         collection, api_key=api_key, write_key=write_key, max_upload_bytes=max_upload_bytes,
         cors_origins=cors_origins or None, max_k=max_k, batching=batching,
         auto_compact=auto_compact, runtime={k: v for k, v in runtime.items() if v is not None},
+        background_load=workers == 1,
     )
     Collection.open(config.collection).close()  # fail now, with the CLI's message, if missing
     if host not in ("127.0.0.1", "localhost", "::1") and not (config.api_key or config.write_key):

@@ -25,6 +25,7 @@ class ServeConfig:
     batching: bool = True
     auto_compact: bool = True
     write_wait: float = 10.0  # seconds an upload or delete waits for another writer
+    background_load: bool = True  # False: load before accepting connections (serve --workers N)
     runtime: dict[str, Any] = field(default_factory=dict)  # Collection.open options
 
     @classmethod

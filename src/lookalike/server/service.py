@@ -1,9 +1,12 @@
 """The server's state: the collection, the query batcher, readiness, and background upkeep.
 
 Loading happens in a thread at start-up, so /healthz answers at once and /readyz says when the
-model and index are in memory. Upkeep runs in another thread: it loads a main index that a
-compaction swapped in (searches go on with the old one meanwhile), starts a compaction in a
-separate low-priority process when the delta has grown past the policy, and caches the delta.
+model and index are in memory; with several worker processes each loads before it starts
+accepting connections instead, so no request reaches a worker that is still loading.
+
+Upkeep runs in another thread: it loads a main index that a compaction swapped in (searches go on
+with the old one meanwhile), starts a compaction in a separate low-priority process when the
+delta has grown past the policy, and caches the delta.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        if not self.config.background_load:
+            self._load()  # this process takes no connection before it can answer them all
+            return
         loader = threading.Thread(target=self._load, name="lookalike-load", daemon=True)
         loader.start()
         self._threads.append(loader)
