@@ -91,7 +91,7 @@ def app_from_environment() -> FastAPI:
     return create_app(ServeConfig.from_env())
 
 
-def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:  # noqa: C901
+def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         """The process is up (it may still be loading)."""
