@@ -139,4 +139,6 @@ def run_demo(out: str) -> None:
     click.echo(f"Median query {np.percentile(latencies, 50) * 1000:.1f} ms "
                "(decode + embed + search, one image at a time).")
     click.echo(f"\nTry it:  lookalike search {copies[0][2]} --collection {root / 'collection'}")
+    click.echo(f"   or:   lookalike serve --collection {root / 'collection'}   "
+               "(then open http://127.0.0.1:8000/ and drop a photo)")
     col.close()
