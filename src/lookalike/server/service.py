@@ -43,7 +43,6 @@ class Service:
         self.compactions = 0
         self._collection: Collection | None = None
         self._batcher: QueryBatcher | None = None
-        self._ready = threading.Event()
         self._stop = threading.Event()
         self._compactor: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
@@ -74,7 +73,6 @@ class Service:
             log.error("Cannot load the collection: %s", exc, exc_info=exc)
             return
         self.load_seconds = time.perf_counter() - started
-        self._ready.set()
         upkeep = threading.Thread(target=self._upkeep, name="lookalike-upkeep", daemon=True)
         upkeep.start()
         self._threads.append(upkeep)
@@ -94,10 +92,6 @@ class Service:
             col.close()
         if self._batcher is not None:
             self._batcher.close()
-
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set()
 
     @property
     def collection(self) -> Collection:
