@@ -95,15 +95,37 @@ def sample_collection(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return path
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 120.0,
+               alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll ``url``/readyz until it answers 200 (TimeoutError after ``timeout`` seconds, or
+    AssertionError as soon as ``alive()`` is false)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert alive(), f"the server at {url} died while starting"
+        try:
+            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"server at {url} not ready after {timeout} s")
+
+
 class LiveServer:
     """`lookalike serve`'s application on a real uvicorn server, on loopback, in a thread."""
 
     def __init__(self, app: object) -> None:
         import uvicorn
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
@@ -111,18 +133,9 @@ class LiveServer:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self, timeout: float = 120.0) -> LiveServer:
-        import httpx
-
         self.thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server at {self.url} not ready after {timeout} s")
+        wait_ready(self.url, timeout, self.thread.is_alive)
+        return self
 
     def stop(self) -> None:
         self.server.should_exit = True

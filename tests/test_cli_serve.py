@@ -7,7 +7,6 @@ import io
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,11 +16,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from conftest import free_port, wait_ready
 
 
 def serve(collection: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
@@ -31,17 +26,12 @@ def serve(collection: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise TimeoutError(process.communicate())
+    try:
+        wait_ready(url, alive=lambda: process.poll() is None)
+    except (AssertionError, TimeoutError):
+        process.kill()
+        raise AssertionError(process.communicate()) from None
+    return process, url
 
 
 def stop(process: subprocess.Popen[str]) -> str:
