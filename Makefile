@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser demo test test-all lint bench clean
+.PHONY: install browser postgres demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,20 @@ $(CHROMIUM):
 browser:
 	@$(MAKE) --no-print-directory $(CHROMIUM) || echo "Could not install chromium with apt-get; the browser test will be skipped."
 
+# The PostgreSQL store's tests start a throwaway server of their own (initdb + pg_ctl on
+# loopback): only Debian's server binaries are needed, not its service.
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
+
+postgres:
+	@[ -n "$(PG_CTL)" ] || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || echo "Could not install postgresql with apt-get; the PostgreSQL store tests will be skipped (and fail under CI)."
+
 demo: install
 	$(VENV)/bin/lookalike demo --out demo-out
 
-test: install browser
+test: install browser postgres
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: install browser
+test-all: install browser postgres
 	$(PY) -m pytest -q
 
 lint: install

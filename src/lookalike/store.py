@@ -203,6 +203,32 @@ class SQLiteStore:
             yield ids, vectors.reshape(len(rows), self.dim)
             last = int(ids[-1])
 
+    def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` active vectors drawn uniformly without replacement (seeded: the same rows
+        as every store draws), (m, dim) float32 in id order, from one consistent snapshot: what
+        a projection or a trained index learns from."""
+        # The ids come from the small images rows (every active image has a vector), the vectors
+        # by primary key: at 1M images this reads the sample, never every vector.
+        db = self._db
+        db.execute("BEGIN")  # a read snapshot (WAL): the ids and vectors agree
+        try:
+            ids = np.fromiter((r[0] for r in db.execute(
+                "SELECT id FROM images WHERE status = 'active' ORDER BY id")), dtype=np.int64)
+            if n < len(ids):
+                ids = np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
+            out = np.empty((len(ids), self.dim), np.float32)
+            for start in range(0, len(ids), 900):  # SQLite allows 999 parameters at least
+                chunk = ids[start:start + 900].tolist()
+                rows = db.execute(
+                    f"SELECT vector FROM vectors WHERE image_id IN ({','.join('?' * len(chunk))})"
+                    " ORDER BY image_id", chunk,
+                ).fetchall()
+                out[start:start + len(rows)] = np.frombuffer(
+                    b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
+        finally:
+            db.execute("COMMIT")
+        return out
+
     def tombstones(self) -> set[int]:
         """Ids whose vectors may still sit in an index although the image is no longer active."""
         rows = self._db.execute(

@@ -1,0 +1,132 @@
+"""Metadata stores: the contract every store keeps, and choosing one by URI.
+
+:mod:`lookalike.store` holds the embedded default (SQLite, ``lookalike.db`` in the collection
+folder) and the records every store speaks; :mod:`.postgres` keeps the same contract in
+PostgreSQL. A collection's manifest records which (``"store"``, absent for SQLite), without any
+password; ``tests/test_store_contract.py`` runs one suite against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import UsageError
+from ..store import ImageRecord, NewImage, SQLiteStore
+from .uri import SQLITE, PostgresURI, connection_uri, is_postgres, new_schema_name, redact
+
+__all__ = ["Store", "new_store", "open_store"]
+
+
+class Store(Protocol):
+    """Images, their vectors and metadata. Ids are immutable primary keys, handed out in
+    increasing order and committed in that order; they are the ANN indexes' ids. A changed file
+    gets a new row; the old one is marked ``removed`` (a tombstone while an index holds its
+    vector). Safe to share between threads; writers take turns per transaction."""
+
+    dim: int
+
+    def close(self) -> None: ...
+
+    def file_states(self) -> dict[str, ImageRecord]:
+        """Every live (active or failed) row by uri."""
+        ...
+
+    def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        """Rows by id, whatever their status; unknown ids are left out."""
+        ...
+
+    def find_uri(self, uri: str) -> ImageRecord | None:
+        """The active row for ``uri``, if any."""
+        ...
+
+    def vector(self, image_id: int) -> np.ndarray | None: ...
+
+    def metadata(self, image_id: int) -> str | None:
+        """The JSON object stored with an image, as text."""
+        ...
+
+    def vector_by_hash(self, content_hash: str) -> np.ndarray | None: ...
+
+    def generation(self) -> int:
+        """A counter every write transaction bumps, whoever wrote: cheap enough to poll before
+        every search."""
+        ...
+
+    def max_id(self) -> int: ...
+
+    def iter_vectors(
+        self, *, after_id: int = 0, upto_id: int | None = None, active_only: bool = True,
+        chunk: int = 8192,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) chunks of at most ``chunk``, in id order, ids in (after_id, upto_id]."""
+        ...
+
+    def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` active vectors drawn uniformly without replacement (seeded: the same
+        rows in every store), (m, dim) float32 in id order, from one consistent snapshot."""
+        ...
+
+    def tombstones(self) -> set[int]:
+        """Ids that still have a stored vector but are no longer active."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Rows by status: active, failed, removed."""
+        ...
+
+    def failures(self) -> list[ImageRecord]:
+        """Live failed rows, by uri."""
+        ...
+
+    def write(self, images: Iterable[NewImage]) -> list[int]:
+        """Insert a batch in one transaction, retiring live rows with the same uri; new ids."""
+        ...
+
+    def set_metadata(self, image_id: int, metadata: str) -> None: ...
+
+    def mark_removed(self, ids: Iterable[int]) -> int:
+        """Retire rows that are not removed yet; how many were."""
+        ...
+
+    def drop_tombstoned_vectors(self, removed_before: float) -> int:
+        """Delete the vectors of rows removed before ``removed_before`` (a time.time())."""
+        ...
+
+
+def new_store(store: str, folder: Path, dim: int) -> str | None:
+    """Prepare the metadata store of a new collection in ``folder`` and return what its manifest
+    records: None for SQLite, else the URI with its schema and without its password."""
+    if store == SQLITE:
+        return None
+    if not is_postgres(store):
+        raise UsageError(
+            f"Unknown store {redact(store)!r}: use sqlite (the default) or "
+            "postgresql://user[:password]@host[:port]/database[?schema=name]."
+        )
+    from .postgres import PostgresStore
+
+    uri = PostgresURI.parse(store)
+    uri = uri if uri.schema else uri.with_schema(new_schema_name(folder))
+    PostgresStore(uri, dim, create=True).close()
+    return uri.recorded()
+
+
+def open_store(recorded: str | None, *, database: Path, dim: int, given: str | None = None,
+               setting: str | None = None) -> Store:
+    """Open a collection's store. ``recorded``: the manifest's (None: SQLite at ``database``);
+    ``given``: a URI passed explicitly, which may move it or carry the password; ``setting``:
+    ``LOOKALIKE_STORE``, which only lends a password (see :func:`.uri.connection_uri`)."""
+    if recorded is None:
+        if given is not None and given != SQLITE:
+            raise UsageError(
+                f"{database.parent} keeps its metadata in {database.name} (SQLite); "
+                f"--store {redact(given)!r} applies to new collections only."
+            )
+        return SQLiteStore(database, dim)
+    from .postgres import PostgresStore
+
+    return PostgresStore(connection_uri(recorded, given, setting), dim)

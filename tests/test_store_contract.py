@@ -1,0 +1,284 @@
+"""One contract, every metadata store: SQLite and a real PostgreSQL server.
+
+Each test opens its stores through the real path (``new_store`` / ``open_store``, as a collection
+does) on a fresh database: a SQLite file, or a fresh PostgreSQL schema. A second store opened on
+the same database stands for another process. The last test checks that both stores answer the
+same sequence of operations identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.storage import Store, new_store, open_store
+from lookalike.store import NewImage
+
+DIM = 8
+
+
+def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def image(uri: str, vector: np.ndarray | None = None, *, error: str | None = None,
+          content_hash: str | None = None, metadata: str | None = None) -> NewImage:
+    return NewImage(uri, 1000 + len(uri), 1_700_000_000_123_456_789, content_hash or f"h-{uri}",
+                    64, 48, vector, error=error if vector is None else None, metadata=metadata)
+
+
+Opener = Callable[[], Store]
+
+
+def _opener(kind: str, folder: Path, postgres_uri: str | None) -> Iterator[Opener]:
+    given = postgres_uri if kind == "postgresql" else None
+    recorded = new_store(given or "sqlite", folder, DIM)
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        store = open_store(recorded, database=folder / "lookalike.db", dim=DIM, given=given)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens stores on one fresh database; each call is another connection to it."""
+    uri = request.getfixturevalue("pg_uri") if request.param == "postgresql" else None
+    yield from _opener(request.param, tmp_path, uri)
+
+
+@pytest.fixture
+def store(open_db: Opener) -> Store:
+    return open_db()
+
+
+def test_write_then_read_back(store: Store) -> None:
+    vectors = unit_vectors(3)
+    before = time.time()
+    ids = store.write([image("/a.jpg", vectors[0], metadata='{"tag": "cat", "n": 1}'),
+                       image("/b.jpg", error="not an image"),
+                       image("/c.jpg", vectors[2])])
+    assert ids == sorted(ids) and len(set(ids)) == 3 and min(ids) >= 1
+    records = store.get(ids + [10_000])
+    assert set(records) == set(ids)
+    a, b, c = (records[i] for i in ids)
+    assert (a.uri, a.size, a.mtime_ns, a.content_hash, a.width, a.height, a.status, a.error) == (
+        "/a.jpg", 1006, 1_700_000_000_123_456_789, "h-/a.jpg", 64, 48, "active", None)
+    assert (b.status, b.error) == ("failed", "not an image") and c.status == "active"
+    assert before - 1 <= a.added_at <= time.time() + 1
+    assert store.get([]) == {}
+    assert store.get([np.int64(ids[0])])[ids[0]] == a  # numpy ids, as an index returns them
+    got = store.vector(ids[0])
+    assert got is not None and got.dtype == np.float32 and np.array_equal(got, vectors[0])
+    assert store.vector(ids[1]) is None and store.vector(10_000) is None
+    assert store.max_id() == max(ids)
+    assert store.counts() == {"active": 2, "failed": 1, "removed": 0}
+    assert [r.uri for r in store.failures()] == ["/b.jpg"]
+    assert set(store.file_states()) == {"/a.jpg", "/b.jpg", "/c.jpg"}
+
+
+def test_empty_store(store: Store) -> None:
+    assert store.max_id() == 0 and store.tombstones() == set()
+    assert store.counts() == {"active": 0, "failed": 0, "removed": 0}
+    assert store.file_states() == {} and store.failures() == []
+    assert list(store.iter_vectors()) == [] and store.find_uri("/x") is None
+    assert store.sample_vectors(5).shape == (0, DIM)
+    assert store.write([]) == []
+
+
+def test_find_uri_sees_only_the_active_row(store: Store) -> None:
+    v = unit_vectors(2)
+    [first] = store.write([image("/a.jpg", v[0])])
+    [failed] = store.write([image("/bad.jpg")])
+    found = store.find_uri("/a.jpg")
+    assert found is not None and found.id == first
+    assert store.find_uri("/bad.jpg") is None and store.find_uri("/nope.jpg") is None
+    [second] = store.write([image("/a.jpg", v[1])])
+    found = store.find_uri("/a.jpg")
+    assert found is not None and found.id == second > first
+    assert store.get([failed])[failed].status == "failed"
+
+
+def test_one_live_row_per_uri(store: Store) -> None:
+    v = unit_vectors(4)
+    [old] = store.write([image("/a.jpg", v[0])])
+    [new] = store.write([image("/a.jpg", v[1])])  # the file changed: a new row, the old retired
+    rows = store.get([old, new])
+    assert rows[old].status == "removed" and rows[new].status == "active"
+    assert store.file_states()["/a.jpg"].id == new
+    # The same uri twice in one batch: the later one wins, the earlier is retired at once.
+    first, second = store.write([image("/b.jpg", v[2]), image("/b.jpg", v[3])])
+    rows = store.get([first, second])
+    assert rows[first].status == "removed" and rows[second].status == "active"
+    # A failed file that later decodes replaces its failed row.
+    [bad] = store.write([image("/c.jpg")])
+    [good] = store.write([image("/c.jpg", v[0])])
+    assert store.get([bad])[bad].status == "removed" and store.find_uri("/c.jpg").id == good
+    assert {r.id for r in store.file_states().values()} == {new, second, good}
+    assert store.tombstones() == {old, first}  # removed rows whose vectors are still stored
+    assert store.counts() == {"active": 3, "failed": 0, "removed": 3}
+
+
+def test_mark_removed_and_tombstones(store: Store) -> None:
+    v = unit_vectors(3)
+    ids = store.write([image(f"/{i}.jpg", v[i]) for i in range(3)])
+    [failed] = store.write([image("/bad.jpg")])
+    assert store.mark_removed([ids[0], ids[1], ids[0]]) == 2
+    assert store.mark_removed([ids[0]]) == 0 and store.mark_removed([]) == 0
+    assert store.mark_removed([failed]) == 1
+    assert store.tombstones() == {ids[0], ids[1]}  # the failed row has no vector
+    assert store.find_uri("/0.jpg") is None
+    assert store.get([ids[0]])[ids[0]].status == "removed"
+    assert store.counts() == {"active": 1, "failed": 0, "removed": 3}
+    assert store.failures() == [] and set(store.file_states()) == {"/2.jpg"}
+    [again] = store.write([image("/0.jpg", v[0])])  # a removed uri may come back
+    assert store.find_uri("/0.jpg").id == again
+
+
+def test_generation_moves_with_every_write_seen_by_another_connection(
+    open_db: Opener,
+) -> None:
+    writer, reader = open_db(), open_db()
+    seen = [reader.generation()]
+
+    def changed() -> bool:
+        seen.append(reader.generation())
+        return seen[-1] > seen[-2]
+
+    [a] = writer.write([image("/a.jpg", unit_vectors(1)[0])])
+    assert changed()
+    writer.set_metadata(a, '{"x": 1}')
+    assert changed()
+    writer.mark_removed([a])
+    assert changed()
+    writer.drop_tombstoned_vectors(time.time() + 1)
+    assert changed()
+    assert not changed()  # reading moves nothing
+    assert reader.get([a])[a].status == "removed" and reader.tombstones() == set()
+
+
+def test_iter_vectors_chunks_and_bounds(store: Store) -> None:
+    v = unit_vectors(25, seed=3)
+    ids = store.write([image(f"/{i:02d}.jpg", v[i]) for i in range(20)])
+    ids += store.write([image("/failed.jpg")])
+    ids += store.write([image(f"/{i:02d}.jpg", v[i]) for i in range(20, 25)])
+    store.mark_removed([ids[3], ids[4]])
+    by_id = {i: v[n if n < 20 else n - 1] for n, i in enumerate(ids) if n != 20}
+
+    chunks = list(store.iter_vectors(chunk=7))
+    assert [len(c[0]) for c in chunks] == [7, 7, 7, 2]
+    got_ids = np.concatenate([c[0] for c in chunks])
+    assert got_ids.dtype == np.int64 and list(got_ids) == sorted(set(by_id) - {ids[3], ids[4]})
+    for chunk_ids, vectors in chunks:
+        assert vectors.dtype == np.float32 and vectors.shape == (len(chunk_ids), DIM)
+        assert all(np.array_equal(row, by_id[i]) for i, row in zip(chunk_ids, vectors, strict=True))
+    everything = np.concatenate([c[0] for c in store.iter_vectors(active_only=False)])
+    assert list(everything) == sorted(by_id)
+    window = np.concatenate([c[0] for c in store.iter_vectors(after_id=ids[5], upto_id=ids[12],
+                                                              chunk=3)])
+    assert list(window) == ids[6:13]
+    assert list(store.iter_vectors(after_id=store.max_id())) == []
+    assert list(store.iter_vectors(after_id=ids[10], upto_id=ids[10])) == []
+
+
+def test_drop_tombstoned_vectors_keeps_later_removals(store: Store) -> None:
+    v = unit_vectors(3)
+    ids = store.write([image(f"/{i}.jpg", v[i]) for i in range(3)])
+    store.mark_removed([ids[0]])
+    time.sleep(0.05)
+    cutoff = time.time()
+    time.sleep(0.05)
+    store.mark_removed([ids[1]])
+    assert store.drop_tombstoned_vectors(removed_before=cutoff) == 1
+    assert store.tombstones() == {ids[1]}
+    assert store.vector(ids[0]) is None and store.vector(ids[1]) is not None
+    stored = np.concatenate([c[0] for c in store.iter_vectors(active_only=False)])
+    assert list(stored) == [ids[1], ids[2]]
+    assert store.drop_tombstoned_vectors(removed_before=cutoff) == 0
+    assert store.get([ids[0]])[ids[0]].status == "removed"  # the row itself stays
+
+
+def test_metadata(store: Store) -> None:
+    v = unit_vectors(2)
+    meta = {"title": "Kätzchen 🐱", "tags": ["a", "b"], "n": 3, "nested": {"ok": True}}
+    a, b = store.write([image("/a.jpg", v[0], metadata=json.dumps(meta, ensure_ascii=False)),
+                        image("/b.jpg", v[1])])
+    assert json.loads(store.metadata(a) or "") == meta
+    assert store.metadata(b) is None and store.metadata(10_000) is None
+    store.set_metadata(b, '{"first": 1}')
+    store.set_metadata(b, '{"second": 2}')  # replaces
+    assert json.loads(store.metadata(b) or "") == {"second": 2}
+
+
+def test_vector_by_hash(store: Store) -> None:
+    v = unit_vectors(2)
+    [a] = store.write([image("/a.jpg", v[0], content_hash="same")])
+    got = store.vector_by_hash("same")
+    assert got is not None and np.array_equal(got, v[0])
+    assert store.vector_by_hash("other") is None
+    store.write([image("/bad.jpg", content_hash="broken")])
+    assert store.vector_by_hash("broken") is None
+    store.mark_removed([a])  # its vector is still stored (a tombstone): still reusable
+    got = store.vector_by_hash("same")
+    assert got is not None and np.array_equal(got, v[0])
+
+
+def test_sample_vectors(store: Store) -> None:
+    v = unit_vectors(50, seed=5)
+    ids = store.write([image(f"/{i:02d}.jpg", v[i]) for i in range(50)])
+    store.mark_removed(ids[:10])
+    sample = store.sample_vectors(15, seed=1)
+    assert sample.shape == (15, DIM) and sample.dtype == np.float32
+    rows = {v[i].tobytes(): i for i in range(10, 50)}
+    picked = [rows[row.tobytes()] for row in sample]  # active vectors only, in id order
+    assert picked == sorted(set(picked))
+    assert np.array_equal(store.sample_vectors(15, seed=1), sample)
+    assert not np.array_equal(store.sample_vectors(15, seed=2), sample)
+    assert np.array_equal(store.sample_vectors(100), v[10:])
+
+
+def test_both_stores_answer_alike(tmp_path: Path, pg_uri: str) -> None:
+    """The same operations give the same answers, ids included, from SQLite and PostgreSQL."""
+    openers = [_opener("sqlite", tmp_path / "s", None), _opener("postgresql", tmp_path / "p",
+                                                                pg_uri)]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "p").mkdir()
+    stores = [next(o)() for o in openers]
+    v = unit_vectors(40, seed=9)
+    rng = np.random.default_rng(4)
+    for step in range(12):
+        batch = [image(f"/{int(rng.integers(0, 30)):02d}.jpg",
+                       v[int(rng.integers(0, 40))] if rng.random() > 0.15 else None,
+                       metadata=json.dumps({"step": step}) if rng.random() > 0.7 else None)
+                 for _ in range(int(rng.integers(0, 6)))]
+        results = [s.write(batch) for s in stores]
+        assert results[0] == results[1]
+        if step % 3 == 2:
+            victims = rng.choice(max(s.max_id() for s in stores), 4) + 1
+            assert stores[0].mark_removed(victims) == stores[1].mark_removed(victims)
+
+    def view(s: Store) -> tuple:
+        top = s.max_id()
+        records = s.get(range(1, top + 1))
+        strip = {i: dataclasses.replace(r, added_at=0.0) for i, r in records.items()}
+        vectors = [(ids.tolist(), vecs.tobytes()) for ids, vecs in s.iter_vectors(chunk=5)]
+        return (top, strip, s.tombstones(), s.counts(), [r.id for r in s.failures()],
+                {u: r.id for u, r in s.file_states().items()}, vectors,
+                s.sample_vectors(7, seed=3).tobytes(),
+                [json.loads(s.metadata(i) or "null") for i in range(1, top + 1)])
+
+    assert view(stores[0]) == view(stores[1])
+    for opener in openers:
+        opener.close()
