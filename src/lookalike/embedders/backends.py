@@ -62,7 +62,8 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)
         self._torch = torch
         self._device = torch.device(device)
-        graph = EmbeddingGraph(spec.build(weights), spec.preprocess).eval().to(self._device)
+        graph = EmbeddingGraph(spec.build(weights), spec.preprocess, spec.pooling)
+        graph = graph.eval().to(self._device)
         self._graph = graph.to(memory_format=torch.channels_last)
 
     def run(self, pixels: np.ndarray) -> np.ndarray:

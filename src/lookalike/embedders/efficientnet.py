@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MissingDependencyError, WeightsError
 from ..types import Preprocess
-from .registry import ModelSpec, register_model
+from .registry import ModelSpec, register_with_pooling_variants
 from .weights import file_digest, load_state_dict
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def _weights_id(variant: int):  # noqa: ANN202
 
 
 for _variant, (_size, _, _) in _VARIANTS.items():
-    register_model(
+    register_with_pooling_variants(
         ModelSpec(
             name=f"efficientnet-lite{_variant}",
             dim=1280,

@@ -1,4 +1,5 @@
-"""Torch modules: the embedding graph around a backbone, and a torchvision/timm-compatible ResNet.
+"""Torch modules: the embedding graph (with its pooling) around a backbone, and a torchvision/timm-
+compatible ResNet-50.
 
 Imported only when a model is built, so `lookalike --help` never pays for torch.
 """
@@ -9,6 +10,9 @@ import torch
 from torch import nn
 
 from ..types import Preprocess
+from .registry import Pooling
+
+GEM_EPS = 1e-6  # GeM clamps activations here before the power, as cirtorch does
 
 
 class FeatureMap(nn.Module):
@@ -23,24 +27,54 @@ class FeatureMap(nn.Module):
         return getattr(self.net, self.method)(x)
 
 
-class EmbeddingGraph(nn.Module):
-    """uint8 NHWC pixels -> normalised input -> feature map -> global average pool -> L2 norm.
+def gem(features: torch.Tensor, p: float, eps: float = GEM_EPS) -> torch.Tensor:
+    """Generalised-mean pooling of an (n, c, h, w) map to (n, c): mean(max(x, eps)^p)^(1/p)."""
+    return features.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
-    Pixel scaling lives inside the graph so the exported model takes raw decoded pixels, and the
-    query and index paths cannot disagree about it.
+
+class EmbeddingGraph(nn.Module):
+    """uint8 NHWC pixels -> normalised input -> feature map -> pooling -> L2 norm.
+
+    Pixel scaling, the extra input scales and pooling live inside the graph, so the exported model
+    takes raw decoded pixels and the query and index paths cannot disagree about any of them.
     """
 
-    def __init__(self, backbone: nn.Module, preprocess: Preprocess) -> None:
+    def __init__(
+        self, backbone: nn.Module, preprocess: Preprocess, pooling: Pooling | None = None
+    ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.pooling = pooling or Pooling()
         self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1))
         self.register_buffer("inv_std", 1.0 / torch.tensor(preprocess.std).view(1, 3, 1, 1))
+        # Fixed output sizes (not scale factors) keep the exported Resize static and exact.
+        self.sizes = [None if s == 1.0 else round(preprocess.size * s)
+                      for s in self.pooling.scales]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.permute(0, 3, 1, 2).float()
         x = (x - self.mean) * self.inv_std
-        features = self.backbone(x).mean(dim=(2, 3))
-        return nn.functional.normalize(features, dim=1)
+        if len(self.sizes) == 1 and self.sizes[0] is None:
+            # One pass at the input size: for average pooling this is, op for op, the graph
+            # that built every collection before pooling variants existed.
+            return nn.functional.normalize(self._pool(self.backbone(x)), dim=1)
+        # Multi-scale as in cirtorch: unit vectors per scale, combined by the same generalised
+        # mean as the pooling (an average for GAP), then normalised again.
+        p = self.pooling.exponent
+        terms = []
+        for size in self.sizes:
+            scaled = x if size is None else nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", align_corners=False
+            )
+            vector = nn.functional.normalize(self._pool(self.backbone(scaled)), dim=1)
+            terms.append(vector if p == 1.0 else vector.clamp(min=GEM_EPS).pow(p))
+        combined = torch.stack(terms).mean(dim=0)
+        return nn.functional.normalize(combined if p == 1.0 else combined.pow(1.0 / p), dim=1)
+
+    def _pool(self, features: torch.Tensor) -> torch.Tensor:
+        if self.pooling.method == "gem":
+            return gem(features, self.pooling.p)
+        return features.mean(dim=(2, 3))
 
 
 class Bottleneck(nn.Module):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import WeightsError
 from ..types import Preprocess
-from .registry import ModelSpec, register_model
+from .registry import ModelSpec, register_with_pooling_variants
 from .weights import file_digest, load_state_dict
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def _weights_id(weights: str | None) -> str:
     return file_digest(weights) if weights else "torchvision-imagenet1k-v2"
 
 
-register_model(
+register_with_pooling_variants(
     ModelSpec(
         name="resnet50",
         dim=2048,

@@ -20,7 +20,9 @@ from ..types import Preprocess
 from .backends import Backend, OpenVinoBackend, OrtBackend, TorchBackend
 from .registry import ModelSpec, get_model_spec
 
-GRAPH_VERSION = 2  # bump when EmbeddingGraph changes, so cached exports are redone
+# Bump when EmbeddingGraph changes what it computes, so cached exports are redone. Pooling variants
+# did not bump it: the default pooling's graph is unchanged and the others are named by their tag.
+GRAPH_VERSION = 2
 RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
 PRECISIONS = ("auto", "f32", "bf16")
 
@@ -137,9 +139,12 @@ class Embedder:
 
 
 def embedding_fingerprint(spec: ModelSpec, weights: str | None) -> str:
-    """Names everything that decides a vector: model, weights and graph version. Vectors with
-    different fingerprints are not comparable, so a collection records the one that built it."""
-    return f"{spec.name}:{spec.weights_id(weights)}:graph{GRAPH_VERSION}"
+    """Names everything that decides a vector: model, weights, graph version and pooling. Vectors
+    with different fingerprints are not comparable, so a collection records the one that built it.
+    The default pooling adds nothing, so fingerprints recorded before pooling variants still match.
+    """
+    base = f"{spec.name}:{spec.weights_id(weights)}:graph{GRAPH_VERSION}"
+    return f"{base}:{spec.pooling.tag}" if spec.pooling.tag else base
 
 
 def _renormalise(vectors: np.ndarray) -> np.ndarray:
@@ -171,7 +176,8 @@ def _exported_graph(spec: ModelSpec, weights: str | None, cache_dir: Path | None
         from ..settings import resolve
 
         cache_dir = Path(resolve("cache_dir"))
-    key = re.sub(r"[^A-Za-z0-9.+-]", "_", f"{spec.name}-{spec.weights_id(weights)}")
+    tag = f"-{spec.pooling.tag}" if spec.pooling.tag else ""
+    key = re.sub(r"[^A-Za-z0-9.+-]", "_", f"{spec.name}-{spec.weights_id(weights)}{tag}")
     path = cache_dir / "models" / f"{key}-g{GRAPH_VERSION}.onnx"
     if path.is_file():
         return path
@@ -184,7 +190,7 @@ def _exported_graph(spec: ModelSpec, weights: str | None, cache_dir: Path | None
     from .nets import EmbeddingGraph
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = EmbeddingGraph(spec.build(weights), spec.preprocess).eval()
+    graph = EmbeddingGraph(spec.build(weights), spec.preprocess, spec.pooling).eval()
     size = spec.preprocess.size
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -200,10 +206,14 @@ def _exported_graph(spec: ModelSpec, weights: str | None, cache_dir: Path | None
 
 
 def describe_models() -> list[dict[str, Any]]:
-    """Name, dimension, input size and description of every registered model."""
+    """Name, dimension, input size, pooling, compute relative to one plain pass, and description
+    of every registered model."""
     from .registry import model_names
 
     return [
-        {"name": s.name, "dim": s.dim, "size": s.preprocess.size, "description": s.description}
+        {"name": s.name, "dim": s.dim, "size": s.preprocess.size,
+         "pooling": s.pooling.method, "scales": list(s.pooling.scales),
+         "relative_cost": s.pooling.relative_cost,
+         "description": f"{s.description}; {s.pooling.describe()}"}
         for s in map(get_model_spec, model_names())
     ]
