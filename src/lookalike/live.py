@@ -16,9 +16,10 @@ store whenever its cached file is behind, ahead or unreadable.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CorruptCollectionError
-from .index import FaissIndex, IndexSpec, omp_threads, parse_spec
-from .store import SQLiteStore
+from .index import (
+    PCA,
+    FaissIndex,
+    IndexSpec,
+    VectorIndex,
+    build_index,
+    load_index,
+    omp_threads,
+    parse_spec,
+)
+from .storage import Store
 
 MAIN_INDEX, DELTA_INDEX = "main.index", "delta.index"
 _FLAT = parse_spec("Flat")
@@ -101,7 +111,8 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size): changes whenever the file is replaced or rewritten."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -112,20 +123,31 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 class LiveIndex:
     """Main + delta + tombstones over one collection folder and its store."""
 
-    def __init__(self, folder: Path, spec: IndexSpec, dim: int, store: SQLiteStore,
-                 policy: CompactionPolicy | None = None, *, load: bool = True) -> None:
+    def __init__(self, folder: Path, spec: IndexSpec, dim: int, store: Store,
+                 policy: CompactionPolicy | None = None, *, load: bool = True,
+                 projection: PCA | None = None,
+                 main_is_current: Callable[[], bool] = lambda: True) -> None:
         """``load=False`` ignores the index files on disk until the next refresh (for a rebuild,
-        which must not read a damaged file)."""
+        which must not read a damaged file).
+
+        ``projection`` (a PCA) maps every stored vector and every query from the store's ``dim``
+        to the index's; applied here, it cannot be forgotten on any path. ``main_is_current``
+        says whether the main index file on disk was built with this projection (false while
+        `lookalike reduce` is switching projections); it is asked before and after each load.
+        """
         self.folder = folder
         self.spec = spec
-        self.dim = dim
+        self.projection = projection
+        self.dim = projection.dim if projection is not None else dim
         self.store = store
+        self._main_is_current = main_is_current
+        self._mismatched: tuple[int, int, int] | None = None  # a main file of another dim
         self.policy = policy or CompactionPolicy()
         self._lock = _ReadWriteLock()
         self._refresh_lock = threading.Lock()
-        self._main = FaissIndex.build(spec, dim)
+        self._main: VectorIndex = build_index(spec, self.dim)
         self._main_stamp: tuple[int, int, int] | None = None
-        self._delta = FaissIndex.build(_FLAT, dim)
+        self._delta = FaissIndex.build(_FLAT, self.dim)
         self._tombstones: set[int] = set()
         self._generation = -1
         self.reload_in_background = False  # see refresh()
@@ -145,39 +167,64 @@ class LiveIndex:
             reload_main = not self.reload_in_background
         with self._refresh_lock:
             generation = self.store.generation()
-            stamp = _stamp(self.folder / MAIN_INDEX)
+            stamp = file_stamp(self.folder / MAIN_INDEX)
             new_main = reload_main and stamp != self._main_stamp
             if generation == self._generation and not new_main:
                 return
-            main = self._main
+            main: VectorIndex | None = self._main
             if new_main:
-                main = (FaissIndex.load(self.folder / MAIN_INDEX, self.spec) if stamp
-                        else FaissIndex.build(self.spec, self.dim))
+                main = self._load_main(stamp) if stamp else build_index(self.spec, self.dim)
+                if main is None:  # not built with this projection (yet): keep the current one
+                    main, new_main = self._main, False
+                    if generation == self._generation:
+                        return
             retired = self._catch_up(main, stamp if new_main else self._main_stamp, generation)
         del retired  # the old indexes, freed outside the lock
 
     def reload_main(self) -> bool:
         """Load a main index file that a compaction swapped in, while searches go on with the
         old one; then swap it in. Returns whether there was one."""
-        stamp = _stamp(self.folder / MAIN_INDEX)
+        stamp = file_stamp(self.folder / MAIN_INDEX)
         if stamp is None or stamp == self._main_stamp:
             return False
-        main = FaissIndex.load(self.folder / MAIN_INDEX, self.spec)  # slow: no lock held
+        main = self._load_main(stamp)  # slow: no lock held
+        if main is None:
+            return False
         with self._refresh_lock:
-            if _stamp(self.folder / MAIN_INDEX) != stamp:
+            if file_stamp(self.folder / MAIN_INDEX) != stamp:
                 return False  # replaced again while loading: the next call takes the newest
             retired = self._catch_up(main, stamp, self.store.generation())
         del retired  # the old indexes, freed outside the lock
         return True
 
-    def _catch_up(self, main: FaissIndex, stamp: tuple[int, int, int] | None,
-                  generation: int) -> tuple[FaissIndex, FaissIndex]:
+    def _load_main(self, stamp: tuple[int, int, int]) -> VectorIndex | None:
+        """The main index file, or None while it may belong to another projection."""
+        if stamp == self._mismatched or not self._main_is_current():
+            return None
+        main = load_index(self.folder / MAIN_INDEX, self.spec)
+        if main.dim != self.dim:
+            self._mismatched = stamp  # never searched with; the next compaction replaces it
+            return None
+        # Asked again after the load: a reduce that began meanwhile may have replaced the file.
+        return main if self._main_is_current() else None
+
+    def vectors(self, **where: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The store's active vectors as this index holds them (projected)."""
+        for ids, vectors in self.store.iter_vectors(**where):
+            yield ids, self.project(vectors)
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """Store vectors (n, store dim) as the index holds them (n, index dim)."""
+        return vectors if self.projection is None else self.projection.apply(vectors)
+
+    def _catch_up(self, main: VectorIndex, stamp: tuple[int, int, int] | None,
+                  generation: int) -> tuple[VectorIndex, FaissIndex]:
         # The caller holds the refresh lock. Read everything first, then swap under the write
         # lock, so searches wait only for the swap. Returns the replaced indexes, for the caller
         # to free once it has released the refresh lock (freeing a large index takes a while).
         same_main = main is self._main
         delta = self._delta if same_main else self._load_delta(main.max_id())
-        pending = list(self.store.iter_vectors(after_id=max(main.max_id(), delta.max_id())))
+        pending = list(self.vectors(after_id=max(main.max_id(), delta.max_id())))
         tombstones = self.store.tombstones()
         if same_main:
             # A compaction elsewhere drops the vectors of images removed before it began, so
@@ -198,10 +245,11 @@ class LiveIndex:
                 delta = FaissIndex.load(path, _FLAT)
             except CorruptCollectionError:
                 delta = None  # a cache only: rebuilt from the store below
-            if delta is not None and (delta.ntotal == 0 or int(delta.ids().min()) > main_max):
+            if delta is not None and delta.dim == self.dim and (
+                    delta.ntotal == 0 or int(delta.ids().min()) > main_max):
                 return delta
         delta = FaissIndex.build(_FLAT, self.dim)
-        for ids, vectors in self.store.iter_vectors(after_id=main_max):
+        for ids, vectors in self.vectors(after_id=main_max):
             delta.add(ids, vectors)
         return delta
 
@@ -215,7 +263,7 @@ class LiveIndex:
             fresh = ids > known
             if fresh.any():
                 with self._lock.write():
-                    self._delta.add(ids[fresh], vectors[fresh])
+                    self._delta.add(ids[fresh], self.project(vectors[fresh]))
 
     def forget(self, ids: set[int]) -> None:
         """Hide ids the caller has just marked removed in the store."""
@@ -234,13 +282,16 @@ class LiveIndex:
 
     # -- searching --------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, *, ef_search: int | None = None,
-               exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n, k), best first over main and delta; -1 pads missing results."""
+    def search(self, queries: np.ndarray, k: int, *, exclude: set[int] | None = None,
+               **knobs: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (n, k), best first over main and delta; -1 pads missing results.
+
+        ``knobs`` are the per-call search parameters (``ef_search``, ``nprobe``, ...)."""
         self.refresh()
+        queries = self.project(queries)
         with self._lock.read():
             banned = self._tombstones | exclude if exclude else self._tombstones
-            parts = [index.search(queries, k, ef_search=ef_search, exclude=banned)
+            parts = [index.search(queries, k, exclude=banned, **knobs)
                      for index in (self._main, self._delta) if index.ntotal]
         n = len(queries)
         if not parts:
@@ -288,8 +339,8 @@ class LiveIndex:
         total = main + delta
         if main == 0:
             return delta > 0  # a first run: build the main index right away
-        if self.spec.auto and self._main.spec.kind != self.spec.for_size(total).kind:
-            return True
+        if self._main.spec.kind != self.spec.for_size(total).kind:
+            return True  # auto outgrew Flat, or a trainable spec has enough vectors now
         if delta >= max(policy.delta_min, policy.delta_fraction * main):
             return True
         return len(self._tombstones) > policy.tombstone_fraction * max(total, 1)
@@ -306,17 +357,15 @@ class LiveIndex:
         started, began_at = time.perf_counter(), time.time()
         upto = self.store.max_id()
         n = self.store.counts()["active"]
-        main = FaissIndex.build(self.spec.for_size(n), self.dim)
         # Leave a core to the searches that go on meanwhile (measured: with every core busy
         # building, search p99 on 2 cores grew 15x).
         with omp_threads(max(1, (os.cpu_count() or 1) - 1)):
-            for ids, vectors in self.store.iter_vectors(upto_id=upto):
-                main.add(ids, vectors)
+            main = self._build_main(self.spec.for_size(n), upto, n)
         main.save(self.folder / MAIN_INDEX)
-        stamp = _stamp(self.folder / MAIN_INDEX)
+        stamp = file_stamp(self.folder / MAIN_INDEX)
         with self._refresh_lock:
             delta = FaissIndex.build(_FLAT, self.dim)
-            for ids, vectors in self.store.iter_vectors(after_id=main.max_id()):
+            for ids, vectors in self.vectors(after_id=main.max_id()):
                 delta.add(ids, vectors)
             with self._lock.write():
                 self._main, self._main_stamp, self._delta = main, stamp, delta
@@ -331,7 +380,21 @@ class LiveIndex:
         return CompactionReport(main.ntotal, dropped, time.perf_counter() - started,
                                 main.spec.describe)
 
-def verify(folder: Path, spec: IndexSpec, dim: int, store: SQLiteStore) -> VerifyReport:
+    def _build_main(self, spec: IndexSpec, upto: int, n: int) -> VectorIndex:
+        if spec.kind == "scann":  # cannot grow: built from every vector at once
+            chunks = list(self.vectors(upto_id=upto))
+            ids = np.concatenate([c[0] for c in chunks]) if chunks else None
+            vectors = np.concatenate([c[1] for c in chunks]) if chunks else None
+            return build_index(spec, self.dim, ids, vectors)
+        # Trainable kinds learn from a random sample, then take the vectors chunk by chunk.
+        train = (self.project(self.store.sample_vectors(spec.train_size(n)))
+                 if spec.trainable else None)
+        main = build_index(spec, self.dim, train=train)
+        for ids, vectors in self.vectors(upto_id=upto):
+            main.add(ids, vectors)
+        return main
+
+def verify(folder: Path, spec: IndexSpec, dim: int, store: Store) -> VerifyReport:
     """Compare the index files in ``folder`` with the store, without changing anything."""
     problems: list[str] = []
     active = {int(i) for ids, _ in store.iter_vectors() for i in ids}
@@ -366,11 +429,11 @@ def verify(folder: Path, spec: IndexSpec, dim: int, store: SQLiteStore) -> Verif
         problems=tuple(problems),
     )
 
-def _read_file(path: Path, spec: IndexSpec, dim: int, problems: list[str]) -> FaissIndex | None:
+def _read_file(path: Path, spec: IndexSpec, dim: int, problems: list[str]) -> VectorIndex | None:
     if not path.is_file():
         return None
     try:
-        index = FaissIndex.load(path, spec)
+        index = load_index(path, spec)
     except CorruptCollectionError as exc:
         problems.append(str(exc))
         return None
@@ -390,7 +453,10 @@ def remove_stale_temporaries(folder: Path) -> None:
         if pid is None or _alive(pid):
             continue
         try:
-            os.unlink(tmp)
+            if tmp.is_dir():  # a ScaNN index is serialised into a folder before it is packed
+                shutil.rmtree(tmp)
+            else:
+                os.unlink(tmp)
         except FileNotFoundError:
             pass
 

@@ -3,6 +3,11 @@
 Ids are the metadata store's primary keys (an ``IDMap2`` around the index). Removed images stay in
 an HNSW graph (Faiss cannot unlink nodes) and are excluded during the search with an id selector,
 so k live results still come back; a rebuild drops them for good.
+
+Searches go to the wrapped index directly, with the selector translated to its internal labels
+and the labels mapped back to ids here: ``IndexIDMap2`` translates the selector of the parameters
+it is given only, and an ``IndexRefine`` ignores its own, so only the innermost parameters can
+carry it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import numpy as np
 
 from ..errors import CorruptCollectionError
 from .spec import IndexSpec
+
+DEFAULT_EF_SEARCH = 64
+DEFAULT_K_FACTOR = 4
 
 
 @contextmanager
@@ -37,25 +45,45 @@ class FaissIndex:
     """A Faiss index over unit vectors with int64 ids, saved atomically to one file."""
 
     def __init__(self, index: object, spec: IndexSpec) -> None:
-        self._index = index
+        import faiss
+
+        self._index = index  # the IndexIDMap2, which owns what it wraps
+        self._inner = faiss.downcast_index(index.index)  # type: ignore[attr-defined]
         self.spec = spec
         self._max_id: int | None = None  # cached: asked for on every write and refresh
+        self._id_array: np.ndarray | None = None  # internal label -> id, cached for searches
+        self._nbytes: int | None = None
 
     @classmethod
     def build(
         cls, spec: IndexSpec, dim: int, ids: np.ndarray | None = None,
-        vectors: np.ndarray | None = None,
+        vectors: np.ndarray | None = None, *, train: np.ndarray | None = None,
     ) -> FaissIndex:
-        """A new index of ``spec`` holding ``vectors`` (which fixes an ``auto`` spec's kind)."""
+        """A new index of ``spec`` holding ``vectors``. A trainable spec learns from ``train``
+        (default: ``vectors``); ``auto``, or too few vectors to train on, resolve the kind."""
         import faiss
 
         n = 0 if ids is None else len(ids)
-        concrete = spec.for_size(n)
+        concrete = spec.for_size(len(train) if train is not None and spec.trainable else n)
+        concrete.check_dim(dim)
+        if concrete.kind == "scann":
+            raise ValueError("ScaNN specs are built by lookalike.index.build_index")
         if concrete.kind == "hnsw":
-            inner = faiss.IndexHNSWFlat(dim, concrete.m, faiss.METRIC_INNER_PRODUCT)
+            if concrete.quantizer == "SQ8":
+                inner = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, concrete.m,
+                                          faiss.METRIC_INNER_PRODUCT)
+            else:
+                inner = faiss.IndexHNSWFlat(dim, concrete.m, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efConstruction = concrete.ef_construction
+        elif concrete.kind == "ivf":
+            inner = faiss.index_factory(dim, concrete.factory_string, faiss.METRIC_INNER_PRODUCT)
+            if isinstance(inner, faiss.IndexIVFPQ):
+                inner.do_polysemous_training = False  # slow, and only for Hamming filtering
         else:
             inner = faiss.IndexFlatIP(dim)
+        if concrete.trainable:
+            sample = vectors if train is None else train
+            inner.train(np.ascontiguousarray(sample, dtype=np.float32))
         index = cls(faiss.IndexIDMap2(inner), concrete)
         if n:
             index.add(ids, vectors)  # type: ignore[arg-type]
@@ -63,6 +91,8 @@ class FaissIndex:
 
     @classmethod
     def load(cls, path: Path, spec: IndexSpec) -> FaissIndex:
+        """Read an index file; its kind and parameters come from the file, ``spec.text`` from
+        the caller."""
         import faiss
 
         try:
@@ -75,9 +105,9 @@ class FaissIndex:
         # read_index returns the typed outer object, which owns the memory: keep that one.
         if not isinstance(index, faiss.IndexIDMap2):
             raise CorruptCollectionError(f"Index file {path} was not written by lookalike.")
-        inner = faiss.downcast_index(index.index)
-        kind = "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
-        concrete = IndexSpec(spec.text, kind, spec.m, spec.ef_construction, spec.auto)
+        concrete = _spec_of(faiss.downcast_index(index.index), spec)
+        if concrete is None:
+            raise CorruptCollectionError(f"Index file {path} was not written by lookalike.")
         return cls(index, concrete)
 
     def save(self, path: Path) -> None:
@@ -98,6 +128,16 @@ class FaissIndex:
     def ntotal(self) -> int:
         return int(self._index.ntotal)  # type: ignore[attr-defined]
 
+    @property
+    def memory_bytes(self) -> int:
+        """Size of the serialised index (vectors or codes, graph or lists, ids): what it takes
+        on disk and, within a few percent, in memory."""
+        import faiss
+
+        if self._nbytes is None:
+            self._nbytes = int(faiss.serialize_index(self._index).nbytes)
+        return self._nbytes
+
     def ids(self) -> np.ndarray:
         import faiss
 
@@ -113,6 +153,7 @@ class FaissIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         self._index.add_with_ids(vectors, ids)  # type: ignore[attr-defined]
+        self._id_array = self._nbytes = None
         if len(ids):
             self._max_id = max(self.max_id(), int(ids.max()))
 
@@ -122,12 +163,18 @@ class FaissIndex:
         k: int,
         *,
         ef_search: int | None = None,
+        nprobe: int | None = None,
+        k_factor: int | None = None,
+        leaves: int | None = None,
         exclude: Collection[int] = (),
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k), best first; missing results have id -1.
 
-        ``ef_search`` applies to this call only (never set on the shared index); ids in
-        ``exclude`` are skipped during the search.
+        The knobs apply to this call only (never set on the shared index) and only to the kinds
+        they belong to: ``ef_search`` (HNSW, default 64, raised to k); ``nprobe`` (IVF cells to
+        visit, default nlist/16 but at least 8; more for queries whose cells hold fewer than k
+        live vectors); ``k_factor`` (candidates re-ranked exactly per result, default 4).
+        ``leaves`` is ScaNN's. Ids in ``exclude`` are skipped during the search.
         """
         import faiss
 
@@ -136,16 +183,90 @@ class FaissIndex:
         selector = None
         if exclude:
             banned = np.fromiter(exclude, dtype=np.int64, count=len(exclude))
-            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(banned))
-        if self.spec.kind == "hnsw":
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = max(ef_search or 64, k)
-        else:
-            params = faiss.SearchParameters()
+            # IDSelectorTranslated keeps a reference to the selector it wraps.
+            selector = faiss.IDSelectorTranslated(
+                self._index.id_map,  # type: ignore[attr-defined]
+                faiss.IDSelectorNot(faiss.IDSelectorBatch(banned)),
+            )
+        probes = max(1, min(nprobe or self.spec.default_nprobe, self.spec.nlist))
+        scores, labels = self._search(queries, k, selector, ef_search, probes, k_factor)
+        short = (labels < 0).any(axis=1)
+        while self.spec.kind == "ivf" and short.any() and probes < self.spec.nlist:
+            # The visited cells held fewer than k live vectors: visit more for those queries.
+            probes = min(self.spec.nlist, 2 * probes)
+            scores[short], labels[short] = self._search(queries[short], k, selector, ef_search,
+                                                        probes, k_factor)
+            short = (labels < 0).any(axis=1)
+        return scores, self._to_ids(labels)
+
+    def _search(self, queries: np.ndarray, k: int, selector: object, ef_search: int | None,
+                nprobe: int, k_factor: int | None) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        params = inner_params = self._params(k, ef_search, nprobe)
+        if self.spec.fast_scan:
+            params = faiss.IndexRefineSearchParameters()
+            params.k_factor = float(k_factor or DEFAULT_K_FACTOR)
+            params.base_index_params = inner_params
         if selector is not None:
-            params.sel = selector
+            inner_params.sel = selector
         # One query runs on one thread: a team of threads only waits at the barrier for a core
         # that is busy elsewhere (measured: search p99 during a merge 6x worse with 2 threads).
         with omp_threads(1) if len(queries) == 1 else contextlib.nullcontext():
-            scores, ids = self._index.search(queries, k, params=params)  # type: ignore[attr-defined]
-        return scores, ids
+            return self._inner.search(queries, k, params=params)  # type: ignore[attr-defined]
+
+    def _params(self, k: int, ef_search: int | None, nprobe: int) -> object:
+        import faiss
+
+        if self.spec.kind == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(ef_search or DEFAULT_EF_SEARCH, k)
+        elif self.spec.kind == "ivf":
+            params = faiss.SearchParametersIVF()
+            params.nprobe = nprobe
+        else:
+            params = faiss.SearchParameters()
+        return params
+
+    def _to_ids(self, labels: np.ndarray) -> np.ndarray:
+        id_array = self._id_array
+        if id_array is None or len(id_array) != self.ntotal:
+            id_array = self._id_array = self.ids()
+        if not len(id_array):
+            return np.full(labels.shape, -1, np.int64)
+        return np.where(labels >= 0, id_array[np.maximum(labels, 0)], -1)
+
+
+def _spec_of(inner: object, spec: IndexSpec) -> IndexSpec | None:
+    """The concrete spec of a loaded index, read from its structure (None: not lookalike's)."""
+    import faiss
+
+    if inner.metric_type != faiss.METRIC_INNER_PRODUCT:  # type: ignore[attr-defined]
+        return None
+    text = spec.text
+    if isinstance(inner, faiss.IndexFlat):
+        fallback = spec if spec.trainable else None  # built Flat for lack of training vectors
+        return IndexSpec(text, "flat", fallback=fallback)
+    if isinstance(inner, faiss.IndexHNSW):
+        hnsw = inner.hnsw
+        if isinstance(inner, faiss.IndexHNSWFlat):
+            quantizer = None
+        elif isinstance(inner, faiss.IndexHNSWSQ):
+            storage = faiss.downcast_index(inner.storage)
+            if storage.sq.qtype != faiss.ScalarQuantizer.QT_8bit:
+                return None
+            quantizer = "SQ8"
+        else:
+            return None
+        return IndexSpec(text, "hnsw", hnsw.nb_neighbors(1), hnsw.efConstruction,
+                         quantizer=quantizer)
+    if isinstance(inner, faiss.IndexIVFFlat):
+        return IndexSpec(text, "ivf", nlist=inner.nlist)
+    if isinstance(inner, faiss.IndexIVFPQ) and inner.pq.nbits == 8:
+        return IndexSpec(text, "ivf", nlist=inner.nlist, quantizer="PQ", pq_m=inner.pq.M)
+    if isinstance(inner, faiss.IndexRefineFlat):
+        base = faiss.downcast_index(inner.base_index)
+        if isinstance(base, faiss.IndexIVFPQFastScan) and base.pq.nbits == 4:
+            return IndexSpec(text, "ivf", nlist=base.nlist, quantizer="PQ", pq_m=base.pq.M,
+                             fast_scan=True)
+    return None
