@@ -1,0 +1,53 @@
+"""Measuring retrieval quality: labelled sets (mAP, P@1, recall@k) and copy detection (edited
+copies of photos found among distractors), with the pipeline steps from the literature."""
+
+from .datasets import (
+    CopyDetectionSet,
+    LabelledSet,
+    Query,
+    build_copydetect,
+    load_copydetect,
+    read_labelled,
+)
+from .edits import EDITS, apply_edit
+from .metrics import QueryScores, Summary, score_queries
+from .runner import (
+    CopyDetectionReport,
+    Embedded,
+    LabelledReport,
+    Pipeline,
+    Timing,
+    copydetect_report,
+    embed_files,
+    evaluate_copydetect,
+    evaluate_labelled,
+    load_embedder,
+    score_copydetect,
+    score_labelled,
+)
+
+__all__ = [
+    "EDITS",
+    "CopyDetectionReport",
+    "CopyDetectionSet",
+    "Embedded",
+    "LabelledReport",
+    "LabelledSet",
+    "Pipeline",
+    "Query",
+    "QueryScores",
+    "Summary",
+    "Timing",
+    "apply_edit",
+    "build_copydetect",
+    "copydetect_report",
+    "embed_files",
+    "evaluate_copydetect",
+    "evaluate_labelled",
+    "load_copydetect",
+    "load_embedder",
+    "read_labelled",
+    "score_copydetect",
+    "score_labelled",
+    "score_queries",
+]
