@@ -2,11 +2,14 @@
 
 Every batch is committed to the store as one transaction, so an interrupted run loses at most the
 batch in flight and the next run carries on from there. A bad file becomes a ``failed`` row with its
-reason; it never stops the run.
+reason; it never stops the run. Decoding (and embedding) can come from elsewhere: a
+:class:`BatchSource` such as ``ray_engine.RaySource`` replaces the local decoding workers, and
+everything else (listing, skipping, reuse by content hash, writing) stays the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -23,12 +26,25 @@ import numpy as np
 
 from .embedders import Embedder
 from .imaging import IMAGE_EXTENSIONS, Decoded, decode_file
-from .store import NewImage, SQLiteStore
+from .storage import Store
+from .store import NewImage
 from .types import FailedFile, IngestReport, Preprocess
 
 
 class VectorSink(Protocol):
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+
+
+#: A batch of decoded files, and the vectors of those already embedded where they were decoded.
+Batch = tuple[list[Decoded], dict[str, np.ndarray]]
+
+
+class BatchSource(Protocol):
+    """Decodes (and may embed) the files to index, somewhere other than this process."""
+
+    def batches(self, uris: list[str], stages: dict[str, float]) -> Iterator[Batch]:
+        """Batches covering ``uris`` once each, in any order; adds seconds to ``stages``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -133,7 +149,7 @@ class Ingestor:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         embedder: Embedder,
         index: VectorSink,
         *,
@@ -143,6 +159,7 @@ class Ingestor:
         checkpoint: Callable[[], None] | None = None,
         forget: Callable[[set[int]], None] | None = None,
         checkpoint_seconds: float = 60.0,
+        source: BatchSource | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -153,6 +170,7 @@ class Ingestor:
         self._checkpoint = checkpoint
         self._forget = forget
         self._checkpoint_seconds = checkpoint_seconds
+        self._source = source
 
     def run(
         self, paths: Iterable[str | os.PathLike[str]], *, remove_missing: bool = True,
@@ -194,12 +212,17 @@ class Ingestor:
         from tqdm import tqdm
 
         by_uri = {e.uri: e for e in todo}
+        uris = [e.uri for e in todo]
         disable = None if show_progress is None else not show_progress
         last_checkpoint = time.monotonic()
+        if self._source is not None:
+            batches = self._source.batches(uris, tally.stages)
+        else:
+            batches = ((decoded, {}) for decoded in self._decoded_batches(uris, tally))
         with tqdm(total=len(todo), unit="img", desc="indexing", disable=disable,
-                  file=sys.stderr, smoothing=0.1) as bar:
-            for decoded in self._decoded_batches([e.uri for e in todo], tally):
-                self._write_batch(decoded, by_uri, known, tally)
+                  file=sys.stderr, smoothing=0.1) as bar, contextlib.closing(batches):
+            for decoded, embedded in batches:
+                self._write_batch(decoded, embedded, by_uri, known, tally)
                 bar.update(len(decoded))
                 now = time.monotonic()
                 if self._checkpoint and now - last_checkpoint > self._checkpoint_seconds:
@@ -243,18 +266,20 @@ class Ingestor:
                 for future in pending:
                     future.cancel()
 
-    def _write_batch(self, decoded: list[Decoded], by_uri: dict[str, FileEntry], known: dict,
-                     tally: _Tally) -> None:
+    def _write_batch(self, decoded: list[Decoded], embedded: dict[str, np.ndarray],
+                     by_uri: dict[str, FileEntry], known: dict, tally: _Tally) -> None:
         start = time.perf_counter()
         vectors: dict[str, np.ndarray] = {}
         to_embed: list[Decoded] = []
         for item in decoded:
-            if item.pixels is None:
+            if item.error:
                 continue
             reused = self.store.vector_by_hash(item.content_hash) if item.content_hash else None
             if reused is not None:
                 vectors[item.uri] = reused
                 tally.reused += 1
+            elif item.uri in embedded:
+                vectors[item.uri] = embedded[item.uri]
             else:
                 to_embed.append(item)
         if to_embed:
