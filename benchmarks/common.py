@@ -149,6 +149,7 @@ class Meter:
     counted once per process, so it is an upper bound on what the tree really used.
     ``other_cores`` is the CPU that other processes on the machine used meanwhile, in cores
     (system busy time minus this tree's, over the wall time): the benchmark's noise floor.
+    ``tree_cpu`` is the CPU seconds this tree used (a process's last sample if it exited).
     """
 
     def __init__(self, interval: float = 0.05) -> None:
@@ -156,6 +157,7 @@ class Meter:
         self.tree_peak = 0
         self.self_peak = 0
         self.other_cores = 0.0
+        self.tree_cpu = 0.0
         self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -174,6 +176,7 @@ class Meter:
         ours = sum(self._cpu.values()) - self._cpu0
         others = _system_busy_seconds() - self._busy0 - ours
         self.other_cores = max(0.0, others / wall) if wall > 0 else 0.0
+        self.tree_cpu = ours  # CPU seconds this process and its descendants used meanwhile
         self.self_peak = _high_water_mark()
         self.tree_peak = max(self.tree_peak, self.self_peak)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from lookalike.demo import edited_copies, sample_photos
+from pgserver import CannotStart, PostgresServer, connect_or_start
 
 
 def make_variants(sample_dir: Path, folder: Path, n: int, *, seed: int = 7,
@@ -48,7 +50,8 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                      "LOOKALIKE_INDEX", "LOOKALIKE_DEBUG", "LOOKALIKE_WORKERS",
                      "LOOKALIKE_API_KEY", "LOOKALIKE_WRITE_KEY", "LOOKALIKE_CORS_ORIGINS",
                      "LOOKALIKE_MAX_UPLOAD_BYTES", "LOOKALIKE_COMPACT_MIN_DELTA",
-                     "LOOKALIKE_COMPACT_DELTA_FRACTION", "LOOKALIKE_COMPACT_TOMBSTONE_FRACTION"):
+                     "LOOKALIKE_COMPACT_DELTA_FRACTION", "LOOKALIKE_COMPACT_TOMBSTONE_FRACTION",
+                     "LOOKALIKE_STORE"):
             mp.delenv(name, raising=False)
         yield home
 
@@ -93,6 +96,28 @@ def sample_collection(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory
     with Collection.create(path) as col:
         col.index([sample_dir], workers=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (see pgserver.py). Without one a test that needs
+    it skips, saying why; under CI, where `make test` installs PostgreSQL, that is a failure."""
+    try:
+        server = connect_or_start()
+    except CannotStart as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"No PostgreSQL server could be started under CI: {exc}")
+        pytest.skip(f"No PostgreSQL server could be started: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_uri(postgres: PostgresServer) -> Iterator[str]:
+    """A superuser postgresql:// URI with a fresh ?schema=, dropped after the test."""
+    schema = postgres.fresh_schema()
+    yield postgres.uri(schema)
+    postgres.drop_schema(schema)
 
 
 def free_port() -> int:

@@ -184,3 +184,25 @@ def test_walk_follows_symlinks_without_looping(photos: Path, tmp_path: Path) -> 
     names = [Path(f.uri).name for f in files]
     assert len(names) == len(set(names)) == len(list(photos.glob("[!.]*.jpg"))) - 1
     assert roots == [str(photos)] and missing == [str(photos / "gone")]
+
+
+def test_format_1_collections_open_and_are_upgraded_on_write(
+    sample_collection: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    from lookalike.errors import CorruptCollectionError
+
+    folder = tmp_path / "old.lookalike"
+    shutil.copytree(sample_collection, folder)
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = 1
+    manifest_path.write_text(json.dumps(manifest))
+    photo = sorted(sample_dir.glob("*.jpg"))[0]
+    with Collection.open(folder) as col:
+        assert col.search(photo, k=1)[0].uri == str(photo)
+        _index(col, sample_dir)
+    assert json.loads(manifest_path.read_text())["format_version"] == 2
+    manifest["format_version"] = 3
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CorruptCollectionError, match="upgrade lookalike"):
+        Collection.open(folder)

@@ -32,7 +32,8 @@ def _run_and_kill(args: list[str], delay: float) -> list[str]:
 
     def read() -> None:
         for line in writer.stdout:  # type: ignore[union-attr]
-            lines.append(line.rstrip("\n"))
+            if line.endswith("\n"):  # a kill can tear the last line: it never acknowledged
+                lines.append(line.rstrip("\n"))
             if line.startswith("READY"):
                 ready.set()
 

@@ -74,6 +74,14 @@ class CollectionLockedError(LookalikeError):
     """Another process is writing to the collection."""
 
 
+class StoreUnavailableError(LookalikeError):
+    """The metadata store (a PostgreSQL server) cannot be reached or refuses the collection."""
+
+
+class IndexUnavailableError(LookalikeError):
+    """The vector index server (Milvus) cannot be reached or refuses a request."""
+
+
 class PayloadTooLargeError(UsageError):
     """An upload is larger than the configured limit."""
 

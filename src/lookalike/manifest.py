@@ -13,7 +13,10 @@ from .embedders import embedding_fingerprint, get_model_spec
 from .errors import CollectionNotFoundError, CorruptCollectionError, ModelMismatchError
 from .index import IndexSpec
 
-FORMAT_VERSION = 1
+# 2: PCA, PostgreSQL stores and search defaults. A lookalike that reads only format 1 would
+# ignore them and search garbage, so every manifest this version writes says 2; it reads 1 too.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 
 
@@ -46,10 +49,10 @@ def read_manifest(folder: Path, *, model: str | None, weights: str | None) -> di
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CorruptCollectionError(f"Cannot read {path}: {exc}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMATS:
         raise CorruptCollectionError(
             f"{folder} has collection format {manifest.get('format_version')}, this lookalike "
-            f"reads format {FORMAT_VERSION}; upgrade lookalike or rebuild the collection."
+            f"reads formats {READABLE_FORMATS}; upgrade lookalike or rebuild the collection."
         )
     built_with = manifest["model"]["name"]
     if model and model != built_with:
@@ -66,6 +69,12 @@ def read_manifest(folder: Path, *, model: str | None, weights: str | None) -> di
             "comparable. Pass the weights it was built with, or index into a new --collection."
         )
     return manifest
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Save ``manifest`` (in this version's format) atomically."""
+    manifest["format_version"] = FORMAT_VERSION
+    write_json(folder / MANIFEST, manifest)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

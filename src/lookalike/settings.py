@@ -47,12 +47,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model", lambda: "efficientnet-lite0", "Embedding model for new collections."),
     Setting("index", lambda: "auto",
             "Index spec for new collections: auto (Flat, then HNSW32 past 20,000 images), "
-            "Flat, or HNSW<M>[,efConstruction=<n>]."),
+            "Flat, HNSW<M>[,SQ8][,efConstruction=<n>], IVF<nlist>,Flat, IVF<nlist>,PQ<m>, "
+            "IVF<nlist>,PQ<m>x4fs,RFlat, ScaNN[,leaves=<n>], or a Milvus collection: "
+            "milvus://host[:port]/[db/]name[?index=HNSW&M=32&efConstruction=64] or "
+            "milvus-lite:[file.db/]name (embedded, inside the collection folder)."),
+    Setting("milvus_token", lambda: None,
+            "Credentials for a milvus:// index (user:password or an API key); never recorded."),
+    Setting("store", lambda: "sqlite",
+            "Metadata store for new collections: sqlite (lookalike.db in the collection folder) "
+            "or postgresql://user[:password]@host[:port]/db[?schema=name]. The manifest records "
+            "it without the password; for an existing collection, a URI naming the same server, "
+            "database and user only lends its password (else PGPASSWORD or ~/.pgpass)."),
     Setting("ef_search", lambda: 64, "HNSW efSearch used by searches that do not pass --ef.", int),
     Setting("batch_size", lambda: 32, "Images per model call while indexing.", int),
     Setting("workers", lambda: os.cpu_count() or 1,
             "Decoding worker processes while indexing (0 decodes in the main process).", int),
     Setting("threads", lambda: os.cpu_count() or 1, "Threads the model runtime may use.", int),
+    Setting("engine", lambda: "local",
+            "Where indexing decodes and embeds: local (this machine's processes) or ray (a Ray "
+            "cluster; needs the `ray` extra)."),
+    Setting("ray_address", lambda: None,
+            "Ray cluster for --engine ray (ray://HEAD:10001, HEAD:6379 or auto); unset: start a "
+            "local Ray for the run."),
     Setting("runtime", lambda: "auto",
             "Inference runtime: auto (CPU: OpenVINO for bf16, else ONNX Runtime; PyTorch on "
             "CUDA), openvino, onnxruntime, torch."),

@@ -144,6 +144,36 @@ class CollectionInfo:
     bytes_on_disk: dict[str, int]
     created: str
     updated: str
+    index_dim: int = 0  # the model's dim, or the PCA's when the collection is reduced
+    pca: dict[str, Any] | None = None  # the manifest's PCA entry (see `lookalike reduce`)
+    store: str = "sqlite"  # or the PostgreSQL URI, without its password
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReduceReport:
+    """What `Collection.reduce` did: the index's dimension and size before and after.
+
+    ``explained_variance`` is the share of the sample's variance the kept dimensions carry
+    (None when the PCA was removed). Bytes count ``main.index`` plus ``delta.index``.
+    """
+
+    dim_before: int
+    dim_after: int
+    whiten: bool
+    explained_variance: float | None
+    trained_on: int
+    index_bytes_before: int
+    index_bytes_after: int
+    vectors: int
+    fit_seconds: float
+    build_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.fit_seconds + self.build_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}

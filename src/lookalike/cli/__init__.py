@@ -9,7 +9,13 @@ from collections.abc import Sequence
 import click
 
 from ..errors import LookalikeError
-from . import commands, lifecycle, serve  # noqa: F401  (importing registers their commands)
+from . import (  # noqa: F401  (importing registers their commands)
+    bench,
+    commands,
+    evaluate,
+    lifecycle,
+    serve,
+)
 from .base import cli
 
 __all__ = ["cli", "main"]

@@ -19,18 +19,34 @@ from .base import COLLECTION_HELP, cli, collection_path, runtime_options
               help="Model for a new collection (see `lookalike models`) "
                    "[default efficientnet-lite0].")
 @click.option("--index", "index_spec", default=None,
-              help="Index spec for a new collection: auto, Flat, HNSW32[,efConstruction=64].")
+              help="Index spec for a new collection: auto, Flat, HNSW32[,SQ8], IVF1024,Flat, "
+              "IVF1024,PQ32[x4fs,RFlat], ScaNN[,leaves=1000], or a Milvus collection: "
+              "milvus-lite[:FILE.db/NAME] (embedded, in the collection folder) or "
+              "milvus://HOST:19530/NAME[?index=HNSW&M=32&efConstruction=64].")
+@click.option("--store", default=None,
+              help="Metadata store for a new collection: sqlite, or postgresql://user[:password]"
+                   "@host[:port]/db[?schema=name] (the password is not recorded); for an "
+                   "existing PostgreSQL one, where and how to reach it "
+                   "[env LOOKALIKE_STORE; default sqlite].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per model call.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decoding processes (0: decode in this process).")
+              help="Decoding processes (0: decode in this process); with --engine ray, "
+                   "embedding actors [default: one per CPU of the cluster, or per GPU].")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
+              help="Decode and embed here, or on a Ray cluster (the image paths must be the "
+                   "same on every node) [env LOOKALIKE_ENGINE; default local].")
+@click.option("--ray-address", default=None,
+              help="Ray cluster for --engine ray: ray://HEAD:10001, HEAD:6379 or auto "
+                   "[env LOOKALIKE_RAY_ADDRESS; default: start a local Ray for the run].")
 @click.option("--rebuild", is_flag=True, help="Also rebuild the index from the stored vectors.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @runtime_options
 def index_command(paths: Sequence[str], collection: str | None, model: str | None,
-                  index_spec: str | None, batch_size: int | None, workers: int | None,
+                  index_spec: str | None, store: str | None, batch_size: int | None,
+                  workers: int | None, engine: str | None, ray_address: str | None,
                   rebuild: bool, progress: bool | None, as_json: bool, **runtime: Any) -> None:
     """Index image files and folders (recursively) into a collection.
 
@@ -39,6 +55,7 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
 
     \b
     Example:  lookalike index ~/Pictures --collection photos.lookalike
+    On Ray:   lookalike index /shared/photos -c photos.lookalike --engine ray
     """
     from ..collection import Collection
 
@@ -46,8 +63,9 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
         if not os.path.exists(path):
             raise click.BadParameter(f"{path} does not exist.", param_hint="PATHS")
     with Collection.open_or_create(collection_path(collection), model=model, index=index_spec,
-                                   **runtime) as col:
-        report = col.index(paths, batch_size=batch_size, workers=workers, show_progress=progress)
+                                   store=store, **runtime) as col:
+        report = col.index(paths, batch_size=batch_size, workers=workers, show_progress=progress,
+                           engine=engine, ray_address=ray_address)
         if rebuild:
             col.rebuild()
     if as_json:
@@ -130,7 +148,13 @@ def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
     click.echo(f"model       {info.model} ({info.dim}-d)")
     click.echo(f"index       {info.index_spec} (main: {info.index_kind}, {info.main_vectors} "
                f"vectors; delta: {info.delta_vectors}; tombstones: {info.tombstones})")
+    if info.pca:
+        whitened = ", whitened" if info.pca["whiten"] else ""
+        click.echo(f"pca         {info.dim} -> {info.pca['dim']} dimensions{whitened}, "
+                   f"{info.pca['explained_variance']:.1%} of the variance, learnt from "
+                   f"{info.pca['trained_on']} vectors")
     click.echo(f"images      {info.images} indexed, {info.failed} failed, {info.removed} removed")
+    click.echo(f"metadata    {info.store}")
     for name, size in info.bytes_on_disk.items():
         click.echo(f"  {name:<16} {size / 1e6:10.2f} MB")
     click.echo(f"created     {info.created}\nupdated     {info.updated}")

@@ -1,5 +1,5 @@
 """Commands that change or check a collection beyond indexing folders: add, remove, watch,
-compact, rebuild, verify. Registered on the `lookalike` group when imported."""
+compact, rebuild, reduce, verify. Registered on the `lookalike` group when imported."""
 
 from __future__ import annotations
 
@@ -93,6 +93,50 @@ def _print_compaction(report: Any, as_json: bool) -> None:
         return
     click.echo(f"Main index: {report.main_vectors} vectors ({report.spec}) built in "
                f"{report.seconds:.1f} s; {report.dropped_tombstones} removed images dropped.")
+
+
+@cli.command("reduce")
+@click.option("--dim", type=click.IntRange(min=1), default=None,
+              help="Dimensions to keep, e.g. 256 (fewer: smaller and faster, less exact).")
+@click.option("--off", is_flag=True, help="Remove the PCA: search at the model's full dimension.")
+@click.option("--whiten", is_flag=True,
+              help="Also equalise the variance of the kept dimensions (PCA-whitening).")
+@click.option("--sample", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Stored vectors to learn the PCA from (drawn at random).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the sample.")
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def reduce_command(dim: int | None, off: bool, whiten: bool, sample: int, seed: int,
+                   collection: str | None, as_json: bool) -> None:
+    """Shrink the index with a PCA learnt from the stored vectors, and rebuild it.
+
+    Every indexed vector and every query is projected to --dim dimensions and re-normalised.
+    The stored vectors keep their full dimension: run it again with another --dim, or --off.
+    A running `lookalike serve` switches to the new index on its own.
+
+    \b
+    Example:  lookalike reduce --dim 256 -c photos.lookalike
+    """
+    from ..collection import Collection
+
+    if (dim is None) == (not off):
+        raise click.UsageError("Give either --dim N or --off.")
+    if off and whiten:
+        raise click.UsageError("--whiten needs --dim.")
+    with Collection.open(collection_path(collection)) as col:
+        report = col.reduce(dim or 0, whiten=whiten, sample=sample, seed=seed)  # 0: off
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    if report.explained_variance is None:
+        click.echo(f"PCA removed: the index is back to {report.dim_after} dimensions.")
+    else:
+        kind = "PCA-whitening" if report.whiten else "PCA"
+        click.echo(f"{kind} {report.dim_before} -> {report.dim_after} dimensions keeps "
+                   f"{report.explained_variance:.1%} of the variance; learnt from "
+                   f"{report.trained_on} vectors in {report.fit_seconds:.1f} s.")
+    click.echo(f"Index rebuilt: {report.vectors} vectors, {report.index_bytes_before / 1e6:.2f} "
+               f"MB -> {report.index_bytes_after / 1e6:.2f} MB in {report.build_seconds:.1f} s.")
 
 
 @cli.command("verify")
