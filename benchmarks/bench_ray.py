@@ -164,6 +164,15 @@ def report(args: argparse.Namespace, folder: Path,
                  "ray start s", "first batch s", "decode ms/img (CPU, summed)",
                  "embed ms/img (CPU, summed)", "peak RSS MiB (all processes)",
                  "max abs vector diff vs local", "other load per run"], rows))
+    # On a shared machine the best run of one engine may have had the machine to itself while
+    # the other never did: the run of each with the least other load is a second comparison.
+    quiet = {config: min(config_runs, key=lambda r: r["other_cores"])
+             for config, config_runs in runs.items()}
+    base = quiet[("local", None, None)]
+    print("\nQuietest run of each (least other load): " + "; ".join(
+        f"{label(config)}: {ips(r):.1f} images/s (other load {r['other_cores']:.2f} cores"
+        + (f", overhead {1 - ips(r) / ips(base):+.0%})" if config[0] == "ray" else ")")
+        for config, r in quiet.items()) + ".")
 
 
 if __name__ == "__main__":
