@@ -24,7 +24,8 @@ import numpy as np
 from .errors import CollectionExistsError, CorruptCollectionError
 from .index import PCA, IndexSpec
 from .index.milvus_index import MilvusIndex
-from .live import CompactionPolicy, CompactionReport, VerifyReport
+from .index_files import VerifyReport
+from .live import CompactionPolicy, CompactionReport
 from .storage import Store
 
 
