@@ -13,7 +13,9 @@ Sets (benchmarks/evalsets.py, all real photos that ship offline, seeded and cach
 Search is exact (numpy inner product), so the numbers measure the representation. Embeddings
 are cached per model under benchmarks/out/quality/, so PCA/αQE/DBA rows and reruns never
 re-embed. "img/s" is the model alone on decoded pixels (batch 32, ONNX Runtime / OpenVINO as the
-runtime picks), "other load" the CPU other processes used meanwhile, in cores.
+runtime picks; LOOKALIKE_PRECISION=f32 keeps to f32 where the CPU has bf16), "other load" the CPU
+other processes used meanwhile, in cores. The first row is the default pipeline (what
+`lookalike search` does); the paired table compares candidates with plain efficientnet-lite0.
 
     python benchmarks/bench_quality.py [--models efficientnet-lite0,...] [--resnet50-weights F]
 """
@@ -41,11 +43,13 @@ from lookalike.evaluation import (
     Pipeline,
     build_copydetect,
     copydetect_report,
+    load_embedder,
     read_labelled,
     score_copydetect,
     score_labelled,
 )
 from lookalike.imaging import decode_file, load_pixels
+from lookalike.settings import resolve
 from lookalike.types import Preprocess
 
 CACHE = OUT / "quality"
@@ -127,6 +131,8 @@ class VectorCache:
 
     def __init__(self, embedder: Embedder) -> None:
         key = embedding_fingerprint(embedder.spec, embedder.weights)
+        if "bf16" in embedder.runtime:  # bf16 vectors are compatible, not equal: kept apart
+            key += "-bf16"
         self.path = CACHE / f"{key.replace('/', '_').replace(':', '_')}.npz"
         self.embedder = embedder
         self.rows: dict[str, int] = {}
@@ -201,7 +207,7 @@ class ModelVectors:
 
 
 def embed_model(name: str, weights: str | None, sets: Sets, remeasure: bool) -> ModelVectors:
-    embedder = Embedder.load(name, weights=weights)
+    embedder = load_embedder(name, weights=weights)  # LOOKALIKE_PRECISION etc. apply
     cache = VectorCache(embedder)
     if remeasure or "images_per_second" not in cache.info:
         speed, other = throughput(embedder, sets.labelled.paths[:128])
@@ -244,10 +250,11 @@ def post_pipelines(model: str) -> list[Pipeline]:
     return rows
 
 
-def row(pipeline: Pipeline, result: dict, vectors: ModelVectors, dim: int) -> list[str]:
+def row(pipeline: Pipeline, result: dict, vectors: ModelVectors, dim: int,
+        label: str = "") -> list[str]:
     lab, cd, hard = result["labelled"], result["cd"].total, result["hard"].total
     dims = pipeline.pca or dim
-    return [pipeline.model, pipeline.steps(), f"{dims} / {dims * 4:,}",
+    return [label or pipeline.model, pipeline.steps(), f"{dims} / {dims * 4:,}",
             f"{lab.map:.3f}", f"{lab.precision_at_1:.3f}", f"{lab.recall_at[K]:.3f}",
             f"{cd.recall_at[1]:.3f}", f"{cd.recall_at[K]:.3f}", f"{cd.map:.3f}",
             f"{hard.recall_at[1]:.3f}", f"{hard.recall_at[K]:.3f}", f"{hard.map:.3f}",
@@ -274,9 +281,13 @@ def small_sample_pca(model: str, vectors: ModelVectors, sets: Sets) -> list[list
 
 
 BASELINE = Pipeline("efficientnet-lite0")
-CANDIDATES = (Pipeline("efficientnet-lite0", qe=2), Pipeline("efficientnet-lite0-gem"),
-              Pipeline("efficientnet-lite0-gem", qe=2), Pipeline("efficientnet-lite1"),
-              Pipeline("efficientnet-lite1-gem", qe=2), Pipeline("efficientnet-lite0", dba=2, qe=2))
+#: What `lookalike search` does with its default settings.
+DEFAULT = Pipeline(resolve("model"), qe=resolve("query_expansion"),
+                   qe_alpha=resolve("query_expansion_alpha"))
+CANDIDATES = tuple(dict.fromkeys((  # the default first, once
+    DEFAULT, Pipeline("efficientnet-lite0", qe=2), Pipeline("efficientnet-lite0-gem"),
+    Pipeline("efficientnet-lite0-gem", qe=2), Pipeline("efficientnet-lite1"),
+    Pipeline("efficientnet-lite1-gem", qe=2), Pipeline("efficientnet-lite0", dba=2, qe=2))))
 
 
 def per_query(pipeline: Pipeline, vectors: ModelVectors, sets: Sets) -> dict[str, np.ndarray]:
@@ -310,7 +321,8 @@ def candidates_table(by_model: dict[str, ModelVectors], sets: Sets) -> str:
             continue
         vectors = by_model[pipeline.model]
         mine = per_query(pipeline, vectors, sets)
-        rows.append([pipeline.describe(), *(paired_difference(base[k], mine[k])
+        label = ("default: " if pipeline == DEFAULT else "") + pipeline.describe()
+        rows.append([label, *(paired_difference(base[k], mine[k])
                                             for k in ("labelled", "cd", "hard")),
                      f"{base_speed / vectors.images_per_second:.2f}x"])
     return table(["pipeline", "Δ L mAP", "Δ CD R@1", "Δ hard R@1", "embed cost"], rows)
@@ -356,6 +368,10 @@ def main() -> None:
             rows.append(row(pipeline, result, vectors, spec.dim))
             if pipeline.steps() == "plain" or pipeline in pipelines[-1:]:
                 per_edit[pipeline.describe()] = result
+        if name == DEFAULT.model:
+            result = score(DEFAULT, vectors, sets)
+            rows.insert(0, row(DEFAULT, result, vectors, spec.dim, f"**default**: {name}"))
+            per_edit[f"default: {DEFAULT.describe()}"] = result
         log(f"{name}: done ({time.perf_counter() - started:.0f} s)")
     cd, hard = sets.cd, sets.hard
     print(f"## Retrieval quality ({machine()})\n")

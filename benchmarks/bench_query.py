@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from common import OUT, Meter, child_spec, log, machine, percentile_ms, reply, run_child, table
+from lookalike.settings import DEFAULT_MODEL
 from photos import ensure_photos
 
-MODEL = "efficientnet-lite0"
+MODEL = DEFAULT_MODEL
 SYNTHETIC_SEED = 1234
 WRITE_CHUNK = 10_000
 
@@ -39,7 +40,8 @@ STAGE_NAMES = {
     "search": "**end to end: `col.search(path)`**",
     "decode": "decode (`load_pixels`)",
     "embed": "embed (`embed_pixels`, batch of 1)",
-    "vector": "search only: `col.search_vector` (index + SQLite rows)",
+    "vector": "search only: `col.search_vector` (index + SQLite rows, αQE(2): two searches)",
+    "vector0": "search only: `col.search_vector(qe=0)` (one search, no query expansion)",
     "index": "search only: Faiss index search",
     "index1": "search only: Faiss index search, 1 OpenMP thread",
 }
@@ -126,6 +128,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             t3 = time.perf_counter()
             col.search_vector(vector, k)
             t4 = time.perf_counter()
+            col.search_vector(vector, k, qe=0)
+            t4b = time.perf_counter()
             index.search(vector[None], k, ef_search=64)
             t5 = time.perf_counter()
             faiss.omp_set_num_threads(1)
@@ -133,7 +137,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             index.search(vector[None], k, ef_search=64)
             t7 = time.perf_counter()
             faiss.omp_set_num_threads(omp_threads)
-            laps = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t7 - t6)
+            laps = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4b - t4, t5 - t4b, t7 - t6)
             for name, seconds in zip(times, laps, strict=True):
                 times[name].append(seconds)
             self_hits += hits[0].uri == os.path.abspath(path)

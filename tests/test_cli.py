@@ -51,7 +51,7 @@ def test_search_by_indexed_path_and_by_id(indexed: Path, sample_dir: Path) -> No
 
 def test_info_and_models(indexed: Path, sample_dir: Path) -> None:
     info = json.loads(run("info", "-c", indexed, "--json").stdout)
-    assert info["model"] == "efficientnet-lite0" and info["dim"] == 1280
+    assert info["model"] == "efficientnet-lite0-gem" and info["dim"] == 1280
     assert info["images"] == len(list(sample_dir.glob("*.jpg"))) and info["failed"] == 0
     assert info["bytes_on_disk"]["main.index"] > 0
     assert "collection" in run("info", "-c", indexed).stdout
@@ -63,7 +63,7 @@ def test_info_and_models(indexed: Path, sample_dir: Path) -> None:
     [
         (["index", "{photos}", "-c", "{new}", "--model", "resnet"], 2, "Did you mean 'resnet50'"),
         (["index", "{photos}", "-c", "{col}", "--model", "efficientnet-lite1"], 2,
-         "built with model 'efficientnet-lite0'"),
+         "built with model 'efficientnet-lite0-gem'"),
         (["search", "{photo}", "-c", "{new}"], 2, "No collection at"),
         (["index", "{new}/does-not-exist", "-c", "{col}"], 2, "does not exist"),
         (["search", "-c", "{col}"], 2, "Give either IMAGE or --id"),

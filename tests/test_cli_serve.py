@@ -95,8 +95,9 @@ def test_kill_9_during_uploads_and_deletes_loses_nothing_acknowledged(served_cop
             try:
                 while time.monotonic() < stop_at or n < 3:
                     buffer = io.BytesIO()
-                    Image.new("RGB", (50 + n, 40 + round_), (n % 256, 7 * round_, 99)).save(
-                        buffer, "PNG")
+                    # A colour of its own: solid images of one colour embed identically.
+                    colour = (n % 256, (7 * round_ + 29 * (n // 256)) % 256, 99)
+                    Image.new("RGB", (50 + n, 40 + round_), colour).save(buffer, "PNG")
                     response = client.post("/images", files={"file": buffer.getvalue()})
                     image_id = response.json()["image"]["image_id"]
                     acknowledged[image_id] = buffer.getvalue()

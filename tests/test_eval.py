@@ -230,7 +230,9 @@ def test_cli_copydetect_end_to_end(sample_dir: Path, tmp_path: Path) -> None:
     assert report["database"] == 9 and report["total"]["queries"] == 3 * len(EDITS)
     assert list(report["per_edit"]) == list(EDITS)
     assert report["total"]["recall_at"]["1"] >= 0.8  # the photos are easy to tell apart
-    assert report["pipeline"]["steps"] == "DBA(1, α=3)"
+    # Unless told otherwise, eval measures what a search does: the default model and its αQE.
+    assert report["pipeline"]["steps"] == "DBA(1, α=3) + αQE(2, α=3)"
+    assert report["pipeline"]["model"] == "efficientnet-lite0-gem"
     assert (tmp_path / "cd" / "manifest.json").is_file()
 
 

@@ -164,12 +164,12 @@ def small_index(request: pytest.FixtureRequest) -> tuple[FaissIndex, Dataset]:
         ("  AUTO\n", IndexSpec("auto", "flat", auto=True)),
         ("Flat", IndexSpec("Flat", "flat")),
         ("flat", IndexSpec("Flat", "flat")),
-        ("HNSW32", IndexSpec("HNSW32,efConstruction=64", "hnsw", 32, 64)),
-        ("hnsw", IndexSpec("HNSW32,efConstruction=64", "hnsw", 32, 64)),
+        ("HNSW32", IndexSpec("HNSW32,efConstruction=128", "hnsw", 32, 128)),
+        ("hnsw", IndexSpec("HNSW32,efConstruction=128", "hnsw", 32, 128)),
         ("HNSW16,efConstruction=100", IndexSpec("HNSW16,efConstruction=100", "hnsw", 16, 100)),
         (" HNSW16, efConstruction = 100\t", IndexSpec("HNSW16,efConstruction=100", "hnsw", 16,
                                                       100)),
-        ("HNSW24,SQ8", IndexSpec("HNSW24,SQ8,efConstruction=64", "hnsw", 24, 64,
+        ("HNSW24,SQ8", IndexSpec("HNSW24,SQ8,efConstruction=128", "hnsw", 24, 128,
                                  quantizer="SQ8")),
         ("hnsw,sq8,efconstruction=40", IndexSpec("HNSW32,SQ8,efConstruction=40", "hnsw", 32, 40,
                                                  quantizer="SQ8")),
@@ -191,7 +191,7 @@ def test_parse_spec_accepts_the_documented_forms(text: str, expected: IndexSpec)
 def test_spec_describe() -> None:
     assert parse_spec("flat").describe == "Flat"
     assert parse_spec("HNSW16,efConstruction=100").describe == "HNSW16,efConstruction=100"
-    assert parse_spec("auto").for_size(AUTO_HNSW_THRESHOLD).describe == "HNSW32,efConstruction=64"
+    assert parse_spec("auto").for_size(AUTO_HNSW_THRESHOLD).describe == "HNSW32,efConstruction=128"
     assert parse_spec("ScaNN").for_size(10_000).describe == "ScaNN,leaves=100"  # √n leaves
     assert (parse_spec("IVF64,Flat").for_size(100).describe
             == "Flat (IVF64,Flat needs 2,496 vectors to train)")
@@ -263,7 +263,7 @@ def test_auto_switches_to_hnsw_at_the_threshold() -> None:
     assert auto.for_size(0).kind == "flat"
     assert auto.for_size(AUTO_HNSW_THRESHOLD - 1).kind == "flat"
     at = auto.for_size(AUTO_HNSW_THRESHOLD)
-    assert (at.kind, at.m, at.ef_construction) == ("hnsw", 32, 64)
+    assert (at.kind, at.m, at.ef_construction) == ("hnsw", 32, 128)
     assert at.text == "auto"  # still reported as the spec the user chose
 
 
@@ -731,7 +731,7 @@ def test_compaction_builds_every_kind_from_the_store(text: str, kind: str, floor
     queries = _clustered(20, dim, seed=4)
 
     def top(c: Collection) -> list[list[int]]:
-        return [[h.image_id for h in c.search_vector(q, k=K)] for q in queries]
+        return [[h.image_id for h in c.search_vector(q, k=K, qe=0)] for q in queries]
 
     ids, vectors = map(np.concatenate, zip(*col.store.iter_vectors(), strict=True))
     exact = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :K]]

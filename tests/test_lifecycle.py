@@ -223,7 +223,7 @@ def test_hnsw_results_before_and_after_a_merge_agree(tmp_path: Path) -> None:
 
     def recall() -> float:
         exact = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :10]]
-        found = [{h.image_id for h in col.search_vector(q, k=10, ef=64)} for q in queries]
+        found = [{h.image_id for h in col.search_vector(q, k=10, ef=64, qe=0)} for q in queries]
         return float(np.mean([len(f & set(e)) / 10 for f, e in zip(found, exact, strict=True)]))
 
     before = recall()

@@ -44,8 +44,14 @@ def test_visual_search_finds_the_original_of_an_edited_copy(live_server, edited)
         assert top_uri(response) == str(original), edit
         body = response.json()
         scores = [hit["score"] for hit in body["results"]]
-        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
-        assert all(0.0 <= s <= 1.0 for s in scores)
+        assert len(scores) == 5 and all(0.0 <= s <= 1.0 for s in scores)
+        # Without query expansion the ranking is by score alone.
+        plain = httpx.post(f"{live_server.url}/search/visual", params={"k": 5, "qe": 0},
+                           files={"file": (copy.name, copy.read_bytes(), "image/jpeg")}).json()
+        plain_scores = [hit["score"] for hit in plain["results"]]
+        assert plain_scores == sorted(plain_scores, reverse=True)
+        assert plain["results"][0]["image_id"] == body["results"][0]["image_id"]
+        assert plain["results"][0]["score"] == pytest.approx(body["results"][0]["score"])
         hit = body["results"][0]
         assert set(hit) == {"image_id", "uri", "score", "distance", "width", "height",
                             "thumbnail_url", "file_url"}
@@ -73,6 +79,12 @@ def test_similar_by_id_leaves_the_image_out(live_server) -> None:
     assert body["query"]["image_id"] == 1
     ids = [hit["image_id"] for hit in body["results"]]
     assert len(ids) == 4 and 1 not in ids
+    plain = httpx.get(f"{live_server.url}/search/similar/1", params={"k": 4, "qe": 0}).json()
+    scores = [hit["score"] for hit in plain["results"]]
+    assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+    assert 1 not in {hit["image_id"] for hit in plain["results"]}
+    refused = httpx.get(f"{live_server.url}/search/similar/1", params={"qe": -1})
+    assert refused.status_code == 422 and "qe must be between 0 and 100" in refused.text
 
 
 # -- uploads and deletes ---------------------------------------------------------------------

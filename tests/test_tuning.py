@@ -152,6 +152,6 @@ def test_an_open_collection_follows_set_index_from_another_handle(
         assert reader.search(query, k=1)[0].uri == query
         writer.set_index("HNSW16", search={"ef_search": 20})
         assert reader.search(query, k=1)[0].uri == query
-        assert reader.live.spec.text == "HNSW16,efConstruction=64"
+        assert reader.live.spec.text == "HNSW16,efConstruction=128"
         assert reader.live.main_kind.startswith("HNSW16")
         assert reader.search_defaults() == {"ef_search": 20}

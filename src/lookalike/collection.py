@@ -36,14 +36,15 @@ from .live import LiveIndex
 from .maintenance import IndexMaintenance, file_lock
 from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
 from .milvus_live import MilvusLiveIndex, claim_milvus
+from .searching import Searching
 from .storage import new_store, open_store
 from .store import ImageRecord, NewImage
-from .types import CollectionInfo, ImageDetails, IngestReport, SearchHit
+from .types import CollectionInfo, ImageDetails, IngestReport
 
 DATABASE, LOCK = "lookalike.db", ".lock"
 
 
-class Collection(IndexMaintenance):
+class Collection(Searching, IndexMaintenance):
     """A collection of indexed images on disk. Create it once, open it any number of times."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], *, weights: str | None = None,
@@ -331,46 +332,10 @@ class Collection(IndexMaintenance):
             return to_model_input(image.convert("RGB"), preprocess)
         raise UsageError(f"Cannot search by a {type(image).__name__}; pass a path, bytes or image.")
 
-    def search(self, image: ImageSource | Any, k: int = 10, *,
-               ef: int | None = None) -> list[SearchHit]:
-        """The ``k`` indexed images most similar to ``image`` (a path, file bytes or PIL image)."""
-        return self.search_vector(self.embed([image])[0], k, ef=ef)
-
-    def search_similar(self, image_id: int, k: int = 10, *,
-                       ef: int | None = None) -> list[SearchHit]:
-        """Look-alikes of an indexed image, from its stored vector (the image itself excluded)."""
-        vector = self.store.vector(image_id)
-        record = self.store.get([image_id]).get(image_id)
-        if vector is None or record is None or record.status != "active":
-            raise ImageNotFoundError(f"No indexed image has id {image_id}.")
-        return self.search_vector(vector, k, ef=ef, exclude={image_id})
-
     def find(self, uri: str | os.PathLike[str]) -> int | None:
         """The id of the indexed image at this path, if there is one."""
         record = self.store.find_uri(os.path.abspath(os.fspath(uri)))
         return record.id if record else None
-
-    def search_vector(self, vector: np.ndarray, k: int = 10, *, ef: int | None = None,
-                      exclude: set[int] | None = None) -> list[SearchHit]:
-        if k < 1:
-            raise UsageError(f"k must be at least 1, got {k}.")
-        knobs = self.search_defaults()
-        if ef is not None or "ef_search" not in knobs:
-            knobs["ef_search"] = settings.resolve("ef_search", ef)
-        fetch = k
-        while True:
-            scores, ids = self.live.search(vector[None, :], fetch, exclude=exclude, **knobs)
-            found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-            records = self.store.get([i for i, _ in found])
-            hits = [
-                SearchHit.from_cosine(i, records[i].uri, s, records[i].width, records[i].height)
-                for i, s in found if i in records and records[i].status == "active"
-            ]
-            # Fewer hits than asked while the index had more: an image was removed after this
-            # reader last caught up (e.g. during a compaction elsewhere). Look further.
-            if len(hits) >= k or len(found) < fetch or fetch >= 16 * k:
-                return hits[:k]
-            fetch *= 4
 
     # -- reporting --------------------------------------------------------------------------
 

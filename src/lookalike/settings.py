@@ -29,6 +29,11 @@ def _config_home() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
 
 
+#: EfficientNet-Lite0 with GeM pooling: of the packaged models, the best measured accuracy per
+#: unit of cost (README, "Retrieval quality"; benchmarks/bench_quality.py).
+DEFAULT_MODEL = "efficientnet-lite0-gem"
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -44,7 +49,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("collection", lambda: str(_data_home() / "lookalike" / "default"),
             "Collection folder used when --collection is not given."),
-    Setting("model", lambda: "efficientnet-lite0", "Embedding model for new collections."),
+    Setting("model", lambda: DEFAULT_MODEL, "Embedding model for new collections."),
     Setting("index", lambda: "auto",
             "Index spec for new collections: auto (Flat, then HNSW32 past 20,000 images), "
             "Flat, HNSW<M>[,SQ8][,efConstruction=<n>], IVF<nlist>,Flat, IVF<nlist>,PQ<m>, "
@@ -59,6 +64,11 @@ SETTINGS: tuple[Setting, ...] = (
             "it without the password; for an existing collection, a URI naming the same server, "
             "database and user only lends its password (else PGPASSWORD or ~/.pgpass)."),
     Setting("ef_search", lambda: 64, "HNSW efSearch used by searches that do not pass --ef.", int),
+    Setting("query_expansion", lambda: 2,
+            "Searches re-rank with α query expansion: search again with the query plus its N "
+            "best matches, each weighted by similarity^alpha (0: off).", int),
+    Setting("query_expansion_alpha", lambda: 3.0,
+            "The exponent alpha of query expansion (0: plain average).", float),
     Setting("batch_size", lambda: 32, "Images per model call while indexing.", int),
     Setting("workers", lambda: os.cpu_count() or 1,
             "Decoding worker processes while indexing (0 decodes in the main process).", int),

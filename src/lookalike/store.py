@@ -157,6 +157,17 @@ class SQLiteStore:
         ).fetchone()
         return self._decode(row[0]) if row else None
 
+    def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        found: dict[int, np.ndarray] = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start:start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for image_id, blob in self._db.execute(
+                f"SELECT image_id, vector FROM vectors WHERE image_id IN ({marks})", chunk
+            ):
+                found[image_id] = self._decode(blob)
+        return found
+
     def metadata(self, image_id: int) -> str | None:
         """The JSON metadata stored with an image, if any."""
         row = self._db.execute(

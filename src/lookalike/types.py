@@ -43,7 +43,9 @@ class SearchHit:
     ``score`` is ``(1 + cosine) / 2`` of the two embeddings: 1 for the same image, 0.5 for
     unrelated directions, never outside [0, 1], and higher always means more similar.
     ``distance`` is the Euclidean distance between the unit-length embeddings,
-    ``sqrt(2 - 2 * cosine)``, in [0, 2]: the same order, reversed.
+    ``sqrt(2 - 2 * cosine)``, in [0, 2]: the same order, reversed. With query expansion (on by
+    default) results are ranked by the query blended with its best matches, so a score may be a
+    little higher than the one ranked above it; it is always the query's own similarity.
     """
 
     image_id: int

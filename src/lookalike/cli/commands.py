@@ -17,7 +17,7 @@ from .base import COLLECTION_HELP, cli, collection_path, runtime_options
 @click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
 @click.option("-m", "--model", default=None,
               help="Model for a new collection (see `lookalike models`) "
-                   "[default efficientnet-lite0].")
+                   "[default efficientnet-lite0-gem, setting model].")
 @click.option("--index", "index_spec", default=None,
               help="Index spec for a new collection: auto, Flat, HNSW32[,SQ8], IVF1024,Flat, "
               "IVF1024,PQ32[x4fs,RFlat], ScaNN[,leaves=1000], or a Milvus collection: "
@@ -89,10 +89,13 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
               help="Number of results.")
 @click.option("--ef", type=click.IntRange(1, 100_000), default=None,
               help="HNSW efSearch for this query (higher: more accurate, slower).")
+@click.option("--qe", type=click.IntRange(0, 100), default=None,
+              help="Query expansion: re-rank with the query plus its N best matches "
+                   "(0: off) [default 2, setting query_expansion].")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @runtime_options
 def search_command(image: str | None, image_id: int | None, collection: str | None, k: int,
-                   ef: int | None, as_json: bool, **runtime: Any) -> None:
+                   ef: int | None, qe: int | None, as_json: bool, **runtime: Any) -> None:
     """Find the indexed images most similar to IMAGE.
 
     IMAGE is an image file, or the path or id of an indexed image (then its stored vector is
@@ -109,9 +112,9 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
         if image is not None and image_id is None:
             image_id = col.find(image) if os.path.isfile(image) else _as_id(image)
         if image_id is not None:
-            hits = col.search_similar(image_id, k, ef=ef)
+            hits = col.search_similar(image_id, k, ef=ef, qe=qe)
         else:
-            hits = col.search(image, k, ef=ef)  # type: ignore[arg-type]
+            hits = col.search(image, k, ef=ef, qe=qe)  # type: ignore[arg-type]
     if as_json:
         results = [{"rank": r, **hit.to_dict()} for r, hit in enumerate(hits, 1)]
         click.echo(json.dumps({"query": image or image_id, "results": results}, indent=2))
@@ -167,13 +170,17 @@ def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
 def models_command(as_json: bool) -> None:
     """List the available embedding models."""
     from ..embedders import describe_models
+    from ..settings import resolve
 
     models = describe_models()
     if as_json:
         click.echo(json.dumps(models, indent=2))
         return
+    default = resolve("model")
+    width = max(len(m["name"]) for m in models) + len(" (default)")
     for m in models:
-        click.echo(f"{m['name']:<20} {m['description']}")
+        name = m["name"] + (" (default)" if m["name"] == default else "")
+        click.echo(f"{name:<{width}}  {m['description']}")
 
 
 @cli.command("demo")

@@ -27,14 +27,17 @@ RECALL_HELP = (
 def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("-m", "--model", default=None,
-                     help="Model (see `lookalike models`) [default efficientnet-lite0]."),
+                     help="Model (see `lookalike models`) [default efficientnet-lite0-gem, "
+                          "setting model]."),
         click.option("--pca", type=click.IntRange(min=1), default=None,
                      help="Project to this many dimensions with PCA fitted on the database."),
         click.option("--whiten", is_flag=True, help="Whiten the PCA (needs --pca)."),
-        click.option("--qe", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="α-query expansion with this many neighbours (0: off)."),
-        click.option("--qe-alpha", type=click.FloatRange(min=0), default=3.0, show_default=True,
-                     help="αQE weight exponent: neighbours count with similarity^alpha."),
+        click.option("--qe", type=click.IntRange(min=0), default=None,
+                     help="α-query expansion with this many neighbours (0: off) [default: "
+                          "what searches use, the query_expansion setting, 2]."),
+        click.option("--qe-alpha", type=click.FloatRange(min=0), default=None,
+                     help="αQE weight exponent: neighbours count with similarity^alpha "
+                          "[default: the query_expansion_alpha setting, 3]."),
         click.option("--dba", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Database-side augmentation with this many neighbours (0: off)."),
         click.option("--dba-alpha", type=click.FloatRange(min=0), default=3.0,
@@ -52,13 +55,15 @@ def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _pipeline(model: str | None, pca: int | None, whiten: bool, qe: int, qe_alpha: float,
-              dba: int, dba_alpha: float) -> Pipeline:
+def _pipeline(model: str | None, pca: int | None, whiten: bool, qe: int | None,
+              qe_alpha: float | None, dba: int, dba_alpha: float) -> Pipeline:
     from ..evaluation import Pipeline
     from ..settings import resolve
 
-    return Pipeline(model=resolve("model", model), pca=pca, whiten=whiten, qe=qe,
-                    qe_alpha=qe_alpha, dba=dba, dba_alpha=dba_alpha)
+    return Pipeline(model=resolve("model", model), pca=pca, whiten=whiten,
+                    qe=resolve("query_expansion", qe),
+                    qe_alpha=resolve("query_expansion_alpha", qe_alpha), dba=dba,
+                    dba_alpha=dba_alpha)
 
 
 @cli.group("eval")
@@ -72,9 +77,10 @@ def eval_group() -> None:
 @eval_group.command("labelled")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @pipeline_options
-def labelled_command(folder: str, model: str | None, pca: int | None, whiten: bool, qe: int,
-                     qe_alpha: float, dba: int, dba_alpha: float, k: int, batch_size: int,
-                     progress: bool | None, as_json: bool, **runtime: Any) -> None:
+def labelled_command(folder: str, model: str | None, pca: int | None, whiten: bool,
+                     qe: int | None, qe_alpha: float | None, dba: int, dba_alpha: float, k: int,
+                     batch_size: int, progress: bool | None, as_json: bool,
+                     **runtime: Any) -> None:
     """mAP, precision@1, recall@k and hit@k on FOLDER, one sub-folder per class.
 
     Every image is a query against all the others (itself excluded); images of its class are
@@ -134,9 +140,9 @@ def labelled_command(folder: str, model: str | None, pca: int | None, whiten: bo
 def copydetect_command(photos: str, originals: int, distractors: int,
                        distractors_from: str | None, seed: int,
                        edits: str | None, cache: str | None, model: str | None, pca: int | None,
-                       whiten: bool, qe: int, qe_alpha: float, dba: int, dba_alpha: float, k: int,
-                       batch_size: int, progress: bool | None, as_json: bool,
-                       **runtime: Any) -> None:
+                       whiten: bool, qe: int | None, qe_alpha: float | None, dba: int,
+                       dba_alpha: float, k: int, batch_size: int, progress: bool | None,
+                       as_json: bool, **runtime: Any) -> None:
     """Copy detection on edited copies of the photos in PHOTOS (searched recursively).
 
     A seeded choice of photos becomes the originals, each edited once per edit type (crop,

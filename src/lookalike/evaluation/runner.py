@@ -23,6 +23,7 @@ from ..errors import UsageError
 from ..imaging import decode_file
 from ..index.expansion import combine, database_augmentation, nearest
 from ..index.pca import PCA
+from ..settings import DEFAULT_MODEL
 from .datasets import CopyDetectionSet, LabelledSet
 from .metrics import QueryScores, Summary, score_queries
 
@@ -39,7 +40,7 @@ class Pipeline:
     on their similarity weights. ``pca`` is the output dimension (None: no PCA).
     """
 
-    model: str = "efficientnet-lite0"
+    model: str = DEFAULT_MODEL
     pca: int | None = None
     whiten: bool = False
     qe: int = 0

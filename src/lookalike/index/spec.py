@@ -3,7 +3,7 @@
 ``auto``   exact ``Flat`` while the collection is small, ``HNSW32`` once it passes 20,000 vectors.
 ``Flat``   exact inner-product search.
 ``HNSW<M>[,efConstruction=<n>]``  a Faiss HNSW graph with M links per node (default M=32,
-           efConstruction=64); searched with ``ef_search``.
+           efConstruction=128); searched with ``ef_search``.
 ``HNSW<M>,SQ8[,efConstruction=<n>]``  the same graph over 8-bit scalar-quantised vectors
            (a byte per dimension instead of four; scores are approximate).
 ``IVF<nlist>,Flat``  an inverted file of nlist k-means cells holding exact vectors; searched with
@@ -32,6 +32,9 @@ from ..errors import InvalidSpecError
 from .milvus_spec import MilvusSpec, is_milvus_spec, parse_milvus_spec
 
 AUTO_HNSW_THRESHOLD = 20_000
+# Measured on 1M x 256 vectors (README, "Index types at scale"): against 64, a 20 % longer build
+# buys recall 0.95 at a third more queries/s.
+DEFAULT_EF_CONSTRUCTION = 128
 POINTS_PER_CENTROID = 39  # Faiss's k-means warns below this many training points per centroid
 SQ_MIN_TRAIN = 1_000  # per-dimension ranges learnt from fewer vectors clip too many later ones
 TRAIN_SAMPLE = 65_536  # vectors to train on (more only if the centroids need more)
@@ -63,7 +66,7 @@ class IndexSpec:
     text: str  # the spec as the user gave it, canonicalised; stays the same once resolved
     kind: str  # "flat", "hnsw", "ivf" or "scann"
     m: int = 32  # HNSW links per node
-    ef_construction: int = 64
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION
     auto: bool = False
     quantizer: str | None = None  # vector codes: None (float32), "SQ8" (hnsw) or "PQ" (ivf)
     nlist: int = 0  # IVF cells
@@ -155,7 +158,8 @@ def parse_spec(text: str) -> IndexSpec:
         return IndexSpec("Flat", "flat")
     if match := _HNSW.match(cleaned):
         m = _bounded(text, "M", match.group(1), 32)
-        ef_construction = _bounded(text, "efConstruction", match.group(3), 64)
+        ef_construction = _bounded(text, "efConstruction", match.group(3),
+                                   DEFAULT_EF_CONSTRUCTION)
         quantizer = "SQ8" if match.group(2) else None
         spec = IndexSpec("", "hnsw", m, ef_construction, quantizer=quantizer)
     elif match := _IVF.match(cleaned):

@@ -152,7 +152,7 @@ def default_candidates(n: int, dim: int, *, build_sweep: bool = False, scann: bo
     out = [Candidate("Flat", "Flat")] if flat else []
     out.append(Candidate("HNSW32", "HNSW", efs))
     if build_sweep:
-        for hnsw_m, ef_construction in ((16, 64), (32, 128), (48, 128), (64, 200)):
+        for hnsw_m, ef_construction in ((16, 64), (32, 64), (48, 128), (64, 200)):
             out.append(Candidate(f"HNSW{hnsw_m},efConstruction={ef_construction}", "HNSW", efs))
     out.append(Candidate("HNSW32,SQ8", "HNSW+SQ8", efs))
     out.append(Candidate(f"IVF{lists},Flat", "IVF-Flat",

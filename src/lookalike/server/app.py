@@ -37,6 +37,9 @@ from .models import (
 from .service import Service
 
 THUMBNAIL_SIDES = (64, 128, 256, 512)
+MAX_QE = 100
+QE_HELP = ("Query expansion: rank by the query blended with its N best matches (0: off) "
+           "[default: the query_expansion setting, 2].")
 _ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -114,26 +117,29 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
         request: Request,
         k: int | None = Query(None, description="Number of results [default 10]."),
         ef: int | None = Query(None, description="HNSW efSearch for this query."),
+        qe: int | None = Query(None, description=QE_HELP),
     ) -> dict[str, Any]:
         """Images most similar to the uploaded one (multipart field `file`, or the raw body)."""
         started = time.perf_counter()
         data, fields = await _read_upload(request)
         k = _bounded("k", k if k is not None else fields.get("k"), 10, 1, config.max_k)
         ef = _bounded("ef", ef if ef is not None else fields.get("ef"), None, 1, 100_000)
+        qe = _bounded("qe", qe if qe is not None else fields.get("qe"), None, 0, MAX_QE)
         took = {"read": request.scope.get(READ_SECONDS, 0.0) + time.perf_counter() - started}
-        hits = await run_in_threadpool(_search_bytes, service, data, k, ef, took)
+        hits = await run_in_threadpool(_search_bytes, service, data, k, ef, qe, took)
         took["total"] = time.perf_counter() - started + request.scope.get(READ_SECONDS, 0.0)
         return {"results": [_hit(h) for h in hits],
                 "took_ms": {stage: round(s * 1000.0, 2) for stage, s in took.items()}}
 
     @app.get("/search/similar/{image_id}", response_model=SimilarResponse, tags=["search"])
-    def search_similar(image_id: int, k: int | None = None,
-                       ef: int | None = None) -> dict[str, Any]:
+    def search_similar(image_id: int, k: int | None = None, ef: int | None = None,
+                       qe: int | None = Query(None, description=QE_HELP)) -> dict[str, Any]:
         """Look-alikes of an indexed image, from its stored vector (itself left out)."""
         started = time.perf_counter()
         col = service.collection
         hits = col.search_similar(image_id, _bounded("k", k, 10, 1, config.max_k),
-                                  ef=_bounded("ef", ef, None, 1, 100_000))
+                                  ef=_bounded("ef", ef, None, 1, 100_000),
+                                  qe=_bounded("qe", qe, None, 0, MAX_QE))
         query = col.details(image_id)
         return {"query": _image(query), "results": [_hit(h) for h in hits],
                 "took_ms": {"total": round((time.perf_counter() - started) * 1000.0, 2)}}
@@ -249,7 +255,7 @@ def _metadata(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _search_bytes(service: Service, data: bytes, k: int, ef: int | None,
+def _search_bytes(service: Service, data: bytes, k: int, ef: int | None, qe: int | None,
                   took: dict[str, float]) -> list[SearchHit]:
     col = service.collection
     started = time.perf_counter()
@@ -257,7 +263,7 @@ def _search_bytes(service: Service, data: bytes, k: int, ef: int | None,
     decoded = time.perf_counter()
     vector = col.embedder.embed_pixels(pixels[None])[0]
     embedded = time.perf_counter()
-    hits = col.search_vector(vector, k, ef=ef)
+    hits = col.search_vector(vector, k, ef=ef, qe=qe)
     took.update(decode=decoded - started, embed=embedded - decoded,
                 search=time.perf_counter() - embedded)
     return hits

@@ -45,6 +45,10 @@ class Store(Protocol):
 
     def vector(self, image_id: int) -> np.ndarray | None: ...
 
+    def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored vectors by id, whatever the image's status; ids without one are left out."""
+        ...
+
     def metadata(self, image_id: int) -> str | None:
         """The JSON object stored with an image, as text."""
         ...

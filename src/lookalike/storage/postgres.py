@@ -119,6 +119,11 @@ class PostgresStore:
                           (image_id,), binary=True)
         return self._decode(rows[0][0]) if rows else None
 
+    def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        rows = self._read(f"SELECT image_id, vector FROM {self._s}.vectors "
+                          "WHERE image_id = ANY(%s)", ([int(i) for i in ids],), binary=True)
+        return {int(image_id): self._decode(blob) for image_id, blob in rows}
+
     def metadata(self, image_id: int) -> str | None:
         """The JSON metadata stored with an image, if any (jsonb: keys in PostgreSQL's order)."""
         rows = self._read(f"SELECT json::text FROM {self._s}.metadata WHERE image_id = %s",
