@@ -83,6 +83,10 @@ def test_write_then_read_back(store: Store) -> None:
     got = store.vector(ids[0])
     assert got is not None and got.dtype == np.float32 and np.array_equal(got, vectors[0])
     assert store.vector(ids[1]) is None and store.vector(10_000) is None
+    batch = store.vectors([ids[2], ids[1], np.int64(ids[0]), 10_000])  # failed, unknown: left out
+    assert set(batch) == {ids[0], ids[2]} and all(type(i) is int for i in batch)
+    assert np.array_equal(batch[ids[0]], vectors[0]) and np.array_equal(batch[ids[2]], vectors[2])
+    assert store.vectors([]) == {}
     assert store.max_id() == max(ids)
     assert store.counts() == {"active": 2, "failed": 1, "removed": 0}
     assert [r.uri for r in store.failures()] == ["/b.jpg"]
