@@ -63,25 +63,24 @@ class Searching:
         if not qe:
             return [SearchHit.from_cosine(i, r.uri, s, r.width, r.height)
                     for i, s, r in self._nearest(vector, k, knobs, exclude)]
-        first = self._nearest(vector, qe, knobs, exclude)
+        query = np.asarray(vector, np.float32)[None]
+        first = self._nearest(query[0], qe, knobs, exclude)
         stored = self.store.vectors([i for i, _, _ in first])
         used = [(i, s) for i, s, _ in first if i in stored]
+        expanded = query
         if used:
-            vector = vector.astype(np.float32)
             neighbours = np.stack([stored[i] for i, _ in used])
             sims = np.asarray([[s for _, s in used]], np.float32)
             alpha = settings.resolve("query_expansion_alpha")
-            expanded = combine(vector[None], neighbours, sims, np.arange(len(used))[None], alpha)
-        else:
-            expanded = vector[None]
+            expanded = combine(query, neighbours, sims, np.arange(len(used))[None], alpha)
         ranked = self._nearest(expanded[0], k, knobs, exclude)
         stored.update(self.store.vectors([i for i, _, _ in ranked if i not in stored]))
         ranked = [(i, r) for i, _, r in ranked if i in stored]
         if not ranked:
             return []
+        # The scores: cosines to the query itself, as the index holds the vectors (projected).
         live = self.live
-        query = live.project(vector[None].astype(np.float32))[0]
-        cosines = live.project(np.stack([stored[i] for i, _ in ranked])) @ query
+        cosines = live.project(np.stack([stored[i] for i, _ in ranked])) @ live.project(query)[0]
         return [SearchHit.from_cosine(i, r.uri, float(c), r.width, r.height)
                 for (i, r), c in zip(ranked, cosines, strict=True)]
 
