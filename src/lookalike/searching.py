@@ -45,7 +45,7 @@ class Searching:
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, ef: int | None = None,
                       qe: int | None = None, exclude: set[int] | None = None) -> list[SearchHit]:
-        """The ``k`` images nearest to an embedding, best first.
+        """The ``k`` images nearest to an embedding, ranked best first.
 
         With query expansion (``qe`` > 0; default: the ``query_expansion`` setting), a first
         search finds the ``qe`` best matches and the list is ranked by the query blended with
