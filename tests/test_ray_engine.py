@@ -115,6 +115,38 @@ def test_ray_address_needs_the_ray_engine(photos: Path, tmp_path: Path) -> None:
         col.index([photos], ray_address="auto")
 
 
+class _SlowRay:
+    """Stands in for a Ray whose raylet misses its start-up deadline ``failures`` times (not
+    something a test can make a real Ray do on purpose)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls, self.shutdowns = failures, 0, 0
+
+    def init(self, **options: object) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise Exception("The current node timed out during startup. This could happen ...")
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_a_local_ray_that_starts_slowly_is_started_again_once() -> None:
+    from lookalike.ray_engine import _init
+
+    once = _SlowRay(failures=1)
+    _init(once, {"address": "local"}, None)
+    assert (once.calls, once.shutdowns) == (2, 1)
+    never = _SlowRay(failures=5)
+    with pytest.raises(UsageError, match=r"local Ray \(2 tries\).*--engine local"):
+        _init(never, {"address": "local"}, None)
+    assert (never.calls, never.shutdowns) == (2, 2)
+    remote = _SlowRay(failures=1)  # a cluster given by address is not restarted: reported as is
+    with pytest.raises(Exception, match="timed out during startup"):
+        _init(remote, {"address": "ray://head:10001"}, "ray://head:10001")
+    assert remote.calls == 1
+
+
 def test_missing_ray_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'lookalike\[ray\]'"):

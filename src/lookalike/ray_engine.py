@@ -259,6 +259,29 @@ def _cuda_problem(ray: Any, load: dict[str, Any]) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _init(ray: Any, options: dict[str, Any], address: str | None, attempts: int = 2) -> None:
+    """``ray.init``; a local Ray whose processes do not come up in time (Ray waits 30 s for its
+    raylet, which a busy or cold machine can miss) is started again once."""
+    for _ in range(attempts):
+        try:
+            ray.init(**options)
+            return
+        except ConnectionError as exc:
+            if address:
+                raise UsageError(
+                    f"Cannot connect to the Ray cluster at {address}: {exc}. Check "
+                    "--ray-address (ray://HEAD:10001, HEAD:6379 or auto).") from None
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on a slow start
+            if address or "timed out during startup" not in str(exc):
+                raise
+            failure = exc
+        ray.shutdown()  # stop what did start before trying again
+    raise UsageError(f"Could not start a local Ray ({attempts} tries): {failure}. Retry on a "
+                     "less busy machine, give a running cluster with --ray-address, or index "
+                     "with --engine local.") from None
+
+
 @contextlib.contextmanager
 def _cluster(ray: Any, engine: RayEngine) -> Iterator[tuple[float, float]]:
     """Connect to the engine's cluster (or start a local one); yields its (CPUs, GPUs)."""
@@ -271,11 +294,7 @@ def _cluster(ray: Any, engine: RayEngine) -> Iterator[tuple[float, float]]:
             options["address"] = engine.address
         else:  # "local": a fresh Ray for this run, even if `ray start` runs on this machine
             options.update(address="local", include_dashboard=False, num_cpus=engine.num_cpus)
-        try:
-            ray.init(**options)
-        except ConnectionError as exc:
-            raise UsageError(f"Cannot connect to the Ray cluster at {engine.address}: {exc}. "
-                             "Check --ray-address (ray://HEAD:10001, HEAD:6379 or auto).") from None
+        _init(ray, options, engine.address)
     quiet = logging.getLogger("ray.data")  # its INFO and WARNING lines are about itself
     context = DataContext.get_current()
     saved = (quiet.level, context.enable_progress_bars, context.print_on_execution_start)
