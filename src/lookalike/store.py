@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,15 +134,14 @@ class SQLiteStore:
         return {row[1]: ImageRecord(*row) for row in rows}
 
     def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
-        found: dict[int, ImageRecord] = {}
+        rows = self._by_ids(f"SELECT {_COLUMNS} FROM images WHERE id IN ", ids)
+        return {row[0]: ImageRecord(*row) for row in rows}
+
+    def _by_ids(self, query: str, ids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``query`` + ``(?, ?, ...)`` for ``ids``, 500 ids per statement."""
         for start in range(0, len(ids), 500):
             chunk = [int(i) for i in ids[start:start + 500]]
-            marks = ",".join("?" * len(chunk))
-            for row in self._db.execute(
-                f"SELECT {_COLUMNS} FROM images WHERE id IN ({marks})", chunk
-            ):
-                found[row[0]] = ImageRecord(*row)
-        return found
+            yield from self._db.execute(query + f"({','.join('?' * len(chunk))})", chunk)
 
     def find_uri(self, uri: str) -> ImageRecord | None:
         # "status != 'removed'" lets SQLite use the partial unique index on live uris.
@@ -158,15 +158,8 @@ class SQLiteStore:
         return self._decode(row[0]) if row else None
 
     def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
-        found: dict[int, np.ndarray] = {}
-        for start in range(0, len(ids), 500):
-            chunk = [int(i) for i in ids[start:start + 500]]
-            marks = ",".join("?" * len(chunk))
-            for image_id, blob in self._db.execute(
-                f"SELECT image_id, vector FROM vectors WHERE image_id IN ({marks})", chunk
-            ):
-                found[image_id] = self._decode(blob)
-        return found
+        rows = self._by_ids("SELECT image_id, vector FROM vectors WHERE image_id IN ", ids)
+        return {image_id: self._decode(blob) for image_id, blob in rows}
 
     def metadata(self, image_id: int) -> str | None:
         """The JSON metadata stored with an image, if any."""
