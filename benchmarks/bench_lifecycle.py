@@ -51,7 +51,7 @@ def _vectors(n: int, seed: int) -> np.ndarray:
 
 def _fill(folder: Path, n: int) -> None:
     from lookalike import Collection
-    from lookalike.store import NewImage
+    from lookalike.storage import NewImage
 
     col = Collection.create(folder)
     for start in range(0, n, 20_000):

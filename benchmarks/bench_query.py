@@ -55,7 +55,7 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     """Create the collection of ``spec["size"]`` vectors, unless a matching one is cached."""
     from lookalike import Collection
     from lookalike.embedders import embedding_fingerprint, get_model_spec
-    from lookalike.store import NewImage
+    from lookalike.storage import NewImage
 
     folder = collection_dir(spec["size"])
     recipe = {"size": spec["size"], "queries": spec["queries"], "seed": SYNTHETIC_SEED,

@@ -39,7 +39,7 @@ def run_index(spec: dict[str, Any]) -> dict[str, Any]:
         col.embedder  # noqa: B018 - load the model before the clock starts
         engine: Any = "local"
         if spec["engine"] == "ray":
-            from lookalike.ray_engine import RayEngine
+            from lookalike.ingest.ray import RayEngine
 
             engine = RayEngine(actors=spec["actors"], cpus_per_actor=spec["cpus_per_actor"])
         # Sampled once a second, not every 50 ms: walking /proc for the ~300 threads of a local

@@ -34,7 +34,7 @@ DIM, K, BATCH = 1280, 10, 1000
 
 def fill(store: Store, n: int) -> float:
     """Write ``n`` rows in batches of BATCH, remove 1 %; rows written per second."""
-    from lookalike.store import NewImage
+    from lookalike.storage import NewImage
 
     rng = np.random.default_rng(0)
     started = time.perf_counter()

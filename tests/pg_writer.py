@@ -14,9 +14,9 @@ import sys
 
 import numpy as np
 
+from lookalike.storage import NewImage
 from lookalike.storage.postgres import PostgresStore
 from lookalike.storage.uri import PostgresURI
-from lookalike.store import NewImage
 
 DIM = 8
 

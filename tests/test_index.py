@@ -702,7 +702,7 @@ def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def _write(col: object, vectors: np.ndarray, tag: str) -> list[int]:
-    from lookalike.store import NewImage
+    from lookalike.storage import NewImage
 
     return col.store.write(  # type: ignore[attr-defined]
         NewImage(uri=f"/synthetic/{tag}{i}.jpg", size=1, mtime_ns=1, content_hash=f"{tag}{i}",

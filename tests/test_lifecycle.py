@@ -204,7 +204,7 @@ def _synthetic(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def _write(col: Collection, vectors: np.ndarray, tag: str) -> list[int]:
-    from lookalike.store import NewImage
+    from lookalike.storage import NewImage
 
     return col.store.write(
         NewImage(uri=f"/synthetic/{tag}{i}.jpg", size=1, mtime_ns=1, content_hash=f"{tag}{i}",

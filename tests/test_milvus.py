@@ -26,7 +26,7 @@ from lookalike.errors import (
 )
 from lookalike.index import build_index, parse_spec
 from lookalike.index.tuning import clustered_vectors
-from lookalike.store import NewImage
+from lookalike.storage import NewImage
 from test_cli import run
 
 # CI installs the milvus extra: there a missing package is a failure, not a skip.

@@ -24,10 +24,9 @@ from lookalike.errors import (
     StoreUnavailableError,
     UsageError,
 )
-from lookalike.storage import open_store
+from lookalike.storage import NewImage, open_store
 from lookalike.storage.postgres import PostgresStore
 from lookalike.storage.uri import PostgresURI, connection_uri
-from lookalike.store import NewImage
 from pgserver import PASSWORD, PostgresServer
 
 WRITER = Path(__file__).with_name("pg_writer.py")

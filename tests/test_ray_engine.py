@@ -25,7 +25,7 @@ from lookalike.errors import MissingDependencyError, UsageError
 
 pytest.importorskip("ray.data", reason="the Ray engine needs the `ray` extra")
 
-from lookalike.ray_engine import RayEngine, engine_for  # noqa: E402
+from lookalike.ingest.ray import RayEngine, engine_for  # noqa: E402
 
 ENGINE = RayEngine(num_cpus=2)
 
@@ -132,7 +132,7 @@ class _SlowRay:
 
 
 def test_a_local_ray_that_starts_slowly_is_started_again_once() -> None:
-    from lookalike.ray_engine import _init
+    from lookalike.ingest.ray import _init
 
     once = _SlowRay(failures=1)
     _init(once, {"address": "local"}, None)

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike.storage import Store, new_store, open_store
-from lookalike.store import NewImage
+from lookalike.storage import NewImage, Store, new_store, open_store
 
 DIM = 8
 

@@ -119,7 +119,7 @@ def test_bench_cli_rejects_unknown_family_and_apply_without_collection() -> None
 
 def test_bench_apply_rebuilds_the_collection_with_the_recommendation(
         sample_collection: Path, tmp_path: Path) -> None:
-    from lookalike.store import NewImage
+    from lookalike.storage import NewImage
 
     folder = tmp_path / "col"
     shutil.copytree(sample_collection, folder)

@@ -1,7 +1,7 @@
 """Metadata stores: the contract every store keeps, and choosing one by URI.
 
-:mod:`lookalike.store` holds the embedded default (SQLite, ``lookalike.db`` in the collection
-folder) and the records every store speaks; :mod:`.postgres` keeps the same contract in
+:mod:`.sqlite` holds the embedded default (SQLite, ``lookalike.db`` in the collection
+folder), :mod:`.records` the records every store speaks; :mod:`.postgres` keeps the same contract in
 PostgreSQL. A collection's manifest records which (``"store"``, absent for SQLite), without any
 password; ``tests/test_store_contract.py`` runs one suite against both.
 """
@@ -15,10 +15,11 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import UsageError
-from ..store import ImageRecord, NewImage, SQLiteStore
+from .records import ImageRecord, NewImage
+from .sqlite import SQLiteStore
 from .uri import SQLITE, PostgresURI, connection_uri, is_postgres, new_schema_name, redact
 
-__all__ = ["Store", "new_store", "open_store"]
+__all__ = ["ImageRecord", "NewImage", "SQLiteStore", "Store", "new_store", "open_store"]
 
 
 class Store(Protocol):

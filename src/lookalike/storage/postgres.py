@@ -1,7 +1,7 @@
 """The metadata store in PostgreSQL: the SQLite store's contract, for collections whose writers
 run on several machines or whose metadata belongs with the rest of a site's data.
 
-Every method keeps the meaning it has in :class:`lookalike.store.SQLiteStore`. What differs:
+Every method keeps the meaning it has in :class:`.sqlite.SQLiteStore`. What differs:
 
 - Tables live in one PostgreSQL schema per collection (see :mod:`.uri`), created and upgraded by
   :mod:`.migrations`.
@@ -29,8 +29,8 @@ from ..errors import (
     StoreUnavailableError,
     UsageError,
 )
-from ..store import ImageRecord, NewImage
 from .migrations import migrate
+from .records import ImageRecord, NewImage
 from .uri import PostgresURI
 
 POOL_MIN, POOL_MAX = 1, 4  # per process: searches take one connection for one round trip

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from . import settings
-from .errors import CollectionLockedError, CorruptCollectionError, UsageError
+from .. import settings
+from ..errors import CollectionLockedError, CorruptCollectionError, UsageError
+from ..index import PCA, IndexSpec, parse_spec
+from ..live import CompactionPolicy, CompactionReport, LiveIndex
+from ..live.files import DELTA_INDEX, MAIN_INDEX, VerifyReport, file_stamp, verify
+from ..live.milvus import MilvusLiveIndex, claim_milvus, verify_milvus
+from ..storage import Store
+from ..types import ReduceReport
 from .files import remove_quietly, write_durably
-from .index import PCA, IndexSpec, parse_spec
-from .index_files import DELTA_INDEX, MAIN_INDEX, VerifyReport, file_stamp, verify
-from .live import CompactionPolicy, CompactionReport, LiveIndex
 from .manifest import MANIFEST, now, write_manifest
-from .milvus_live import MilvusLiveIndex, claim_milvus, verify_milvus
-from .storage import Store
-from .types import ReduceReport
 
 COMPACT_LOCK = ".compact.lock"
 #: Present while `reduce` switches projections: the index files may belong to either one.

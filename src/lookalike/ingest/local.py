@@ -3,7 +3,7 @@
 Every batch is committed to the store as one transaction, so an interrupted run loses at most the
 batch in flight and the next run carries on from there. A bad file becomes a ``failed`` row with its
 reason; it never stops the run. Decoding (and embedding) can come from elsewhere: a
-:class:`BatchSource` such as ``ray_engine.RaySource`` replaces the local decoding workers, and
+:class:`BatchSource` such as ``ingest.ray.RaySource`` replaces the local decoding workers, and
 everything else (listing, skipping, reuse by content hash, writing) stays the same.
 """
 
@@ -24,11 +24,10 @@ from typing import Protocol
 
 import numpy as np
 
-from .embedders import Embedder
-from .imaging import IMAGE_EXTENSIONS, Decoded, decode_file
-from .storage import Store
-from .store import NewImage
-from .types import FailedFile, IngestReport, Preprocess
+from ..embedders import Embedder
+from ..imaging import IMAGE_EXTENSIONS, Decoded, decode_file
+from ..storage import NewImage, Store
+from ..types import FailedFile, IngestReport, Preprocess
 
 
 class VectorSink(Protocol):

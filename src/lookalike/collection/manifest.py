@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .embedders import embedding_fingerprint, get_model_spec
-from .errors import CollectionNotFoundError, CorruptCollectionError, ModelMismatchError
-from .index import IndexSpec
+from ..embedders import embedding_fingerprint, get_model_spec
+from ..errors import CollectionNotFoundError, CorruptCollectionError, ModelMismatchError
+from ..index import IndexSpec
 
 # 2: PCA, PostgreSQL stores and search defaults. A lookalike that reads only format 1 would
 # ignore them and search garbage, so every manifest this version writes says 2; it reads 1 too.

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptCollectionError
-from .index import (
+from ..errors import CorruptCollectionError
+from ..index import (
     PCA,
     FaissIndex,
     IndexSpec,
@@ -35,8 +35,8 @@ from .index import (
     load_index,
     omp_threads,
 )
-from .index_files import DELTA_INDEX, FLAT, MAIN_INDEX, file_stamp
-from .storage import Store
+from ..storage import Store
+from .files import DELTA_INDEX, FLAT, MAIN_INDEX, file_stamp
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import CorruptCollectionError
+from ..errors import CorruptCollectionError
+from .records import ImageRecord, NewImage
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -48,37 +48,6 @@ CREATE TABLE IF NOT EXISTS metadata (
     json TEXT NOT NULL
 );
 """
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One stored image version."""
-
-    id: int
-    uri: str
-    size: int | None
-    mtime_ns: int | None
-    content_hash: str | None
-    width: int | None
-    height: int | None
-    status: str
-    error: str | None
-    added_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class NewImage:
-    """An image to write: its file facts and either a vector or the reason it failed."""
-
-    uri: str
-    size: int | None
-    mtime_ns: int | None
-    content_hash: str | None
-    width: int | None = None
-    height: int | None = None
-    vector: np.ndarray | None = None
-    error: str | None = None
-    metadata: str | None = None  # a JSON object, for images uploaded with metadata
 
 
 _COLUMNS = "id, uri, size, mtime_ns, content_hash, width, height, status, error, added_at"

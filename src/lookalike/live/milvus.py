@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CollectionExistsError, CorruptCollectionError
-from .index import PCA, IndexSpec
-from .index.milvus_index import MilvusIndex
-from .index_files import VerifyReport
-from .live import CompactionPolicy, CompactionReport
-from .storage import Store
+from ..errors import CollectionExistsError, CorruptCollectionError
+from ..index import PCA, IndexSpec
+from ..index.milvus_index import MilvusIndex
+from ..storage import Store
+from .files import VerifyReport
+from .local import CompactionPolicy, CompactionReport
 
 
 class MilvusLiveIndex:

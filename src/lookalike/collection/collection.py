@@ -18,28 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from . import settings
-from .embedders import Embedder
-from .errors import (
+from .. import settings
+from ..embedders import Embedder
+from ..errors import (
     CollectionExistsError,
     CollectionLockedError,
     DecodeError,
     ImageNotFoundError,
     UsageError,
 )
+from ..imaging import ImageSource, decode_bytes, load_pixels, to_model_input
+from ..index import parse_spec
+from ..ingest import Ingestor
+from ..live import LiveIndex
+from ..live.files import DELTA_INDEX, MAIN_INDEX, remove_stale_temporaries
+from ..live.milvus import MilvusLiveIndex, claim_milvus
+from ..storage import ImageRecord, NewImage, new_store, open_store
+from ..types import CollectionInfo, ImageDetails, IngestReport
 from .files import is_upload, remove_quietly, thumbnail, upload_path, write_durably
-from .imaging import ImageSource, decode_bytes, load_pixels, to_model_input
-from .index import parse_spec
-from .index_files import DELTA_INDEX, MAIN_INDEX, remove_stale_temporaries
-from .ingest import Ingestor
-from .live import LiveIndex
 from .maintenance import IndexMaintenance, file_lock
 from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
-from .milvus_live import MilvusLiveIndex, claim_milvus
 from .searching import Searching
-from .storage import new_store, open_store
-from .store import ImageRecord, NewImage
-from .types import CollectionInfo, ImageDetails, IngestReport
 
 DATABASE, LOCK = "lookalike.db", ".lock"
 
@@ -170,7 +169,7 @@ class Collection(Searching, IndexMaintenance):
 
         Indexed files under ``paths`` that no longer exist are removed unless ``remove_missing``
         is false. Compacts at the end when the delta or the tombstones have grown large.
-        ``engine="ray"`` (or a :class:`lookalike.ray_engine.RayEngine`) decodes and embeds on
+        ``engine="ray"`` (or a :class:`lookalike.ingest.ray.RayEngine`) decodes and embeds on
         the Ray cluster at ``ray_address`` (default: a local Ray started for the run), with
         ``workers`` embedding actors; the vectors are the same as the local engine's.
         """
@@ -197,7 +196,7 @@ class Collection(Searching, IndexMaintenance):
         batch_size = settings.resolve("batch_size", batch_size)
         source = None
         if engine is not None:  # not this machine's processes: a Ray cluster
-            from .ray_engine import engine_for
+            from ..ingest.ray import engine_for
 
             source = engine_for(engine, settings.resolve("ray_address", ray_address),
                                 workers).source(self.embedder, batch_size=batch_size,

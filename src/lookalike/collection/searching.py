@@ -9,15 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from . import settings
-from .errors import ImageNotFoundError, UsageError
-from .imaging import ImageSource
-from .index.expansion import combine
-from .live import LiveIndex
-from .milvus_live import MilvusLiveIndex
-from .storage import Store
-from .store import ImageRecord
-from .types import SearchHit
+from .. import settings
+from ..errors import ImageNotFoundError, UsageError
+from ..imaging import ImageSource
+from ..index.expansion import combine
+from ..live import LiveIndex
+from ..live.milvus import MilvusLiveIndex
+from ..storage import ImageRecord, Store
+from ..types import SearchHit
 
 
 class Searching:

@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from .embedders import Embedder
-from .errors import LookalikeError, MissingDependencyError, UsageError
-from .imaging import Decoded, decode_file
-from .ingest import Batch
-from .types import Preprocess
+from ..embedders import Embedder
+from ..errors import LookalikeError, MissingDependencyError, UsageError
+from ..imaging import Decoded, decode_file
+from ..types import Preprocess
+from .local import Batch
 
 _INSTALL = "pip install 'lookalike[ray]'"
 

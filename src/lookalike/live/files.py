@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptCollectionError
-from .index import IndexSpec, VectorIndex, load_index, parse_spec
-from .storage import Store
+from ..errors import CorruptCollectionError
+from ..index import IndexSpec, VectorIndex, load_index, parse_spec
+from ..storage import Store
 
 MAIN_INDEX, DELTA_INDEX = "main.index", "delta.index"
 FLAT = parse_spec("Flat")

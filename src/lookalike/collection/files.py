@@ -11,7 +11,7 @@ import io
 import os
 from pathlib import Path
 
-from .imaging import open_image
+from ..imaging import open_image
 
 UPLOADS, THUMBNAILS = "uploads", "thumbnails"
 
