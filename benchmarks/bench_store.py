@@ -125,7 +125,7 @@ def main() -> None:
                 schema = server.fresh_schema()
                 given = server.uri(schema) if kind == "postgresql" else None
                 recorded = new_store(given or "sqlite", folder, DIM)
-                store = open_store(recorded, database=folder / "lookalike.db", dim=DIM,
+                store = open_store(recorded, folder=folder, dim=DIM,
                                    given=given)
                 try:
                     log(f"{kind}: writing {args.rows:,} rows")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_variants
+from conftest import TINY, make_variants
 from lookalike import Collection
 from lookalike.errors import CollectionLockedError, CorruptCollectionError, ImageNotFoundError
 from lookalike.live import CompactionPolicy
@@ -17,7 +17,8 @@ from lookalike.live import CompactionPolicy
 
 @pytest.fixture
 def col(sample_dir: Path, tmp_path: Path) -> Collection:
-    collection = Collection.create(tmp_path / "col", index="Flat")
+    # The test model: these tests are about the indexes, which only need photos told apart.
+    collection = Collection.create(tmp_path / "col", model=TINY, index="Flat")
     collection.index([sample_dir], workers=0, show_progress=False)  # first run builds main
     return collection
 
@@ -82,7 +83,7 @@ def test_compaction_keeps_additions_made_while_it_runs(
 
     def slow_iter(**kwargs):  # the build reads its snapshot while a writer adds images
         for chunk in original(**kwargs):
-            if kwargs.get("upto_id") is not None and not added.is_set():
+            if kwargs.get("upto_generation") is not None and not added.is_set():
                 writer = Collection.open(col.path)
                 writer.add(new, workers=0, show_progress=False)
                 added.set()

@@ -14,7 +14,7 @@ from conftest import make_variants
 from lookalike import Collection
 from lookalike.errors import CorruptCollectionError, UsageError
 from lookalike.index import PCA
-from lookalike.live import LiveIndex
+from lookalike.live import MainDeltaIndex
 from test_cli import run
 
 DIM = 8  # the sample collection holds 18 photos: a PCA cannot keep more dims than that
@@ -167,10 +167,10 @@ def test_an_interrupted_reduce_is_exact_meanwhile_and_finished_by_rebuild(
 ) -> None:
     photos = sorted(sample_dir.glob("*.jpg"))
     with monkeypatch.context() as patch:
-        def crash(self: LiveIndex) -> None:
+        def crash(self: MainDeltaIndex) -> None:
             raise KeyboardInterrupt
 
-        patch.setattr(LiveIndex, "compact", crash)
+        patch.setattr(MainDeltaIndex, "compact", crash)
         with pytest.raises(KeyboardInterrupt):
             col.reduce(DIM)
     report = col.verify()

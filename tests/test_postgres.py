@@ -29,6 +29,8 @@ from lookalike.storage.postgres import PostgresStore
 from lookalike.storage.uri import PostgresURI, connection_uri
 from pgserver import PASSWORD, PostgresServer
 
+pytestmark = pytest.mark.postgres
+
 WRITER = Path(__file__).with_name("pg_writer.py")
 
 
@@ -70,7 +72,7 @@ def test_connection_uri_rules() -> None:
 
 def test_a_sqlite_collection_refuses_a_postgres_uri(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="applies to new collections only") as caught:
-        open_store(None, database=tmp_path / "lookalike.db", dim=8,
+        open_store(None, folder=tmp_path, dim=8,
                    given="postgresql://me:topsecret@h/db")
     assert "topsecret" not in str(caught.value)
 
@@ -209,7 +211,7 @@ def test_migrations_race_safely_and_refuse_what_they_cannot_open(
         store.close()
     with postgres.admin() as conn:
         meta = dict(conn.execute(f'SELECT key, value FROM "{uri.schema}".meta').fetchall())
-    assert meta == {"schema_version": "1", "dim": "8", "generation": "1"}
+    assert meta == {"schema_version": "2", "dim": "8", "generation": "1"}
 
     with pytest.raises(CorruptCollectionError, match="8-d vectors"):
         PostgresStore(uri, 16)

@@ -42,7 +42,7 @@ def _opener(kind: str, folder: Path, postgres_uri: str | None) -> Iterator[Opene
     opened: list[Store] = []
 
     def open_one() -> Store:
-        store = open_store(recorded, database=folder / "lookalike.db", dim=DIM, given=given)
+        store = open_store(recorded, folder=folder, dim=DIM, given=given)
         opened.append(store)
         return store
 
@@ -51,7 +51,7 @@ def _opener(kind: str, folder: Path, postgres_uri: str | None) -> Iterator[Opene
         store.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens stores on one fresh database; each call is another connection to it."""
     uri = request.getfixturevalue("pg_uri") if request.param == "postgresql" else None
@@ -166,7 +166,7 @@ def test_generation_moves_with_every_write_seen_by_another_connection(
     assert changed()
     writer.mark_removed([a])
     assert changed()
-    writer.drop_tombstoned_vectors(time.time() + 1)
+    writer.drop_tombstoned_vectors(writer.generation())
     assert changed()
     assert not changed()  # reading moves nothing
     assert reader.get([a])[a].status == "removed" and reader.tombstones() == set()
@@ -200,17 +200,57 @@ def test_drop_tombstoned_vectors_keeps_later_removals(store: Store) -> None:
     v = unit_vectors(3)
     ids = store.write([image(f"/{i}.jpg", v[i]) for i in range(3)])
     store.mark_removed([ids[0]])
-    time.sleep(0.05)
-    cutoff = time.time()
-    time.sleep(0.05)
+    cutoff = store.generation()
     store.mark_removed([ids[1]])
-    assert store.drop_tombstoned_vectors(removed_before=cutoff) == 1
+    assert store.drop_tombstoned_vectors(cutoff) == 1
     assert store.tombstones() == {ids[1]}
     assert store.vector(ids[0]) is None and store.vector(ids[1]) is not None
     stored = np.concatenate([c[0] for c in store.iter_vectors(active_only=False)])
     assert list(stored) == [ids[1], ids[2]]
-    assert store.drop_tombstoned_vectors(removed_before=cutoff) == 0
+    assert store.drop_tombstoned_vectors(cutoff) == 0
     assert store.get([ids[0]])[ids[0]].status == "removed"  # the row itself stays
+
+
+def test_changes_are_what_happened_since_a_generation(store: Store) -> None:
+    v = unit_vectors(6, seed=5)
+    start = store.generation()
+    a, b = store.write([image("/a.jpg", v[0]), image("/b.jpg", v[1])])
+    after_first = store.generation()
+    first = store.changes(start, after_first)
+    assert list(first.ids) == [a, b] and list(first.removed) == []
+    assert first.vectors is not None and np.array_equal(first.vectors, v[:2])
+
+    [failed] = store.write([image("/bad.jpg", error="broken")])
+    [c] = store.write([image("/a.jpg", v[2])])  # a changed file: a retired, c new
+    store.mark_removed([b])
+    end = store.generation()
+    rest = store.changes(after_first, end)
+    assert list(rest.ids) == [c] and sorted(rest.removed) == [a, b]
+    assert failed not in set(rest.ids) | set(rest.removed)  # never searchable: no change
+    # A row shows its latest change only: a reader catching up from the start sees a and b
+    # retired, never added.
+    everything = store.changes(start, end, vectors=False)
+    assert everything.vectors is None and list(everything.ids) == [c]
+    assert sorted(everything.removed) == [a, b]
+    assert not store.changes(end, end) and not store.changes(end, end + 5)
+    def built(upto: int) -> list[int]:
+        return [int(i) for ids, _ in store.iter_vectors(upto_generation=upto) for i in ids]
+
+    assert built(end - 2) == []  # c came with generation end - 1; a and b are retired
+    assert built(end - 1) == built(end) == [c]
+
+
+def test_changes_come_in_pages_in_commit_order(store: Store) -> None:
+    v = unit_vectors(30, seed=6)
+    start = store.generation()
+    ids = [i for n in range(0, 30, 3)
+           for i in store.write([image(f"/{n + k}.jpg", v[n + k]) for k in range(3)])]
+    store.mark_removed(ids[::4])
+    found = store.changes(start, store.generation(), chunk=4)
+    kept = [i for n, i in enumerate(ids) if n % 4]
+    assert list(found.ids) == kept and sorted(found.removed) == ids[::4]
+    assert found.vectors is not None
+    assert np.array_equal(found.vectors, v[[n for n in range(30) if n % 4]])
 
 
 def test_metadata(store: Store) -> None:
@@ -252,6 +292,7 @@ def test_sample_vectors(store: Store) -> None:
     assert np.array_equal(store.sample_vectors(100), v[10:])
 
 
+@pytest.mark.postgres
 def test_both_stores_answer_alike(tmp_path: Path, pg_uri: str) -> None:
     """The same operations give the same answers, ids included, from SQLite and PostgreSQL."""
     openers = [_opener("sqlite", tmp_path / "s", None), _opener("postgresql", tmp_path / "p",

@@ -136,8 +136,8 @@ def test_bench_apply_rebuilds_the_collection_with_the_recommendation(
     applied = json.loads(result.stdout)["applied"]
     assert applied["spec"].startswith("HNSW") and "ef_search" in applied["search"]
     with Collection.open(folder) as col:
-        assert col.manifest["index"]["spec"] == applied["spec"]
-        assert col.manifest["index"]["search"] == applied["search"]
+        assert col.manifest.index_spec == applied["spec"]
+        assert col.manifest.search == applied["search"]
         assert col.live.main_kind.startswith("HNSW") and col.live.main_vectors == n
         assert col.search(query, k=1)[0].uri == query
         assert col.verify().ok

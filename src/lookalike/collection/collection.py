@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,56 +20,41 @@ import numpy as np
 
 from .. import settings
 from ..embedders import Embedder
-from ..errors import (
-    CollectionExistsError,
-    CollectionLockedError,
-    DecodeError,
-    ImageNotFoundError,
-    UsageError,
-)
+from ..errors import CollectionExistsError, DecodeError, ImageNotFoundError, UsageError
 from ..imaging import ImageSource, decode_bytes, load_pixels, to_model_input
-from ..index import parse_spec
+from ..index import IndexSpec, parse_spec
 from ..ingest import Ingestor
-from ..live import LiveIndex
-from ..live.files import DELTA_INDEX, MAIN_INDEX, remove_stale_temporaries
-from ..live.milvus import MilvusLiveIndex, claim_milvus
-from ..storage import ImageRecord, NewImage, new_store, open_store
-from ..types import CollectionInfo, ImageDetails, IngestReport
+from ..live import DELTA_INDEX, MAIN_INDEX, CompactionReport, LiveIndex, VerifyReport, claim_index
+from ..storage import SQLITE_FILE, ImageRecord, NewImage, new_store, open_store
+from ..types import CollectionInfo, ImageDetails, IngestReport, ReduceReport, SearchHit
 from .files import is_upload, remove_quietly, thumbnail, upload_path, write_durably
-from .maintenance import IndexMaintenance, file_lock
-from .manifest import MANIFEST, new_manifest, read_manifest, write_manifest
-from .searching import Searching
-
-DATABASE, LOCK = "lookalike.db", ".lock"
+from .indexes import Indexes
+from .manifest import MANIFEST, Manifest, new_manifest, read_manifest, write_manifest
+from .searching import Searcher
 
 
-class Collection(Searching, IndexMaintenance):
+class Collection:
     """A collection of indexed images on disk. Create it once, open it any number of times."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], *, weights: str | None = None,
+    def __init__(self, path: Path, manifest: Manifest, *, weights: str | None = None,
                  runtime: str | None = None, device: str | None = None,
                  threads: int | None = None, precision: str | None = None,
                  max_pixels: int | None = None, store: str | None = None) -> None:
         self.path = path
-        self.manifest = manifest
-        self.model_name: str = manifest["model"]["name"]
-        self.dim: int = int(manifest["model"]["dim"])
-        self.spec = parse_spec(manifest["index"]["spec"])
-        self._weights = weights or manifest["model"].get("weights")
+        self.model_name = manifest.model.name
+        self.dim = manifest.model.dim
+        self._weights = weights or manifest.model.weights
         self._runtime = settings.resolve("runtime", runtime)
         self._device = settings.resolve("device", device)
         self._threads = settings.resolve("threads", threads)
         self._precision = settings.resolve("precision", precision)
         self.max_pixels: int = settings.resolve("max_pixels", max_pixels)
         # The manifest says which store; ``store`` (a URI) may move it or carry its password.
-        self.store = open_store(manifest.get("store"), database=path / DATABASE, dim=self.dim,
-                                given=store, setting=settings.resolve("store"))
+        self.store = open_store(manifest.store, folder=path, dim=self.dim, given=store,
+                                setting=settings.resolve("store"))
         self._embedder: Embedder | None = None
-        self._live: LiveIndex | MilvusLiveIndex | None = None
-        self._live_pca: str | None = None  # the PCA file self._live projects with
-        self._live_lock = threading.Lock()  # one thread (re)loads the indexes at a time
-        self._manifest_stamp: tuple[int, int, int] | None = None  # re-read on first use
-        self._write_lock = threading.Lock()  # threads of this process take turns as the writer
+        self.indexes = Indexes(path, manifest, self.store)
+        self._searcher = Searcher(self.store, self.indexes, self.embed)
 
     # -- opening --------------------------------------------------------------------------
 
@@ -86,13 +71,10 @@ class Collection(Searching, IndexMaintenance):
         spec = parse_spec(settings.resolve("index", index))
         manifest = new_manifest(settings.resolve("model", model), weights, spec)
         folder.mkdir(parents=True, exist_ok=True)
-        if spec.milvus is not None:  # refused if that Milvus collection exists already
-            claim_milvus(spec, folder, int(manifest["model"]["dim"]),
-                         settings.resolve("milvus_token"))
-        recorded = new_store(settings.resolve("store", store), folder,
-                             int(manifest["model"]["dim"]))
-        if recorded:
-            manifest["store"] = recorded  # without the password
+        # A Milvus collection is refused if it exists already.
+        claim_index(spec, folder, manifest.model.dim, settings.resolve("milvus_token"))
+        recorded = new_store(settings.resolve("store", store), folder, manifest.model.dim)
+        manifest = manifest.replace(store=recorded)  # a URI without the password, or None
         write_manifest(folder, manifest)
         return cls(folder, manifest, weights=weights, store=store, **options)
 
@@ -113,8 +95,7 @@ class Collection(Searching, IndexMaintenance):
         return cls.create(path, **kwargs)
 
     def close(self) -> None:
-        if isinstance(self._live, MilvusLiveIndex):
-            self._live.close()
+        self.indexes.close()
         self.store.close()
 
     def __enter__(self) -> Collection:
@@ -142,24 +123,25 @@ class Collection(Searching, IndexMaintenance):
 
     # -- writing ----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def writer(self, wait: float = 0.0) -> Iterator[None]:
+    def writer(self, wait: float = 0.0) -> contextlib.AbstractContextManager[None]:
         """Hold the writer lock, waiting up to ``wait`` seconds for a writer in another process
         to finish, then :class:`CollectionLockedError`. Threads of this process take turns."""
-        if not self._write_lock.acquire(timeout=max(wait, 60.0)):
-            raise CollectionLockedError(f"{self.path} is being written by another thread.")
-        try:
-            with file_lock(self.path / LOCK, "being written by another process", wait):
-                remove_stale_temporaries(self.path)
-                # No reduce runs while we hold the lock: write with the manifest's projection,
-                # and write the manifest back with what other processes changed in it.
-                self._sync_manifest()
-                if self._live is not None and not self._is_current(self._live):
-                    with self._live_lock:
-                        self._replace_live()
-                yield
-        finally:
-            self._write_lock.release()
+        return self.indexes.writer(wait)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest as last read (another process may change it: `reduce`, `bench
+        --apply`)."""
+        return self.indexes.manifest
+
+    @property
+    def spec(self) -> IndexSpec:
+        return self.indexes.spec
+
+    @property
+    def live(self) -> LiveIndex:
+        """The live index, in step with the store and the manifest."""
+        return self.indexes.live
 
     def index(self, paths: Iterable[str | os.PathLike[str]], *, batch_size: int | None = None,
               workers: int | None = None, show_progress: bool | None = None,
@@ -203,18 +185,17 @@ class Collection(Searching, IndexMaintenance):
                                                 max_pixels=self.max_pixels,
                                                 cache_dir=settings.resolve("cache_dir"))
         with self.writer():
-            live = self.live
             ingestor = Ingestor(
-                self.store, self.embedder, live, max_pixels=self.max_pixels,
+                self.store, self.embedder, self.indexes.committed, max_pixels=self.max_pixels,
                 batch_size=batch_size, workers=settings.resolve("workers", workers),
-                checkpoint=self._checkpoint, forget=live.forget, source=source,
+                checkpoint=self._checkpoint, source=source,
             )
             try:
                 report = ingestor.run(paths, remove_missing=remove_missing,
                                       show_progress=show_progress)
             finally:
-                live.save_delta()
-            self._touch_manifest()
+                self.live.save_delta()
+            self.indexes.touch()
         if self.live.needs_compaction():
             self.compact(wait=False)
         return report
@@ -246,10 +227,12 @@ class Collection(Searching, IndexMaintenance):
         ids = [r.id for r in records]
         with self.writer(wait):
             self.store.mark_removed(ids)
-            self.live.forget(set(ids))
-        for record in records:
-            if is_upload(self.path, record.uri):
-                remove_quietly(Path(record.uri))
+            self.indexes.committed()
+            # Still the writer: an upload of the same bytes (one content-addressed file) cannot
+            # be acknowledged between this check and the unlink.
+            for record in records:
+                if is_upload(self.path, record.uri) and self.store.find_uri(record.uri) is None:
+                    remove_quietly(Path(record.uri))
         return ids
 
     def add_bytes(self, data: bytes, *, metadata: dict[str, Any] | None = None,
@@ -277,7 +260,7 @@ class Collection(Searching, IndexMaintenance):
                     str(path), stat.st_size, stat.st_mtime_ns, decoded.content_hash,
                     decoded.width, decoded.height, vector[0], metadata=meta,
                 )])
-                self.live.add(np.array([image_id], np.int64), vector)
+                self.indexes.committed()
                 created = True
         return self.details(image_id), created
 
@@ -314,6 +297,22 @@ class Collection(Searching, IndexMaintenance):
 
     # -- searching --------------------------------------------------------------------------
 
+    def search(self, image: ImageSource | Any, k: int = 10, *, ef: int | None = None,
+               qe: int | None = None) -> list[SearchHit]:
+        """The ``k`` indexed images most similar to ``image`` (a path, file bytes or PIL image)."""
+        return self._searcher.search(image, k, ef=ef, qe=qe)
+
+    def search_similar(self, image_id: int, k: int = 10, *, ef: int | None = None,
+                       qe: int | None = None) -> list[SearchHit]:
+        """Look-alikes of an indexed image, from its stored vector (the image itself excluded)."""
+        return self._searcher.search_similar(image_id, k, ef=ef, qe=qe)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, *, ef: int | None = None,
+                      qe: int | None = None, exclude: set[int] | None = None) -> list[SearchHit]:
+        """The ``k`` images nearest to an embedding, ranked best first (see
+        :meth:`.searching.Searcher.search_vector` for how query expansion ranks them)."""
+        return self._searcher.search_vector(vector, k, ef=ef, qe=qe, exclude=exclude)
+
     def embed(self, images: Iterable[ImageSource | Any]) -> np.ndarray:
         """Embed images (paths, file bytes or PIL images) exactly as indexing does."""
         pixels = [self._pixels(image) for image in images]
@@ -336,13 +335,71 @@ class Collection(Searching, IndexMaintenance):
         record = self.store.find_uri(os.path.abspath(os.fspath(uri)))
         return record.id if record else None
 
+    # -- the index ----------------------------------------------------------------------------
+
+    def compact(self, *, wait: bool = True) -> CompactionReport | None:
+        """Build a new main index from the stored vectors and swap it in (searches and writers
+        carry on meanwhile). With ``wait=False``, returns None if a compaction is running."""
+        return self.indexes.compact(wait=wait)
+
+    def rebuild(self) -> CompactionReport:
+        """Rebuild the index from the stored vectors, ignoring the index files: the repair for
+        what `verify` reports, when the store itself is sound (else CorruptCollectionError)."""
+        return self.indexes.rebuild()
+
+    def verify(self) -> VerifyReport:
+        """Check that the index agrees with the store and the store with itself."""
+        return self.indexes.verify()
+
+    def reduce(self, dim: int, *, whiten: bool = False, sample: int = 1_000_000, seed: int = 0,
+               wait: float = 0.0) -> ReduceReport:
+        """Project the index to ``dim`` dimensions with a PCA learnt from up to ``sample``
+        stored vectors (drawn uniformly, seeded), and rebuild it; ``dim=0`` removes the PCA.
+
+        Stored vectors keep the model's full dimension, so this can be redone with another
+        ``dim`` at any time. Every vector entering the index and every query goes through the
+        PCA and is re-normalised. Other processes switch on their next search; until the new
+        index files are written they keep their old ones (a reader that opens meanwhile builds
+        exact in-memory indexes instead). An interrupted reduce is finished by the next
+        compaction or `rebuild`.
+        """
+        return self.indexes.reduce(dim, whiten=whiten, sample=sample, seed=seed, wait=wait)
+
+    def set_index(self, spec: str, *, search: dict[str, int] | None = None) -> CompactionReport:
+        """Switch to another index spec (and default search knobs, e.g. ``{"ef_search": 48}``),
+        recorded in the manifest, and rebuild the index with it."""
+        return self.indexes.set_index(spec, search=search)
+
+    def search_defaults(self) -> dict[str, int]:
+        """The per-call search knobs recorded for this collection (by `lookalike bench --apply`)."""
+        return self.indexes.search_defaults()
+
+    @property
+    def index_dim(self) -> int:
+        """The dimension the index holds: the PCA's after `reduce`, else the model's."""
+        return self.indexes.index_dim
+
+    def index_vectors(self) -> np.ndarray:
+        """Every active image's vector as the index holds it, (n, dim) float32."""
+        return self.indexes.index_vectors()
+
+    def serve_upkeep(self, *, save_delta: bool = False) -> bool:
+        """What a long-running server does now and then (from one background thread): follow
+        other processes' writes and compactions without making searches wait, cache the delta
+        if asked (skipped while another process writes). Returns whether a compaction is due."""
+        self.indexes.reload_in_background()
+        if save_delta:
+            self.indexes.save_delta(wait=0.5)
+        return self.indexes.upkeep()
+
     # -- reporting --------------------------------------------------------------------------
 
     def info(self) -> CollectionInfo:
         counts = self.store.counts()
         sizes = {}
-        pca_file = self._pca_file()
-        for name in (MANIFEST, DATABASE, DATABASE + "-wal", MAIN_INDEX, DELTA_INDEX,
+        manifest = self.manifest
+        pca_file = manifest.pca.file if manifest.pca else None
+        for name in (MANIFEST, SQLITE_FILE, SQLITE_FILE + "-wal", MAIN_INDEX, DELTA_INDEX,
                      *([pca_file] if pca_file else [])):
             file = self.path / name
             if file.exists():
@@ -355,7 +412,7 @@ class Collection(Searching, IndexMaintenance):
             images=counts["active"], failed=counts["failed"], removed=counts["removed"],
             main_vectors=live.main_vectors, delta_vectors=live.delta_vectors,
             tombstones=len(live.tombstones), bytes_on_disk=sizes,
-            created=self.manifest["created"], updated=self.manifest["updated"],
-            index_dim=live.dim, pca=self.manifest.get("pca"),
-            store=self.manifest.get("store", "sqlite"),
+            created=manifest.created, updated=manifest.updated, index_dim=live.dim,
+            pca=dataclasses.asdict(manifest.pca) if manifest.pca else None,
+            store=manifest.store or "sqlite",
         )

@@ -1,17 +1,20 @@
-"""The collection manifest: which model, weights and index spec built a collection."""
+"""The collection manifest: which model, weights, index spec, projection and store built a
+collection. Read and checked in one place (:func:`load_manifest`); a typed, frozen value after."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..embedders import embedding_fingerprint, get_model_spec
 from ..errors import CollectionNotFoundError, CorruptCollectionError, ModelMismatchError
-from ..index import IndexSpec
+from ..index import IndexSpec, parse_spec
 
 # 2: PCA, PostgreSQL stores and search defaults. A lookalike that reads only format 1 would
 # ignore them and search garbage, so every manifest this version writes says 2; it reads 1 too.
@@ -24,21 +27,105 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def new_manifest(model: str, weights: str | None, index: IndexSpec) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    dim: int
+    weights: str | None
+    fingerprint: str | None
+    preprocess: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PcaEntry:
+    """The projection `lookalike reduce` learnt, saved in ``file`` beside the manifest."""
+
+    dim: int
+    whiten: bool
+    file: str
+    trained_on: int
+    seed: int
+    explained_variance: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelEntry
+    index_spec: str
+    created: str
+    updated: str
+    search: dict[str, int] = field(default_factory=dict)  # per-call knobs (`bench --apply`)
+    store: str | None = None  # a PostgreSQL URI without its password; None: SQLite
+    pca: PcaEntry | None = None
+
+    @property
+    def spec(self) -> IndexSpec:
+        return parse_spec(self.index_spec)
+
+    @property
+    def index_dim(self) -> int:
+        """The dimension the index holds: the PCA's after `reduce`, else the model's."""
+        return self.pca.dim if self.pca else self.model.dim
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "model": dataclasses.asdict(self.model),
+            "index": {"spec": self.index_spec, **({"search": self.search} if self.search else {})},
+            "created": self.created,
+            "updated": self.updated,
+        }
+        if self.store:
+            data["store"] = self.store
+        if self.pca:
+            data["pca"] = dataclasses.asdict(self.pca)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, where: Path) -> Manifest:
+        """Check every field a manifest must have; CorruptCollectionError naming the first
+        that is wrong."""
+        if not isinstance(data, dict):
+            raise CorruptCollectionError(f"{where} is not a lookalike manifest (not an object).")
+        if data.get("format_version") not in READABLE_FORMATS:
+            raise CorruptCollectionError(
+                f"{where.parent} has collection format {data.get('format_version')}, this "
+                f"lookalike reads formats {READABLE_FORMATS}; upgrade lookalike or rebuild the "
+                "collection."
+            )
+        try:
+            model, index, pca = data["model"], data["index"], data.get("pca")
+            return cls(
+                model=ModelEntry(str(model["name"]), int(model["dim"]), model.get("weights"),
+                                 model.get("fingerprint"), dict(model.get("preprocess") or {})),
+                index_spec=str(index["spec"]),
+                search={str(k): int(v) for k, v in (index.get("search") or {}).items()},
+                created=str(data["created"]), updated=str(data["updated"]),
+                store=data.get("store"),
+                pca=PcaEntry(int(pca["dim"]), bool(pca["whiten"]), str(pca["file"]),
+                             int(pca["trained_on"]), int(pca["seed"]),
+                             float(pca["explained_variance"])) if pca else None,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptCollectionError(
+                f"{where} is damaged ({type(exc).__name__}: {exc}); restore it from a backup."
+            ) from None
+
+
+def new_manifest(model: str, weights: str | None, index: IndexSpec) -> Manifest:
     spec = get_model_spec(model)
-    return {
-        "format_version": FORMAT_VERSION,
-        "model": {"name": spec.name, "dim": spec.dim, "weights": weights,
-                  "fingerprint": embedding_fingerprint(spec, weights),
-                  "preprocess": spec.preprocess.to_dict()},
-        "index": {"spec": index.text},
-        "created": now(),
-        "updated": now(),
-    }
+    return Manifest(
+        model=ModelEntry(spec.name, spec.dim, weights, embedding_fingerprint(spec, weights),
+                         spec.preprocess.to_dict()),
+        index_spec=index.text, created=now(), updated=now(),
+    )
 
 
-def read_manifest(folder: Path, *, model: str | None, weights: str | None) -> dict[str, Any]:
-    """The manifest of the collection in ``folder``, checked against the model asked for."""
+def load_manifest(folder: Path) -> Manifest:
+    """The manifest of the collection in ``folder``, checked."""
     path = folder / MANIFEST
     if not path.is_file():
         raise CollectionNotFoundError(
@@ -46,35 +133,34 @@ def read_manifest(folder: Path, *, model: str | None, weights: str | None) -> di
             f"--collection {folder}`, or pass the right --collection."
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CorruptCollectionError(f"Cannot read {path}: {exc}") from None
-    if manifest.get("format_version") not in READABLE_FORMATS:
-        raise CorruptCollectionError(
-            f"{folder} has collection format {manifest.get('format_version')}, this lookalike "
-            f"reads formats {READABLE_FORMATS}; upgrade lookalike or rebuild the collection."
-        )
-    built_with = manifest["model"]["name"]
+    return Manifest.from_dict(data, path)
+
+
+def read_manifest(folder: Path, *, model: str | None, weights: str | None) -> Manifest:
+    """The manifest of the collection in ``folder``, checked against the model asked for."""
+    manifest = load_manifest(folder)
+    built_with = manifest.model.name
     if model and model != built_with:
         raise ModelMismatchError(
             f"{folder} was built with model {built_with!r}, not {model!r}. Use "
             f"--model {built_with}, or index into a new --collection to use {model}."
         )
-    found = embedding_fingerprint(get_model_spec(built_with),
-                                  weights or manifest["model"].get("weights"))
-    if found != manifest["model"].get("fingerprint"):
+    found = embedding_fingerprint(get_model_spec(built_with), weights or manifest.model.weights)
+    if found != manifest.model.fingerprint:
         raise ModelMismatchError(
-            f"{folder} was built with {built_with} as {manifest['model'].get('fingerprint')}, "
+            f"{folder} was built with {built_with} as {manifest.model.fingerprint}, "
             f"but this lookalike and these weights compute {found}: the vectors would not be "
             "comparable. Pass the weights it was built with, or index into a new --collection."
         )
     return manifest
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(folder: Path, manifest: Manifest) -> None:
     """Save ``manifest`` (in this version's format) atomically."""
-    manifest["format_version"] = FORMAT_VERSION
-    write_json(folder / MANIFEST, manifest)
+    write_json(folder / MANIFEST, manifest.to_dict())
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,6 +1,5 @@
 """Searching a collection: the nearest images to an image, an indexed image or a vector,
-ranked with α query expansion. Mixed into :class:`lookalike.Collection`, whose store, live
-indexes and embedder these methods use."""
+ranked with α query expansion. :class:`lookalike.Collection` owns one :class:`Searcher`."""
 
 from __future__ import annotations
 
@@ -13,25 +12,24 @@ from .. import settings
 from ..errors import ImageNotFoundError, UsageError
 from ..imaging import ImageSource
 from ..index.expansion import combine
-from ..live import LiveIndex
-from ..live.milvus import MilvusLiveIndex
 from ..storage import ImageRecord, Store
 from ..types import SearchHit
+from .indexes import Indexes
 
 
-class Searching:
-    """The searching half of a Collection (see the module docstring)."""
+class Searcher:
+    """Searches over a collection's store and index, embedding queries with ``embed``."""
 
-    # Provided by Collection and IndexMaintenance:
-    store: Store
-    live: LiveIndex | MilvusLiveIndex
-    embed: Callable[[list[Any]], np.ndarray]
-    search_defaults: Callable[[], dict[str, int]]
+    def __init__(self, store: Store, indexes: Indexes,
+                 embed: Callable[[list[Any]], np.ndarray]) -> None:
+        self.store = store
+        self._indexes = indexes
+        self._embed = embed
 
     def search(self, image: ImageSource | Any, k: int = 10, *, ef: int | None = None,
                qe: int | None = None) -> list[SearchHit]:
         """The ``k`` indexed images most similar to ``image`` (a path, file bytes or PIL image)."""
-        return self.search_vector(self.embed([image])[0], k, ef=ef, qe=qe)
+        return self.search_vector(self._embed([image])[0], k, ef=ef, qe=qe)
 
     def search_similar(self, image_id: int, k: int = 10, *, ef: int | None = None,
                        qe: int | None = None) -> list[SearchHit]:
@@ -56,7 +54,7 @@ class Searching:
         qe = settings.resolve("query_expansion", qe)
         if qe < 0:
             raise UsageError(f"Query expansion takes a number of matches >= 0, got {qe}.")
-        knobs = self.search_defaults()
+        knobs = self._indexes.search_defaults()
         if ef is not None or "ef_search" not in knobs:
             knobs["ef_search"] = settings.resolve("ef_search", ef)
         if not qe:
@@ -78,7 +76,7 @@ class Searching:
         if not ranked:
             return []
         # The scores: cosines to the query itself, as the index holds the vectors (projected).
-        live = self.live
+        live = self._indexes.live
         cosines = live.project(np.stack([stored[i] for i, _ in ranked])) @ live.project(query)[0]
         return [SearchHit.from_cosine(i, r.uri, float(c), r.width, r.height)
                 for (i, r), c in zip(ranked, cosines, strict=True)]
@@ -88,7 +86,8 @@ class Searching:
         """(id, cosine, record) of the ``k`` nearest active images, as the index ranks them."""
         fetch = k
         while True:
-            scores, ids = self.live.search(vector[None, :], fetch, exclude=exclude, **knobs)
+            scores, ids = self._indexes.live.search(vector[None, :], fetch, exclude=exclude,
+                                                    **knobs)
             found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
             records = self.store.get([i for i, _ in found])
             hits = [(i, s, records[i]) for i, s in found

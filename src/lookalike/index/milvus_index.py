@@ -7,8 +7,9 @@ Milvus) and ``vector`` (FLOAT_VECTOR), one index on ``vector`` with metric IP (=
 vectors), strong consistency (a search sees every insert and delete that returned before it).
 
 Two collection properties are lookalike's own: ``lookalike.index`` (the index parameters it was
-built with) and ``lookalike.synced`` (every active image with an id up to this is in Milvus),
-which is how a reader heals a writer that crashed between the store commit and the insert.
+built with) and ``lookalike.generation`` (every change the store committed up to this
+generation is in Milvus), which is how a reader heals a writer that crashed between the store
+commit and the insert.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .milvus_spec import bracket
 from .spec import IndexSpec
 
 ID, VECTOR = "id", "vector"
-INDEX_PROPERTY, SYNCED_PROPERTY = "lookalike.index", "lookalike.synced"
+INDEX_PROPERTY, GENERATION_PROPERTY = "lookalike.index", "lookalike.generation"
 MAX_TOPK = 16_384  # Milvus's largest limit (and query window)
 MAX_EF = 32_768
 WRITE_BYTES = 8 << 20  # vectors per insert request: well under gRPC's 64 MiB message limit
@@ -58,7 +59,7 @@ class MilvusState:
 
     dim: int
     index: str | None  # lookalike.index; None: not created by lookalike
-    synced: int
+    generation: int | None  # lookalike.generation; None: written by a lookalike before it
     vectors: int
 
 
@@ -114,7 +115,7 @@ class MilvusIndex:
         properties = described.get("properties") or {}
         self._dim = dim
         return MilvusState(dim, properties.get(INDEX_PROPERTY),
-                           int(properties.get(SYNCED_PROPERTY, 0)), self.count())
+                           _int_or_none(properties.get(GENERATION_PROPERTY)), self.count())
 
     def create(self, dim: int) -> None:
         """Create the collection with this spec's index and load it."""
@@ -134,7 +135,7 @@ class MilvusIndex:
             self._client.create_collection(self.name, schema=schema, index_params=index_params,
                                            consistency_level="Strong")
             self._client.alter_collection_properties(
-                self.name, properties={INDEX_PROPERTY: self.index_text, SYNCED_PROPERTY: "0"})
+                self.name, properties={INDEX_PROPERTY: self.index_text, GENERATION_PROPERTY: "-1"})
             self._client.load_collection(self.name)
         self._dim = dim
 
@@ -154,10 +155,11 @@ class MilvusIndex:
             self._dim = self.state().dim
         return self._dim
 
-    def set_synced(self, upto: int) -> None:
+    def set_generation(self, generation: int) -> None:
+        """Record that every store change up to ``generation`` is in Milvus."""
         with self._calls("update"):
             self._client.alter_collection_properties(
-                self.name, properties={SYNCED_PROPERTY: str(int(upto))})
+                self.name, properties={GENERATION_PROPERTY: str(int(generation))})
 
     def flush(self) -> None:
         """Seal what was written into indexed segments (Milvus also does this on its own)."""
@@ -383,3 +385,7 @@ def _close(client: Any, lite_path: str | None) -> None:
     from milvus_lite.server_manager import server_manager_instance
 
     server_manager_instance.release_server(lite_path)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)

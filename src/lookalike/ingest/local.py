@@ -17,7 +17,7 @@ import stat
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,11 +29,6 @@ from ..imaging import IMAGE_EXTENSIONS, Decoded, decode_file
 from ..storage import NewImage, Store
 from ..types import FailedFile, IngestReport, Preprocess
 
-
-class VectorSink(Protocol):
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
-
-
 #: A batch of decoded files, and the vectors of those already embedded where they were decoded.
 Batch = tuple[list[Decoded], dict[str, np.ndarray]]
 
@@ -41,8 +36,9 @@ Batch = tuple[list[Decoded], dict[str, np.ndarray]]
 class BatchSource(Protocol):
     """Decodes (and may embed) the files to index, somewhere other than this process."""
 
-    def batches(self, uris: list[str], stages: dict[str, float]) -> Iterator[Batch]:
-        """Batches covering ``uris`` once each, in any order; adds seconds to ``stages``."""
+    def batches(self, uris: list[str], stages: dict[str, float]) -> Generator[Batch, None, None]:
+        """Batches covering ``uris`` once each, in any order; adds seconds to ``stages``. A
+        caller that stops early closes the generator."""
         ...
 
 
@@ -150,24 +146,22 @@ class Ingestor:
         self,
         store: Store,
         embedder: Embedder,
-        index: VectorSink,
+        committed: Callable[[], None],
         *,
         max_pixels: int,
         batch_size: int = 32,
         workers: int = 1,
         checkpoint: Callable[[], None] | None = None,
-        forget: Callable[[set[int]], None] | None = None,
         checkpoint_seconds: float = 60.0,
         source: BatchSource | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
-        self.index = index
+        self._committed = committed  # the index catches up with what was just committed
         self.max_pixels = max_pixels
         self.batch_size = max(1, batch_size)
         self.workers = max(0, workers)
         self._checkpoint = checkpoint
-        self._forget = forget
         self._checkpoint_seconds = checkpoint_seconds
         self._source = source
 
@@ -197,8 +191,8 @@ class Ingestor:
 
         self._process(todo, known, tally, show_progress)
         removed = self.store.mark_removed(gone) if gone else 0
-        if gone and self._forget:
-            self._forget(set(gone))
+        if gone:
+            self._committed()
         return IngestReport(
             added=tally.added, updated=tally.updated, unchanged=unchanged, reused=tally.reused,
             removed=removed, failed=tuple(tally.failed),
@@ -282,8 +276,10 @@ class Ingestor:
             else:
                 to_embed.append(item)
         if to_embed:
-            embedded = self.embedder.embed_pixels(np.stack([d.pixels for d in to_embed]))
-            vectors.update(zip((d.uri for d in to_embed), embedded, strict=True))
+            # Decoded here without an error, so each has pixels (zip's strict check says if not).
+            pixels = [d.pixels for d in to_embed if d.pixels is not None]
+            fresh = self.embedder.embed_pixels(np.stack(pixels))
+            vectors.update(zip((d.uri for d in to_embed), fresh, strict=True))
         embed_done = time.perf_counter()
         tally.stages["embed"] += embed_done - start
 
@@ -301,8 +297,6 @@ class Ingestor:
                 tally.updated += 1
             else:
                 tally.added += 1
-        ids = self.store.write(rows)
-        live = [(i, vectors[r.uri]) for i, r in zip(ids, rows, strict=True) if r.vector is not None]
-        if live:
-            self.index.add(np.array([i for i, _ in live]), np.stack([v for _, v in live]))
+        self.store.write(rows)
+        self._committed()
         tally.stages["write"] += time.perf_counter() - embed_done

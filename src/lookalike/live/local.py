@@ -1,16 +1,18 @@
-"""The live index: a large main index plus a small delta of recent additions, kept in step with
-the store (the source of truth) and safe to share between threads and processes.
+"""The live index over an in-process engine (Faiss, ScaNN): a large main index plus a small
+delta of recent additions, kept in step with the store (the source of truth) and safe to share
+between threads and processes.
 
 - New vectors go to the delta (exact, in memory, cached in ``delta.index``): searchable at once.
 - Removed images are tombstones, skipped during the search, until a compaction drops them.
-- A compaction builds a new main index from the stored vectors without stopping searches or
-  writers, then swaps it in: ``main.index`` is replaced atomically (temporary file + rename).
-- Before each search a reader compares the store's generation counter with the one it last saw
-  and catches up: a new main index file, new rows, new tombstones.
+- A compaction builds a new main index from the store at one generation without stopping
+  searches or writers, then swaps it in: ``main.index`` is replaced atomically (temporary file +
+  rename).
+- Before each search a reader compares the store's generation with the one it has applied and
+  catches up (:class:`.contract.FollowsStore`): a new main index file, new rows, new tombstones.
 
 Crash safety comes from the order of writes: rows are committed to the store before any index
-file mentions them, index files are only ever replaced whole, and the delta is rebuilt from the
-store whenever its cached file is behind, ahead or unreadable.
+file mentions them, index files are only ever replaced whole and say which generation they hold
+(:mod:`.files`), and whatever a file does not hold is read from the store.
 """
 
 from __future__ import annotations
@@ -20,40 +22,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CorruptCollectionError
-from ..index import (
-    PCA,
-    FaissIndex,
-    IndexSpec,
-    VectorIndex,
-    build_index,
-    load_index,
-    omp_threads,
+from ..index import PCA, FaissIndex, IndexSpec, VectorIndex, build_index, load_index, omp_threads
+from ..storage import Changes, Store
+from .contract import CompactionPolicy, CompactionReport, FollowsStore
+from .files import (
+    DELTA_INDEX,
+    FLAT,
+    MAIN_INDEX,
+    Generations,
+    file_stamp,
+    read_generations,
+    save_index,
 )
-from ..storage import Store
-from .files import DELTA_INDEX, FLAT, MAIN_INDEX, file_stamp
-
-
-@dataclass(frozen=True)
-class CompactionPolicy:
-    """When the delta or the tombstones are large enough that a compaction pays off."""
-
-    delta_min: int = 5_000  # never compact for fewer new vectors than this
-    delta_fraction: float = 0.25  # ... unless they are this fraction of the main index
-    tombstone_fraction: float = 0.1
-
-
-@dataclass(frozen=True)
-class CompactionReport:
-    main_vectors: int
-    dropped_tombstones: int
-    seconds: float
-    spec: str
 
 
 class _ReadWriteLock:
@@ -91,7 +76,7 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
-class LiveIndex:
+class MainDeltaIndex(FollowsStore):
     """Main + delta + tombstones over one collection folder and its store."""
 
     def __init__(self, folder: Path, spec: IndexSpec, dim: int, store: Store,
@@ -106,24 +91,21 @@ class LiveIndex:
         says whether the main index file on disk was built with this projection (false while
         `lookalike reduce` is switching projections); it is asked before and after each load.
         """
+        super().__init__(spec, dim, store, policy, projection)
         self.folder = folder
-        self.spec = spec
-        self.projection = projection
-        self.dim = projection.dim if projection is not None else dim
-        self.store = store
         self._main_is_current = main_is_current
         self._mismatched: tuple[int, int, int] | None = None  # a main file of another dim
-        self.policy = policy or CompactionPolicy()
         self._lock = _ReadWriteLock()
-        self._refresh_lock = threading.Lock()
         self._main: VectorIndex = build_index(spec, self.dim)
         self._main_stamp: tuple[int, int, int] | None = None
+        self._main_generation: int | None = -1  # None: a legacy file, generation unknown
         self._delta = FaissIndex.build(FLAT, self.dim)
         self._tombstones: set[int] = set()
-        self._generation = -1
-        self.reload_in_background = False  # see refresh()
         if load:
             self.refresh(reload_main=True)
+
+    def close(self) -> None:
+        """Nothing to release: the indexes are in memory."""
 
     # -- keeping up with the store ----------------------------------------------------------
 
@@ -136,20 +118,21 @@ class LiveIndex:
         """
         if reload_main is None:
             reload_main = not self.reload_in_background
+        stamp = file_stamp(self.folder / MAIN_INDEX)
+        if not (reload_main and stamp != self._main_stamp):
+            self.catch_up()
+            return
+        retired = None
         with self._refresh_lock:
-            generation = self.store.generation()
-            stamp = file_stamp(self.folder / MAIN_INDEX)
-            new_main = reload_main and stamp != self._main_stamp
-            if generation == self._generation and not new_main:
-                return
-            main: VectorIndex | None = self._main
-            if new_main:
-                main = self._load_main(stamp) if stamp else build_index(self.spec, self.dim)
-                if main is None:  # not built with this projection (yet): keep the current one
-                    main, new_main = self._main, False
-                    if generation == self._generation:
-                        return
-            retired = self._catch_up(main, stamp if new_main else self._main_stamp, generation)
+            if stamp is None:
+                main: VectorIndex | None = build_index(self.spec, self.dim)
+                held: int | None = -1
+            else:
+                main, held = self._load_main(stamp)
+            if main is not None:
+                retired = self._rebase(main, stamp, held)
+        if main is None:  # not built with this projection (yet): keep the current one
+            self.catch_up()
         del retired  # the old indexes, freed outside the lock
 
     def reload_main(self) -> bool:
@@ -158,88 +141,79 @@ class LiveIndex:
         stamp = file_stamp(self.folder / MAIN_INDEX)
         if stamp is None or stamp == self._main_stamp:
             return False
-        main = self._load_main(stamp)  # slow: no lock held
+        main, held = self._load_main(stamp)  # slow: no lock held
         if main is None:
             return False
         with self._refresh_lock:
             if file_stamp(self.folder / MAIN_INDEX) != stamp:
                 return False  # replaced again while loading: the next call takes the newest
-            retired = self._catch_up(main, stamp, self.store.generation())
+            retired = self._rebase(main, stamp, held)
         del retired  # the old indexes, freed outside the lock
         return True
 
-    def _load_main(self, stamp: tuple[int, int, int]) -> VectorIndex | None:
-        """The main index file, or None while it may belong to another projection."""
+    def _load_main(self, stamp: tuple[int, int, int]) -> tuple[VectorIndex | None, int | None]:
+        """The main index file and its generation, or (None, None) while it may belong to
+        another projection."""
         if stamp == self._mismatched or not self._main_is_current():
-            return None
-        main = load_index(self.folder / MAIN_INDEX, self.spec)
+            return None, None
+        path = self.folder / MAIN_INDEX
+        held = read_generations(path)
+        main = load_index(path, self.spec)
         if main.dim != self.dim:
             self._mismatched = stamp  # never searched with; the next compaction replaces it
-            return None
+            return None, None
         # Asked again after the load: a reduce that began meanwhile may have replaced the file.
-        return main if self._main_is_current() else None
+        if not self._main_is_current():
+            return None, None
+        return main, held.base if held else None
 
-    def vectors(self, **where: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The store's active vectors as this index holds them (projected)."""
-        for ids, vectors in self.store.iter_vectors(**where):
-            yield ids, self.project(vectors)
-
-    def project(self, vectors: np.ndarray) -> np.ndarray:
-        """Store vectors (n, store dim) as the index holds them (n, index dim)."""
-        return vectors if self.projection is None else self.projection.apply(vectors)
-
-    def _catch_up(self, main: VectorIndex, stamp: tuple[int, int, int] | None,
-                  generation: int) -> tuple[VectorIndex, FaissIndex]:
-        # The caller holds the refresh lock. Read everything first, then swap under the write
-        # lock, so searches wait only for the swap. Returns the replaced indexes, for the caller
-        # to free once it has released the refresh lock (freeing a large index takes a while).
-        same_main = main is self._main
-        delta = self._delta if same_main else self._load_delta(main.max_id())
-        pending = list(self.vectors(after_id=max(main.max_id(), delta.max_id())))
-        tombstones = self.store.tombstones()
-        if same_main:
-            # A compaction elsewhere drops the vectors of images removed before it began, so
-            # they leave the store's tombstones while the old main index still holds them.
-            tombstones |= self._tombstones
+    def _rebase(self, main: VectorIndex, stamp: tuple[int, int, int] | None,
+                held: int | None) -> tuple[VectorIndex, FaissIndex]:
+        """Swap in ``main`` (holding the store at generation ``held``; None: unknown) with a
+        delta and tombstones that bring it up to the store's generation now. The caller holds
+        the refresh lock; it frees the returned old indexes once it has released it (freeing a
+        large index takes a while)."""
+        generation = self.store.generation()
+        base = -1 if held is None else held
+        delta, delta_seen = self._load_delta(base) if held is not None else (None, base)
+        if delta is None:
+            delta, delta_seen = FaissIndex.build(FLAT, self.dim), base
+        tombstones = set(self.changes(base, delta_seen, vectors=False).removed.tolist())
+        pending = self.changes(delta_seen, generation)
+        if held is None:  # a legacy main file: skip what it holds already
+            pending = pending.without(main.ids())
+        self._add(delta, pending)
+        tombstones |= set(pending.removed.tolist())
         retired = self._main, self._delta
         with self._lock.write():
-            for ids, vectors in pending:
-                delta.add(ids, vectors)
-            self._main, self._main_stamp, self._delta = main, stamp, delta
-            self._tombstones, self._generation = tombstones, generation
+            self._main, self._main_stamp, self._main_generation = main, stamp, held
+            self._delta, self._tombstones, self._seen = delta, tombstones, generation
         return retired
 
-    def _load_delta(self, main_max: int) -> FaissIndex:
+    def _load_delta(self, base: int) -> tuple[FaissIndex | None, int]:
+        """The cached delta if it sits on the main index of generation ``base``."""
         path = self.folder / DELTA_INDEX
-        if path.is_file():
-            try:
-                delta = FaissIndex.load(path, FLAT)
-            except CorruptCollectionError:
-                delta = None  # a cache only: rebuilt from the store below
-            if delta is not None and delta.dim == self.dim and (
-                    delta.ntotal == 0 or int(delta.ids().min()) > main_max):
-                return delta
-        delta = FaissIndex.build(FLAT, self.dim)
-        for ids, vectors in self.vectors(after_id=main_max):
-            delta.add(ids, vectors)
-        return delta
+        held = read_generations(path)
+        if held is None or held.base != base or held.generation > self.store.generation():
+            return None, base  # another main's, or a store restored from an older backup
+        try:
+            delta = FaissIndex.load(path, FLAT)
+        except CorruptCollectionError:
+            return None, base  # a cache only: rebuilt from the store
+        return (delta, held.generation) if delta.dim == self.dim else (None, base)
+
+    def _apply(self, changes: Changes) -> None:
+        if changes:
+            with self._lock.write():
+                self._add(self._delta, changes)
+                self._tombstones |= set(changes.removed.tolist())
+
+    @staticmethod
+    def _add(delta: FaissIndex, changes: Changes) -> None:
+        if len(changes.ids) and changes.vectors is not None:
+            delta.add(changes.ids, changes.vectors)
 
     # -- writing (the caller holds the collection's writer lock) -----------------------------
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Make vectors the caller has just committed to the store searchable."""
-        with self._refresh_lock:
-            # A search's refresh may have read this committed batch from the store already.
-            known = max(self._main.max_id(), self._delta.max_id())
-            fresh = ids > known
-            if fresh.any():
-                with self._lock.write():
-                    self._delta.add(ids[fresh], self.project(vectors[fresh]))
-
-    def forget(self, ids: set[int]) -> None:
-        """Hide ids the caller has just marked removed in the store."""
-        with self._lock.write():
-            self._tombstones |= ids
 
     def save_delta(self) -> None:
         """Cache the delta on disk, so the next process need not rebuild it from the store."""
@@ -248,8 +222,10 @@ class LiveIndex:
         # keeps searches in other threads from waiting for the load.)
         self.reload_main()
         self.refresh(reload_main=True)
-        with self._lock.read():
-            self._delta.save(self.folder / DELTA_INDEX)
+        with self._refresh_lock, self._lock.read():
+            if self._main_generation is not None:  # a legacy main: the next compaction fixes
+                save_index(self._delta, self.folder / DELTA_INDEX,
+                           Generations(self._seen, self._main_generation))
 
     # -- searching --------------------------------------------------------------------------
 
@@ -319,41 +295,37 @@ class LiveIndex:
     # -- compaction -------------------------------------------------------------------------
 
     def compact(self) -> CompactionReport:
-        """Build a new main index from the store's active vectors and swap it in.
+        """Build a new main index from the store's active vectors at its current generation and
+        swap it in.
 
-        Searches go on against the old indexes during the build; vectors added meanwhile land
-        in the delta (their ids are above the snapshot) and survive the swap. Callers make sure
-        only one compaction runs at a time (the collection's compaction lock).
+        Searches go on against the old indexes during the build; what is committed meanwhile is
+        caught up with from the store after the swap. Callers make sure only one compaction
+        runs at a time (the collection's compaction lock).
         """
-        started, began_at = time.perf_counter(), time.time()
-        upto = self.store.max_id()
+        started = time.perf_counter()
+        generation = self.store.generation()
         n = self.store.counts()["active"]
         # Leave a core to the searches that go on meanwhile (measured: with every core busy
         # building, search p99 on 2 cores grew 15x).
         with omp_threads(max(1, (os.cpu_count() or 1) - 1)):
-            main = self._build_main(self.spec.for_size(n), upto, n)
-        main.save(self.folder / MAIN_INDEX)
+            main = self._build_main(self.spec.for_size(n), generation, n)
+        save_index(main, self.folder / MAIN_INDEX, Generations(generation, generation))
         stamp = file_stamp(self.folder / MAIN_INDEX)
         with self._refresh_lock:
-            delta = FaissIndex.build(FLAT, self.dim)
-            for ids, vectors in self.vectors(after_id=main.max_id()):
-                delta.add(ids, vectors)
-            with self._lock.write():
-                self._main, self._main_stamp, self._delta = main, stamp, delta
-            delta.save(self.folder / DELTA_INDEX)
-        # Images removed before the build began are not in the new main: forget their vectors.
-        dropped = self.store.drop_tombstoned_vectors(removed_before=began_at)
-        with self._refresh_lock:
-            tombstones = self.store.tombstones()
-            with self._lock.write():
-                self._tombstones = tombstones
+            retired = self._rebase(main, stamp, generation)
+            with self._lock.read():
+                save_index(self._delta, self.folder / DELTA_INDEX,
+                           Generations(self._seen, generation))
+        del retired
+        # Images retired by then are not in the new main: forget their vectors.
+        dropped = self.store.drop_tombstoned_vectors(generation)
         self.refresh()
         return CompactionReport(main.ntotal, dropped, time.perf_counter() - started,
                                 main.spec.describe)
 
-    def _build_main(self, spec: IndexSpec, upto: int, n: int) -> VectorIndex:
+    def _build_main(self, spec: IndexSpec, generation: int, n: int) -> VectorIndex:
         if spec.kind == "scann":  # cannot grow: built from every vector at once
-            chunks = list(self.vectors(upto_id=upto))
+            chunks = list(self.vectors(upto_generation=generation))
             ids = np.concatenate([c[0] for c in chunks]) if chunks else None
             vectors = np.concatenate([c[1] for c in chunks]) if chunks else None
             return build_index(spec, self.dim, ids, vectors)
@@ -361,6 +333,6 @@ class LiveIndex:
         train = (self.project(self.store.sample_vectors(spec.train_size(n)))
                  if spec.trainable else None)
         main = build_index(spec, self.dim, train=train)
-        for ids, vectors in self.vectors(upto_id=upto):
+        for ids, vectors in self.vectors(upto_generation=generation):
             main.add(ids, vectors)
         return main

@@ -1,22 +1,21 @@
 """The live index when a Milvus collection holds the vectors (``milvus://`` and ``milvus-lite:``
-index specs), with the surface of :class:`lookalike.live.LiveIndex`.
+index specs), behind the contract of :mod:`.contract`.
 
 Milvus takes inserts and deletes itself and every process sees them at once, so there is no
-delta, no main index file and no tombstone filter: adding inserts (ids are the store's),
-removing deletes, searching asks Milvus with the per-call parameters. The store stays the
-source of truth, and the order of writes is the same as with files: rows are committed to the
-store before Milvus hears of them. A writer that dies in between is healed on the next open:
-rows above Milvus's ``lookalike.synced`` mark are written, and removed images Milvus still
-holds are deleted. ``compact`` resynchronises Milvus with the store; after a rebuild (``load=
-False``) it rewrites every vector (on Milvus Lite into a new collection), and it recreates the
-Milvus collection when the dimension (a `reduce`) or the index parameters (`set_index`) changed.
+delta, no main index file and no tombstone filter: catching up upserts the images that became
+active and deletes the retired ones; searching asks Milvus with the per-call parameters. The
+store stays the source of truth, and the order of writes is the same as with files: rows are
+committed to the store before Milvus hears of them. Milvus records the store generation it holds
+(``lookalike.generation``), so a writer that dies in between is healed by the next process that
+catches up: it applies every change after that generation. ``compact`` resynchronises Milvus
+with the store; after a rebuild (``load=False``) it rewrites every vector (on Milvus Lite into a
+new collection), and it recreates the Milvus collection when the dimension (a `reduce`) or the
+index parameters (`set_index`) changed.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,12 @@ import numpy as np
 from ..errors import CollectionExistsError, CorruptCollectionError
 from ..index import PCA, IndexSpec
 from ..index.milvus_index import MilvusIndex
-from ..storage import Store
-from .files import VerifyReport
-from .local import CompactionPolicy, CompactionReport
+from ..storage import Changes, Store
+from .contract import CompactionPolicy, CompactionReport, FollowsStore, VerifyReport
+from .files import check_vectors
 
 
-class MilvusLiveIndex:
+class MilvusLiveIndex(FollowsStore):
     """A Milvus collection kept in step with the store."""
 
     def __init__(self, folder: Path, spec: IndexSpec, dim: int, store: Store,
@@ -37,19 +36,12 @@ class MilvusLiveIndex:
                  projection: PCA | None = None, token: str | None = None) -> None:
         """``load=False`` trusts nothing in Milvus until :meth:`compact` rewrites it (a
         rebuild). ``projection`` (a PCA) maps stored vectors and queries to the index's
-        dimension, as in :class:`LiveIndex`. A relative Milvus Lite file is under ``folder``."""
+        dimension. A relative Milvus Lite file is under ``folder``."""
+        super().__init__(spec, dim, store, policy, projection)
         self.folder = folder
-        self.spec = spec
-        self.projection = projection
-        self.dim = projection.dim if projection is not None else dim
-        self.store = store
-        self.policy = policy or CompactionPolicy()
-        self.reload_in_background = False  # nothing to reload: kept for LiveIndex's surface
         self._index = MilvusIndex(spec, base=folder, token=token)
-        self._refresh_lock = threading.Lock()
-        self._generation = -1
         self._tombstones: set[int] = set()
-        self._synced = 0  # every active id up to this is in Milvus
+        self._marked = -1  # the generation Milvus says it holds
         self._recorded: str | None = None  # the index parameters Milvus was built with
         self._opened = False
         self._rewrite = not load
@@ -63,24 +55,18 @@ class MilvusLiveIndex:
 
     def refresh(self, *, reload_main: bool | None = None) -> None:
         """On the first call, create the Milvus collection if it is missing and write what it
-        lacks; on every store change, delete removed images Milvus may still hold."""
-        del reload_main
-        with self._refresh_lock:
-            generation = self.store.generation()
-            if generation == self._generation:
-                return
-            if not self._opened:
-                self._open()
-            tombstones = self.store.tombstones()
-            fresh = tombstones - self._tombstones
-            if fresh:  # removed elsewhere; deleted there already unless that process died
-                self._index.delete(self._index.present(fresh))
-            self._tombstones, self._generation = tombstones, generation
+        lacks; then apply every change the store committed since."""
+        del reload_main  # nothing to reload: Milvus serves every change at once
+        if not self._opened:
+            with self._refresh_lock:
+                if not self._opened:
+                    self._open()
+        self.catch_up()
 
     def _open(self) -> None:
         if not self._index.exists():
             self._index.create(self.dim)
-            self._recorded, self._synced = self._index.index_text, 0
+            self._recorded, self._seen = self._index.index_text, -1
         else:
             state = self._index.state()
             if state.dim != self.dim:
@@ -89,50 +75,33 @@ class MilvusLiveIndex:
                     f"but this collection's index is {self.dim}-d. Run `lookalike rebuild` to "
                     "rebuild it from the stored vectors, or name another Milvus collection."
                 )
-            self._recorded, self._synced = state.index, state.synced
-        upto = self.store.max_id()
-        if upto > self._synced:  # committed rows a writer did not live to insert
-            for ids, vectors in self.vectors(after_id=self._synced, upto_id=upto):
-                self._index.add(ids, vectors)  # an upsert: a live writer may add them too
-            self._set_synced(upto)
+            self._recorded = state.index
+            self._seen = self._marked = -1 if state.generation is None else state.generation
+            if state.generation is None:  # written before generations: add what it lacks
+                generation = self.store.generation()
+                self._apply(self.changes(-1, generation).without(
+                    self._index.ids(self.store.max_id())))
+                self._seen = generation
         self._opened = True
+
+    def _apply(self, changes: Changes) -> None:
+        if len(changes.ids) and changes.vectors is not None:
+            # An upsert on a server: another process may be applying the same changes. Milvus
+            # Lite serves one process, where a plain insert (faster there) cannot duplicate.
+            self._index.add(changes.ids, changes.vectors, replace=not self._index.is_lite)
+        if len(changes.removed):
+            self._index.delete(set(changes.removed.tolist()))
+            self._tombstones |= set(changes.removed.tolist())
+
+    def catch_up(self) -> None:
+        super().catch_up()
+        if self._seen > self._marked:  # recorded after the writes: never ahead of them
+            self._index.set_generation(self._seen)
+            self._marked = self._seen
 
     def reload_main(self) -> bool:
         """Nothing to reload: Milvus serves every change at once."""
         return False
-
-    def vectors(self, **where: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The store's active vectors as this index holds them (projected)."""
-        for ids, vectors in self.store.iter_vectors(**where):
-            yield ids, self.project(vectors)
-
-    def project(self, vectors: np.ndarray) -> np.ndarray:
-        """Store vectors (n, store dim) as the index holds them (n, index dim)."""
-        return vectors if self.projection is None else self.projection.apply(vectors)
-
-    def _set_synced(self, upto: int) -> None:
-        if upto > self._synced:
-            self._index.set_synced(upto)
-            self._synced = upto
-
-    # -- writing (the caller holds the collection's writer lock) -----------------------------
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Make vectors the caller has just committed to the store searchable."""
-        if not self._opened:
-            self.refresh()
-        fresh = ids > self._synced  # opening may have written this batch already
-        if fresh.any():
-            # Milvus Lite serves one process, so no reader can be healing this batch meanwhile:
-            # a plain insert (faster there) cannot leave a duplicate.
-            self._index.add(ids[fresh], self.project(vectors[fresh]),
-                            replace=not self._index.is_lite)
-            self._set_synced(int(ids.max()))
-
-    def forget(self, ids: set[int]) -> None:
-        """Delete ids the caller has just marked removed in the store."""
-        self._index.delete(ids)
-        self._tombstones |= ids
 
     def save_delta(self) -> None:
         """Nothing to save: Milvus persists every insert and delete itself."""
@@ -163,8 +132,7 @@ class MilvusLiveIndex:
 
     @property
     def tombstones(self) -> set[int]:
-        """Removed images whose vectors the store keeps until the next compaction (Milvus has
-        deleted them already)."""
+        """Images removed since this process opened (Milvus has deleted them already)."""
         return set(self._tombstones)
 
     def live_ids(self) -> np.ndarray:
@@ -176,7 +144,7 @@ class MilvusLiveIndex:
         if self._opened and self._recorded != self._index.index_text:
             return True  # built with other index parameters (or not by lookalike)
         total = self.store.counts()["active"]
-        return len(self._tombstones) > self.policy.tombstone_fraction * max(total, 1)
+        return len(self.store.tombstones()) > self.policy.tombstone_fraction * max(total, 1)
 
     # -- compaction -------------------------------------------------------------------------
 
@@ -187,7 +155,8 @@ class MilvusLiveIndex:
 
         Searches go on meanwhile; callers make sure only one compaction runs at a time.
         """
-        started, began_at = time.perf_counter(), time.time()
+        started = time.perf_counter()
+        generation = self.store.generation()
         upto = self.store.max_id()
         index = self._index
         exists = index.exists()
@@ -211,26 +180,23 @@ class MilvusLiveIndex:
             index.create(self.dim)
         held = index.ids(upto) if state is not None else np.zeros(0, np.int64)
         active: list[np.ndarray] = []
-        for ids, vectors in self.vectors(upto_id=upto):
+        for ids, vectors in self.vectors(upto_generation=generation):
             active.append(ids)
             write = np.ones(len(ids), bool) if self._rewrite else ~np.isin(ids, held)
             if write.any():  # an upsert on a server: a live writer may add the same rows
                 index.add(ids[write], vectors[write], replace=not index.is_lite)
-        # Read after the writes: an image removed meanwhile is deleted again here.
-        tombstones = self.store.tombstones()
         live = np.concatenate(active) if active else np.zeros(0, np.int64)
-        stale = held[(held <= upto) & ~np.isin(held, live)]
-        index.delete(set(stale.tolist()) | index.present(tombstones))
+        stale = held[~np.isin(held, live)]
+        index.delete(set(stale.tolist()))  # images retired by then, and ids never stored
         index.flush()
         index.compact()
         with self._refresh_lock:
             self._recorded, self._opened, self._rewrite = index.index_text, True, False
-            self._synced = max(self._synced, state.synced) if state is not None else 0
-            self._set_synced(upto)
-        dropped = self.store.drop_tombstoned_vectors(removed_before=began_at)
-        with self._refresh_lock:
-            self._tombstones, self._generation = self.store.tombstones(), -1
-        self.refresh()
+            self._seen, self._tombstones = generation, set()
+            index.set_generation(generation)
+            self._marked = generation
+        dropped = self.store.drop_tombstoned_vectors(generation)
+        self.refresh()  # what was committed during the compaction
         return CompactionReport(self.main_vectors, dropped, time.perf_counter() - started,
                                 f"Milvus {index.index_text}")
 
@@ -254,19 +220,19 @@ def claim_milvus(spec: IndexSpec, folder: Path, dim: int, token: str | None = No
 def verify_milvus(spec: IndexSpec, folder: Path, dim: int, store: Store,
                   token: str | None = None) -> VerifyReport:
     """Compare the Milvus collection with the store, without changing anything."""
-    problems: list[str] = []
-    active = {int(i) for ids, _ in store.iter_vectors() for i in ids}
+    problems = list(store.integrity_problems())
+    active = check_vectors(store, problems)
     stored = {int(i) for ids, _ in store.iter_vectors(active_only=False) for i in ids}
     index = MilvusIndex(spec, base=folder, token=token)
     try:
         held: set[int] = set()
-        synced = 0
+        generation: int | None = -1
         if not index.exists():
             if active:
                 problems.append(f"the Milvus collection {index.where} does not exist")
         else:
             state = index.state()
-            synced = state.synced
+            generation = state.generation
             if state.dim != dim:
                 problems.append(f"the Milvus collection {index.where} has dimension "
                                 f"{state.dim}, the collection {dim}")
@@ -281,21 +247,22 @@ def verify_milvus(spec: IndexSpec, folder: Path, dim: int, store: Store,
     if unknown:
         problems.append(f"Milvus holds {len(unknown)} ids with no stored vector "
                         f"(e.g. {sorted(unknown)[:5]})")
-    removed = (held & stored) - active
-    if removed:
-        problems.append(f"Milvus still holds {len(removed)} removed images "
-                        f"(e.g. {sorted(removed)[:5]})")
-    missing = {i for i in active if i <= synced} - held
+    # Removed images Milvus still holds are a problem once Milvus says it holds their removal.
+    retired = (held & stored) - active
+    if generation is not None:
+        retired -= set(store.changes(generation, store.generation(), vectors=False)
+                       .removed.tolist())
+    if retired:
+        problems.append(f"Milvus still holds {len(retired)} removed images "
+                        f"(e.g. {sorted(retired)[:5]})")
+    expected = ({int(i) for ids, _ in store.iter_vectors(upto_generation=generation)
+                 for i in ids} if generation is not None else set())
+    missing = expected - held
     if missing:
         problems.append(f"{len(missing)} active images are missing from Milvus "
-                        f"(e.g. {sorted(missing)[:5]})")
-    pending = {i for i in active if i > synced} - held
-    for ids, vectors in store.iter_vectors():
-        bad = ids[np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > 1e-3]
-        if len(bad):
-            problems.append(f"{len(bad)} stored vectors are not unit length "
-                            f"(e.g. {bad[:5].tolist()})")
+                        f"(e.g. {sorted(missing)[:5]}); run `lookalike rebuild`")
     return VerifyReport(
         active_images=len(active), main_vectors=len(held), delta_vectors=0,
-        pending_vectors=len(pending), tombstones=len(stored - active), problems=tuple(problems),
+        pending_vectors=len(active - held), tombstones=len(stored - active),
+        problems=tuple(problems),
     )

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from ..collection import Collection
-from ..errors import CollectionLockedError
 from .batching import QueryBatcher
 from .config import ServeConfig
 from .errors import ApiError
@@ -65,8 +64,9 @@ class Service:
             embedder.embed_pixels(np.zeros((1, *self._input_shape(embedder)), np.uint8))
             if self.config.batching:
                 self._batcher = QueryBatcher(embedder)
+                # The batcher has Embedder's interface (duck-typed), not its class.
                 col.embedder = self._batcher  # type: ignore[assignment]
-            col.live.reload_in_background = True
+            col.serve_upkeep()  # from now on new main index files load in the upkeep thread
             self._collection = col
         except Exception as exc:  # shown by /readyz and the log; the process keeps answering
             self.load_error = str(exc)
@@ -88,7 +88,7 @@ class Service:
             thread.join(timeout=30)
         col = self._collection
         if col is not None:
-            self._save_delta(col)
+            col.serve_upkeep(save_delta=True)
             col.close()
         if self._batcher is not None:
             self._batcher.close()
@@ -106,29 +106,25 @@ class Service:
 
     def _upkeep(self) -> None:
         col = self.collection
-        saved_at, saved_generation = time.monotonic(), col.store.generation()
+        saved_at = time.monotonic()
         while not self._stop.wait(UPKEEP_SECONDS):
             try:
-                col.live.reload_main()
+                save = time.monotonic() - saved_at > SAVE_DELTA_SECONDS
+                due = col.serve_upkeep(save_delta=save)
+                saved_at = time.monotonic() if save else saved_at
                 if self.config.auto_compact:
-                    self._maybe_compact(col)
-                if time.monotonic() - saved_at > SAVE_DELTA_SECONDS:
-                    generation = col.store.generation()
-                    if generation != saved_generation and self._save_delta(col):
-                        saved_generation = generation
-                    saved_at = time.monotonic()
+                    self._maybe_compact(col, due)
             except Exception as exc:  # upkeep must outlive a bad moment; the next round retries
                 log.warning("Background upkeep failed (will retry): %s", exc, exc_info=exc)
 
-    def _maybe_compact(self, col: Collection) -> None:
+    def _maybe_compact(self, col: Collection, due: bool) -> None:
         if self._compactor is not None:
             if self._compactor.poll() is None:
                 return
             self.compactions += self._compactor.returncode == 0
             self._compactor = None
             return  # give the reload a round to pick up the new main index
-        col.live.refresh(reload_main=False)
-        if col.live.needs_compaction():
+        if due:
             # A separate process: the build runs at low priority on its own interpreter, so
             # searches here keep their cores and the GIL. Another server process sharing this
             # collection may already be compacting; then this one exits at once (locked).
@@ -136,15 +132,6 @@ class Service:
                 [sys.executable, "-m", "lookalike", "compact", "-c", str(col.path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-
-    @staticmethod
-    def _save_delta(col: Collection) -> bool:
-        try:
-            with col.writer(wait=0.5):
-                col.live.save_delta()
-            return True
-        except CollectionLockedError:
-            return False
 
     # -- reporting ----------------------------------------------------------------------------
 

@@ -15,11 +15,14 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import UsageError
-from .records import ImageRecord, NewImage
+from .records import Changes, ImageRecord, NewImage
 from .sqlite import SQLiteStore
 from .uri import SQLITE, PostgresURI, connection_uri, is_postgres, new_schema_name, redact
 
-__all__ = ["ImageRecord", "NewImage", "SQLiteStore", "Store", "new_store", "open_store"]
+SQLITE_FILE = "lookalike.db"
+
+__all__ = ["SQLITE_FILE", "Changes", "ImageRecord", "NewImage", "SQLiteStore", "Store",
+           "new_store", "open_store"]
 
 
 class Store(Protocol):
@@ -57,22 +60,34 @@ class Store(Protocol):
     def vector_by_hash(self, content_hash: str) -> np.ndarray | None: ...
 
     def generation(self) -> int:
-        """A counter every write transaction bumps, whoever wrote: cheap enough to poll before
-        every search."""
+        """The number of the last committed write transaction, whoever wrote: cheap enough to
+        poll before every search. Transactions commit one at a time in this order."""
+        ...
+
+    def changes(self, after: int, upto: int, *, vectors: bool = True,
+                chunk: int = 8192) -> Changes:
+        """What the write transactions numbered (after, upto] did: images that became active
+        (and their vectors, unless ``vectors`` is false) and images retired. Complete whatever
+        order ids were handed out in: every row carries the generation that last changed it."""
         ...
 
     def max_id(self) -> int: ...
 
     def iter_vectors(
         self, *, after_id: int = 0, upto_id: int | None = None, active_only: bool = True,
-        chunk: int = 8192,
+        upto_generation: int | None = None, chunk: int = 8192,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) chunks of at most ``chunk``, in id order, ids in (after_id, upto_id]."""
+        """(ids, vectors) chunks of at most ``chunk``, in id order, ids in (after_id, upto_id],
+        rows last changed by generation ``upto_generation`` or earlier."""
         ...
 
     def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
         """Up to ``n`` active vectors drawn uniformly without replacement (seeded: the same
         rows in every store), (m, dim) float32 in id order, from one consistent snapshot."""
+        ...
+
+    def integrity_problems(self) -> list[str]:
+        """Damage the database itself reports (a page that fails its checks), as sentences."""
         ...
 
     def tombstones(self) -> set[int]:
@@ -97,8 +112,8 @@ class Store(Protocol):
         """Retire rows that are not removed yet; how many were."""
         ...
 
-    def drop_tombstoned_vectors(self, removed_before: float) -> int:
-        """Delete the vectors of rows removed before ``removed_before`` (a time.time())."""
+    def drop_tombstoned_vectors(self, upto: int) -> int:
+        """Delete the vectors of rows retired by generation ``upto`` or earlier."""
         ...
 
 
@@ -106,6 +121,7 @@ def new_store(store: str, folder: Path, dim: int) -> str | None:
     """Prepare the metadata store of a new collection in ``folder`` and return what its manifest
     records: None for SQLite, else the URI with its schema and without its password."""
     if store == SQLITE:
+        SQLiteStore(folder / SQLITE_FILE, dim, create=True).close()
         return None
     if not is_postgres(store):
         raise UsageError(
@@ -120,18 +136,18 @@ def new_store(store: str, folder: Path, dim: int) -> str | None:
     return uri.recorded()
 
 
-def open_store(recorded: str | None, *, database: Path, dim: int, given: str | None = None,
+def open_store(recorded: str | None, *, folder: Path, dim: int, given: str | None = None,
                setting: str | None = None) -> Store:
-    """Open a collection's store. ``recorded``: the manifest's (None: SQLite at ``database``);
+    """Open a collection's store. ``recorded``: the manifest's (None: SQLite in ``folder``);
     ``given``: a URI passed explicitly, which may move it or carry the password; ``setting``:
     ``LOOKALIKE_STORE``, which only lends a password (see :func:`.uri.connection_uri`)."""
     if recorded is None:
         if given is not None and given != SQLITE:
             raise UsageError(
-                f"{database.parent} keeps its metadata in {database.name} (SQLite); "
+                f"{folder} keeps its metadata in {SQLITE_FILE} (SQLite); "
                 f"--store {redact(given)!r} applies to new collections only."
             )
-        return SQLiteStore(database, dim)
+        return SQLiteStore(folder / SQLITE_FILE, dim)
     from .postgres import PostgresStore
 
     return PostgresStore(connection_uri(recorded, given, setting), dim)

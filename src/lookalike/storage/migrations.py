@@ -47,6 +47,10 @@ STEPS: tuple[tuple[str, ...], ...] = (
         )""",
         "INSERT INTO {s}.meta VALUES ('generation', '0')",
     ),
+    (  # 2: the generation that inserted or last retired each row, which readers catch up by
+        "ALTER TABLE {s}.images ADD COLUMN seq bigint NOT NULL DEFAULT 0",
+        "CREATE INDEX images_seq ON {s}.images (seq, id)",
+    ),
 )
 
 

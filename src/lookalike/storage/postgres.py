@@ -8,9 +8,10 @@ Every method keeps the meaning it has in :class:`.sqlite.SQLiteStore`. What diff
 - A process holds a small connection pool (psycopg_pool, 1 to 4 connections, autocommit: a read
   is one round trip). ``close()`` closes it.
 - Writers on other machines cannot share the collection's lock file, so every write transaction
-  first bumps the ``generation`` row, whose row lock makes writers take turns until commit. That
-  keeps ids committed in increasing order, which readers rely on: they catch up by asking for ids
-  above the last one they saw. A missed id would never be searched.
+  first bumps the ``generation`` row, whose row lock makes writers take turns until commit, and
+  stamps that generation on every row it inserts or retires. Generations therefore commit in
+  increasing order, which readers rely on: they catch up by asking for the rows stamped after
+  the last generation they saw (never "ids above the largest I know").
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..errors import (
     UsageError,
 )
 from .migrations import migrate
-from .records import ImageRecord, NewImage
+from .records import Changes, ImageRecord, NewImage
 from .uri import PostgresURI
 
 POOL_MIN, POOL_MAX = 1, 4  # per process: searches take one connection for one round trip
@@ -149,20 +150,21 @@ class PostgresStore:
 
     def iter_vectors(
         self, *, after_id: int = 0, upto_id: int | None = None, active_only: bool = True,
-        chunk: int = 8192,
+        upto_generation: int | None = None, chunk: int = 8192,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) chunks in id order, ids in (after_id, upto_id]: the source from which
-        any index is rebuilt."""
+        """(ids, vectors) chunks in id order, ids in (after_id, upto_id], stamped by generation
+        ``upto_generation`` or earlier: the source from which any index is rebuilt."""
         # Keyset pages, one query each: no connection or transaction stays open while the
         # caller builds an index between chunks.
         status = "AND i.status = 'active'" if active_only else ""
         query = (f"SELECT v.image_id, v.vector FROM {self._s}.vectors v JOIN {self._s}.images i "
-                 f"ON i.id = v.image_id WHERE v.image_id > %s AND v.image_id <= %s {status} "
-                 "ORDER BY v.image_id LIMIT %s")
+                 f"ON i.id = v.image_id WHERE v.image_id > %s AND v.image_id <= %s "
+                 f"AND i.seq <= %s {status} ORDER BY v.image_id LIMIT %s")
         upto = (1 << 62) if upto_id is None else upto_id
+        until = (1 << 62) if upto_generation is None else upto_generation
         last = after_id
         while True:
-            rows = self._read(query, (last, upto, chunk), binary=True)
+            rows = self._read(query, (last, upto, until, chunk), binary=True)
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -193,6 +195,27 @@ class PostgresStore:
                     b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
         return out
 
+    def changes(self, after: int, upto: int, *, vectors: bool = True,
+                chunk: int = 8192) -> Changes:
+        """What the write transactions of generations (after, upto] did: the images that became
+        active (with their vectors, unless ``vectors`` is false) and the ones retired."""
+        column = "v.vector" if vectors else "NULL::bytea"
+        query = (f"SELECT i.seq, i.id, i.status, {column} FROM {self._s}.images i "
+                 f"LEFT JOIN {self._s}.vectors v ON v.image_id = i.id AND i.status = 'active' "
+                 "WHERE i.seq <= %s AND (i.seq, i.id) > (%s, %s) ORDER BY i.seq, i.id LIMIT %s")
+        rows: list[tuple[Any, ...]] = []
+        page_after = (after, 1 << 62)  # keyset pages in commit order: (seq, id)
+        while True:
+            page = self._read(query, (upto, *page_after, chunk), binary=True)
+            rows += page
+            if len(page) < chunk:
+                return Changes.from_rows([r[1:] for r in rows], self.dim, vectors)
+            page_after = (page[-1][0], page[-1][1])
+
+    def integrity_problems(self) -> list[str]:
+        """Nothing to check here: PostgreSQL checksums and recovers its own pages."""
+        return []
+
     def tombstones(self) -> set[int]:
         """Ids whose vectors may still sit in an index although the image is no longer active."""
         rows = self._read(f"SELECT v.image_id FROM {self._s}.vectors v JOIN {self._s}.images i "
@@ -222,14 +245,15 @@ class PostgresStore:
         batch = list(images)
         now = time.time()
         last = {image.uri: n for n, image in enumerate(batch)}
-        with self._transaction() as cur:
+        with self._transaction() as (cur, seq):
             if not batch:
                 return []
             ids = sorted(r[0] for r in cur.execute(
                 "SELECT nextval(%s) FROM generate_series(1, %s)", (self._sequence, len(batch))
             ).fetchall())
-            cur.execute(f"UPDATE {self._s}.images SET status = 'removed', removed_at = %s "
-                        "WHERE uri = ANY(%s) AND status <> 'removed'", (now, list(last)))
+            cur.execute(f"UPDATE {self._s}.images SET status = 'removed', removed_at = %s, "
+                        "seq = %s WHERE uri = ANY(%s) AND status <> 'removed'",
+                        (now, seq, list(last)))
             rows = []
             for n, (image_id, im) in enumerate(zip(ids, batch, strict=True)):
                 # The same uri later in this batch retires this row at once, as a second
@@ -237,11 +261,11 @@ class PostgresStore:
                 retired = last[im.uri] != n
                 status = "removed" if retired else "failed" if im.vector is None else "active"
                 rows.append((image_id, im.uri, im.size, im.mtime_ns, im.content_hash, im.width,
-                             im.height, status, im.error, now, now if retired else None))
+                             im.height, status, im.error, now, now if retired else None, seq))
             cur.executemany(
                 f"INSERT INTO {self._s}.images (id, uri, size, mtime_ns, content_hash, width, "
-                "height, status, error, added_at, removed_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows,
+                "height, status, error, added_at, removed_at, seq) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows,
             )
             vectors = [(i, self._encode(im.vector)) for i, im in zip(ids, batch, strict=True)
                        if im.vector is not None]
@@ -255,26 +279,25 @@ class PostgresStore:
         return ids
 
     def set_metadata(self, image_id: int, metadata: str) -> None:
-        with self._transaction() as cur:
+        with self._transaction() as (cur, _):
             cur.execute(f"INSERT INTO {self._s}.metadata VALUES (%s, %s::jsonb) "
                         "ON CONFLICT (image_id) DO UPDATE SET json = EXCLUDED.json",
                         (image_id, metadata))
 
     def mark_removed(self, ids: Iterable[int]) -> int:
         now = time.time()
-        with self._transaction() as cur:
-            cur.execute(f"UPDATE {self._s}.images SET status = 'removed', removed_at = %s "
-                        "WHERE id = ANY(%s) AND status <> 'removed'",
-                        (now, [int(i) for i in ids]))
+        with self._transaction() as (cur, seq):
+            cur.execute(f"UPDATE {self._s}.images SET status = 'removed', removed_at = %s, "
+                        "seq = %s WHERE id = ANY(%s) AND status <> 'removed'",
+                        (now, seq, [int(i) for i in ids]))
             return cur.rowcount
 
-    def drop_tombstoned_vectors(self, removed_before: float) -> int:
-        """Forget vectors of images removed before ``removed_before`` (a time.time()): an index
-        built after that moment no longer holds them. Later removals stay tombstones."""
-        with self._transaction() as cur:
+    def drop_tombstoned_vectors(self, upto: int) -> int:
+        """Forget the vectors of images retired by generation ``upto`` or earlier: an index
+        built from the store at ``upto`` no longer holds them. Later removals stay tombstones."""
+        with self._transaction() as (cur, _):
             cur.execute(f"DELETE FROM {self._s}.vectors WHERE image_id IN (SELECT id FROM "
-                        f"{self._s}.images WHERE status <> 'active' AND removed_at < %s)",
-                        (removed_before,))
+                        f"{self._s}.images WHERE status <> 'active' AND seq <= %s)", (upto,))
             return cur.rowcount
 
     # -- connections -----------------------------------------------------------------------
@@ -301,12 +324,13 @@ class PostgresStore:
             return cur.execute(query, params).fetchall()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        """A write transaction, its turn taken: the generation row stays locked until commit."""
+    def _transaction(self) -> Iterator[tuple[Any, int]]:
+        """A write transaction and the generation it commits as, its turn taken: the generation
+        row stays locked until commit."""
         with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute(f"UPDATE {self._s}.meta SET value = (value::bigint + 1)::text "
-                        "WHERE key = 'generation'")
-            yield cur
+            [seq] = cur.execute(f"UPDATE {self._s}.meta SET value = (value::bigint + 1)::text "
+                                "WHERE key = 'generation' RETURNING value::bigint").fetchone()
+            yield cur, int(seq)
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:

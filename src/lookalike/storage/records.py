@@ -1,8 +1,11 @@
-"""The records every store speaks: a stored image version, and an image to write."""
+"""The records every store speaks: a stored image version, an image to write, and what a run of
+write transactions changed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,3 +39,34 @@ class NewImage:
     vector: np.ndarray | None = None
     error: str | None = None
     metadata: str | None = None  # a JSON object, for images uploaded with metadata
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a run of write transactions did to the set of active images: what a live index
+    applies to catch up."""
+
+    ids: np.ndarray  # images that became active, in commit order (int64)
+    vectors: np.ndarray | None  # their vectors, (len(ids), dim) float32, when asked for
+    removed: np.ndarray  # images retired (int64)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[Any, ...]], dim: int, vectors: bool) -> Changes:
+        """From (id, status, vector bytes or None) rows; failed images change nothing."""
+        active = [r for r in rows if r[1] == "active"]
+        removed = np.fromiter((r[0] for r in rows if r[1] == "removed"), np.int64)
+        ids = np.fromiter((r[0] for r in active), np.int64, count=len(active))
+        if not vectors:
+            return cls(ids, None, removed)
+        blob = b"".join(bytes(r[2]) for r in active)
+        return cls(ids, np.frombuffer(blob, np.float32).reshape(len(active), dim).copy(),
+                   removed)
+
+    def without(self, held: np.ndarray) -> Changes:
+        """These changes less the activation of images in ``held``."""
+        keep = ~np.isin(self.ids, held)
+        vectors = None if self.vectors is None else self.vectors[keep]
+        return Changes(self.ids[keep], vectors, self.removed)
+
+    def __bool__(self) -> bool:
+        return bool(len(self.ids) or len(self.removed))

@@ -3,6 +3,11 @@
 A changed file gets a new row (and id); the old row is marked ``removed``. Ids are therefore
 immutable and map one-to-one to vectors, which is what lets an append-only ANN index use them.
 Every index can be rebuilt from the ``vectors`` table.
+
+Every write transaction takes the next ``generation`` number and stamps it on each row it
+inserts or retires (``images.seq``). Transactions commit one at a time, in generation order, so
+"the rows stamped after generation G" is exactly what changed since a reader saw G, whatever
+order ids were handed out in: that is how every live index catches up (see :meth:`changes`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptCollectionError
-from .records import ImageRecord, NewImage
+from .records import Changes, ImageRecord, NewImage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -32,7 +37,8 @@ CREATE TABLE IF NOT EXISTS images (
     status TEXT NOT NULL CHECK (status IN ('active', 'failed', 'removed')),
     error TEXT,
     added_at REAL NOT NULL,
-    removed_at REAL
+    removed_at REAL,
+    seq INTEGER NOT NULL DEFAULT 0  -- the generation that inserted or last retired the row
 );
 CREATE UNIQUE INDEX IF NOT EXISTS images_live_uri ON images(uri) WHERE status != 'removed';
 CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
@@ -42,6 +48,7 @@ CREATE TABLE IF NOT EXISTS vectors (
     image_id INTEGER PRIMARY KEY REFERENCES images(id),
     vector BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS images_seq ON images(seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS metadata (
     image_id INTEGER PRIMARY KEY REFERENCES images(id),
@@ -56,21 +63,50 @@ _COLUMNS = "id, uri, size, mtime_ns, content_hash, width, height, status, error,
 class SQLiteStore:
     """Metadata and vectors in one SQLite file. One writer at a time; readers never block."""
 
-    def __init__(self, path: Path, dim: int) -> None:
+    def __init__(self, path: Path, dim: int, *, create: bool = False) -> None:
+        """Open the database at ``path``; ``create``: for a new collection (else a missing or
+        empty file is an error: SQLite would silently start an empty one)."""
+        if not create and (not path.is_file() or path.stat().st_size == 0):
+            state = "empty" if path.is_file() else "missing"
+            raise CorruptCollectionError(
+                f"The metadata database {path} is {state}, but {path.parent} holds a "
+                "collection: its images and vectors live in that file. Restore it from a "
+                "backup (with its -wal file, if any); `lookalike rebuild` cannot recreate it."
+            )
         self.path = path
         self.dim = dim
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         try:
-            db = self._db
-            db.executescript(_SCHEMA)
-            db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+            self._migrate(self._db)
         except sqlite3.DatabaseError as exc:
             raise CorruptCollectionError(f"Metadata database {path} is unreadable: {exc}") from None
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")  # two processes opening a new collection take turns
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS meta "
+                       "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise CorruptCollectionError(
+                    f"This collection's store has version {version}; this lookalike knows "
+                    f"versions up to {SCHEMA_VERSION}. Upgrade lookalike.")
+            if version == 1:  # rows written before generations were stamped count as 0
+                db.execute("ALTER TABLE images ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -156,18 +192,20 @@ class SQLiteStore:
 
     def iter_vectors(
         self, *, after_id: int = 0, upto_id: int | None = None, active_only: bool = True,
-        chunk: int = 8192,
+        upto_generation: int | None = None, chunk: int = 8192,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, vectors) chunks in id order, ids in (after_id, upto_id]: the source from which
-        any index is rebuilt."""
+        """(ids, vectors) chunks in id order, ids in (after_id, upto_id], stamped by generation
+        ``upto_generation`` or earlier: the source from which any index is rebuilt."""
         status = "AND i.status = 'active'" if active_only else ""
         upto = (1 << 62) if upto_id is None else upto_id
+        until = (1 << 62) if upto_generation is None else upto_generation
         last = after_id
         while True:
             rows = self._db.execute(
                 "SELECT v.image_id, v.vector FROM vectors v JOIN images i ON i.id = v.image_id "
-                f"WHERE v.image_id > ? AND v.image_id <= ? {status} ORDER BY v.image_id LIMIT ?",
-                (last, upto, chunk),
+                f"WHERE v.image_id > ? AND v.image_id <= ? AND i.seq <= ? {status} "
+                "ORDER BY v.image_id LIMIT ?",
+                (last, upto, until, chunk),
             ).fetchall()
             if not rows:
                 return
@@ -202,6 +240,37 @@ class SQLiteStore:
             db.execute("COMMIT")
         return out
 
+    def changes(self, after: int, upto: int, *, vectors: bool = True,
+                chunk: int = 8192) -> Changes:
+        """What the write transactions of generations (after, upto] did: the images that became
+        active (with their vectors, unless ``vectors`` is false) and the ones retired."""
+        column = "v.vector" if vectors else "NULL"
+        rows: list[tuple[Any, ...]] = []
+        page_after = (after, 1 << 62)  # keyset pages in commit order: (seq, id)
+        while True:
+            page = self._db.execute(
+                f"SELECT i.seq, i.id, i.status, {column} FROM images i "
+                "LEFT JOIN vectors v ON v.image_id = i.id AND i.status = 'active' "
+                "WHERE i.seq <= ? AND (i.seq, i.id) > (?, ?) ORDER BY i.seq, i.id LIMIT ?",
+                (upto, *page_after, chunk),
+            ).fetchall()
+            rows += page
+            if len(page) < chunk:
+                return Changes.from_rows([r[1:] for r in rows], self.dim, vectors)
+            page_after = (page[-1][0], page[-1][1])
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's integrity check finds wrong with the database file (empty: nothing)."""
+        try:
+            rows = self._db.execute("PRAGMA integrity_check(20)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            rows = [(str(exc),)]
+        found = [str(r[0]) for r in rows if r[0] != "ok"]
+        if not found:
+            return []
+        return [f"the metadata database {self.path.name} is damaged ({'; '.join(found[:3])}); "
+                "restore it from a backup: `lookalike rebuild` can only use what it holds"]
+
     def tombstones(self) -> set[int]:
         """Ids whose vectors may still sit in an index although the image is no longer active."""
         rows = self._db.execute(
@@ -232,18 +301,18 @@ class SQLiteStore:
         """Insert a batch in one transaction; a live row with the same uri is retired first."""
         now = time.time()
         ids: list[int] = []
-        with self._transaction() as db:
+        with self._transaction() as (db, seq):
             for image in images:
                 db.execute(
-                    "UPDATE images SET status = 'removed', removed_at = ? "
-                    "WHERE uri = ? AND status != 'removed'", (now, image.uri)
+                    "UPDATE images SET status = 'removed', removed_at = ?, seq = ? "
+                    "WHERE uri = ? AND status != 'removed'", (now, seq, image.uri)
                 )
                 status = "failed" if image.vector is None else "active"
                 cursor = db.execute(
                     "INSERT INTO images (uri, size, mtime_ns, content_hash, width, height, status,"
-                    " error, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " error, added_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (image.uri, image.size, image.mtime_ns, image.content_hash, image.width,
-                     image.height, status, image.error, now),
+                     image.height, status, image.error, now, seq),
                 )
                 image_id = int(cursor.lastrowid or 0)
                 ids.append(image_id)
@@ -255,26 +324,25 @@ class SQLiteStore:
         return ids
 
     def set_metadata(self, image_id: int, metadata: str) -> None:
-        with self._transaction() as db:
+        with self._transaction() as (db, _):
             db.execute("INSERT OR REPLACE INTO metadata VALUES (?, ?)", (image_id, metadata))
 
     def mark_removed(self, ids: Iterable[int]) -> int:
         now = time.time()
-        with self._transaction() as db:
+        with self._transaction() as (db, seq):
             cursor = db.executemany(
-                "UPDATE images SET status = 'removed', removed_at = ? "
-                "WHERE id = ? AND status != 'removed'", ((now, int(i)) for i in ids)
+                "UPDATE images SET status = 'removed', removed_at = ?, seq = ? "
+                "WHERE id = ? AND status != 'removed'", ((now, seq, int(i)) for i in ids)
             )
         return cursor.rowcount
 
-    def drop_tombstoned_vectors(self, removed_before: float) -> int:
-        """Forget vectors of images removed before ``removed_before`` (a time.time()): an index
-        built after that moment no longer holds them. Later removals stay tombstones."""
-        with self._transaction() as db:
+    def drop_tombstoned_vectors(self, upto: int) -> int:
+        """Forget the vectors of images retired by generation ``upto`` or earlier: an index
+        built from the store at ``upto`` no longer holds them. Later removals stay tombstones."""
+        with self._transaction() as (db, _):
             cursor = db.execute(
                 "DELETE FROM vectors WHERE image_id IN "
-                "(SELECT id FROM images WHERE status != 'active' AND removed_at < ?)",
-                (removed_before,),
+                "(SELECT id FROM images WHERE status != 'active' AND seq <= ?)", (upto,),
             )
         return cursor.rowcount
 
@@ -286,15 +354,22 @@ class SQLiteStore:
 
 
 class _Transaction:
+    """A write transaction and the generation it commits as."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> tuple[sqlite3.Connection, int]:
         self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute(
-            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
-        )
-        return self._db
+        try:
+            [seq] = self._db.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation' "
+                "RETURNING CAST(value AS INTEGER)"
+            ).fetchone()
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return self._db, int(seq)
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,93 +1,113 @@
-"""A collection's indexes: loading them in step with the manifest, compaction, rebuild, PCA
-reduction, switching the index spec, and checking them against the store. Mixed into
-:class:`lookalike.Collection`, whose state (folder, manifest, store, locks) these methods use."""
+"""A collection's index, owned by :class:`lookalike.Collection`: the live index kept in step with
+the manifest (its spec and projection, which other processes may change), the writer and
+compaction locks, and the jobs that rebuild it: compaction, rebuild, PCA reduction, switching
+the index spec, and checking it against the store."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .. import settings
 from ..errors import CollectionLockedError, CorruptCollectionError, UsageError
 from ..index import PCA, IndexSpec, parse_spec
-from ..live import CompactionPolicy, CompactionReport, LiveIndex
-from ..live.files import DELTA_INDEX, MAIN_INDEX, VerifyReport, file_stamp, verify
-from ..live.milvus import MilvusLiveIndex, claim_milvus, verify_milvus
+from ..live import (
+    DELTA_INDEX,
+    MAIN_INDEX,
+    CompactionPolicy,
+    CompactionReport,
+    LiveIndex,
+    VerifyReport,
+    claim_index,
+    file_stamp,
+    open_live,
+    remove_stale_temporaries,
+    verify_index,
+)
 from ..storage import Store
 from ..types import ReduceReport
 from .files import remove_quietly, write_durably
-from .manifest import MANIFEST, now, write_manifest
+from .manifest import MANIFEST, Manifest, PcaEntry, load_manifest, now, write_manifest
 
-COMPACT_LOCK = ".compact.lock"
+LOCK, COMPACT_LOCK = ".lock", ".compact.lock"
 #: Present while `reduce` switches projections: the index files may belong to either one.
 REDUCING = ".reduce-pending"
 
 
-class IndexMaintenance:
-    """The index-maintenance half of a Collection (see the module docstring)."""
+class Indexes:
+    """The live index of the collection in ``path`` and the jobs that maintain it."""
 
-    path: Path
-    manifest: dict[str, Any]
-    spec: IndexSpec
-    store: Store
-    dim: int
-    writer: Callable[..., contextlib.AbstractContextManager[None]]
-    _live: LiveIndex | MilvusLiveIndex | None
-    _live_pca: str | None
-    _live_lock: threading.Lock
-    _manifest_stamp: tuple[int, int, int] | None
+    def __init__(self, path: Path, manifest: Manifest, store: Store) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.store = store
+        self._live: LiveIndex | None = None
+        self._live_pca: str | None = None  # the PCA file self._live projects with
+        self._live_lock = threading.Lock()  # one thread (re)loads the indexes at a time
+        self._manifest_stamp: tuple[int, int, int] | None = None  # re-read on first use
+        self._write_lock = threading.Lock()  # threads of this process take turns as the writer
+        self._in_background = False
 
-    # -- the live indexes, kept in step with the manifest -------------------------------------
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.close()
 
     @property
-    def live(self) -> LiveIndex | MilvusLiveIndex:
-        """The main and delta indexes, kept in step with the store and with the manifest's
-        projection: after a `reduce` in any process they are reloaded on next use."""
+    def spec(self) -> IndexSpec:
+        return self.manifest.spec
+
+    # -- the live index, kept in step with the manifest ---------------------------------------
+
+    @property
+    def live(self) -> LiveIndex:
+        """The live index, in step with the store and with the manifest's projection: after a
+        `reduce` in any process it is reloaded on next use."""
         self._sync_manifest()
         live = self._live
         if live is not None and (self._is_current(live) or self._reducing()):
             return live  # while a reduce runs, the old indexes stay right for their projection
         # Another thread may be loading the new indexes: search with the old ones meanwhile.
-        if not self._live_lock.acquire(blocking=live is None):
-            return live  # type: ignore[return-value]
+        if live is not None and not self._live_lock.acquire(blocking=False):
+            return live
+        if live is None:
+            self._live_lock.acquire()
         try:
-            if self._live is live:
+            if self._live is live or self._live is None:
                 self._replace_live()
-            return self._live  # type: ignore[return-value]
+            assert self._live is not None  # set by _replace_live
+            return self._live
         finally:
             self._live_lock.release()
 
-    def _is_current(self, live: LiveIndex | MilvusLiveIndex) -> bool:
+    def reload_in_background(self) -> None:
+        """Leave new main index files to :meth:`upkeep` (a server's upkeep thread)."""
+        self._in_background = True
+        if self._live is not None:
+            self._live.reload_in_background = True
+
+    def _is_current(self, live: LiveIndex) -> bool:
         """Whether ``live`` has the manifest's projection and index spec."""
         return self._live_pca == self._pca_file() and live.spec == self.spec
 
-    def _new_live(self, *, load: bool = True) -> tuple[LiveIndex | MilvusLiveIndex, str | None]:
-        """Indexes with the manifest's projection, and its PCA file name."""
+    def _new_live(self, *, load: bool = True) -> tuple[LiveIndex, str | None]:
+        """A live index with the manifest's projection, and its PCA file name."""
         name = self._pca_file()
         projection = PCA.load(self.path / name) if name else None
-        live: LiveIndex | MilvusLiveIndex
-        if self.spec.milvus is not None:  # Milvus holds every vector: no files to trust or not
-            live = MilvusLiveIndex(self.path, self.spec, self.dim, self.store, self._policy(),
-                                   load=load, projection=projection,
-                                   token=settings.resolve("milvus_token"))
-        else:
-            live = LiveIndex(self.path, self.spec, self.dim, self.store, self._policy(),
-                             load=load, projection=projection,
-                             main_is_current=lambda: self._main_is_current(name))
-        if self._live is not None:
-            live.reload_in_background = self._live.reload_in_background
+        live = open_live(self.path, self.spec, self.manifest.model.dim, self.store,
+                         self._policy(), load=load, projection=projection,
+                         main_is_current=lambda: self._main_is_current(name),
+                         milvus_token=settings.resolve("milvus_token"))
+        live.reload_in_background = self._in_background
         return live, name
 
-    def _replace_live(self, *, load: bool = True) -> LiveIndex | MilvusLiveIndex:
+    def _replace_live(self, *, load: bool = True) -> LiveIndex:
         # The caller holds _live_lock.
         live, name = self._new_live(load=load)
         self._live, self._live_pca = live, name
@@ -97,16 +117,19 @@ class IndexMaintenance:
         """Re-read the manifest if another process replaced it (one stat when it did not)."""
         stamp = file_stamp(self.path / MANIFEST)
         if stamp != self._manifest_stamp:
-            try:
-                self.manifest = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise CorruptCollectionError(f"Cannot read {self.path / MANIFEST}: {exc}") from None
+            self.manifest = load_manifest(self.path)
             self._manifest_stamp = stamp
-            self.spec = parse_spec(self.manifest["index"]["spec"])  # `bench --apply` changes it
+
+    def touch(self) -> None:
+        """Record in the manifest that the collection changed now."""
+        self._save_manifest(self.manifest)
+
+    def _save_manifest(self, manifest: Manifest) -> None:
+        self.manifest = manifest.replace(updated=now())
+        write_manifest(self.path, self.manifest)
 
     def _pca_file(self) -> str | None:
-        entry = self.manifest.get("pca")
-        return entry["file"] if entry else None
+        return self.manifest.pca.file if self.manifest.pca else None
 
     def _reducing(self) -> bool:
         return (self.path / REDUCING).exists()
@@ -119,10 +142,8 @@ class IndexMaintenance:
 
     @property
     def index_dim(self) -> int:
-        """The dimension the index holds: the PCA's after `reduce`, else the model's."""
         self._sync_manifest()
-        entry = self.manifest.get("pca")
-        return int(entry["dim"]) if entry else self.dim
+        return self.manifest.index_dim
 
     @staticmethod
     def _policy() -> CompactionPolicy:
@@ -131,6 +152,46 @@ class IndexMaintenance:
             delta_fraction=settings.resolve("compact_delta_fraction"),
             tombstone_fraction=settings.resolve("compact_tombstone_fraction"),
         )
+
+    # -- writing ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the writer lock, waiting up to ``wait`` seconds for a writer in another process
+        to finish, then :class:`CollectionLockedError`. Threads of this process take turns.
+        After committing to the store, a writer calls :meth:`committed`."""
+        if not self._write_lock.acquire(timeout=max(wait, 60.0)):
+            raise CollectionLockedError(f"{self.path} is being written by another thread.")
+        try:
+            with file_lock(self.path / LOCK, "being written by another process", wait):
+                remove_stale_temporaries(self.path)
+                # No reduce runs while we hold the lock: write with the manifest's projection.
+                self._sync_manifest()
+                yield
+        finally:
+            self._write_lock.release()
+
+    def committed(self) -> None:
+        """Make what was just committed to the store searchable here: the same catch-up every
+        other process does (see :mod:`lookalike.live.contract`)."""
+        self.live.refresh()
+
+    def upkeep(self) -> bool:
+        """A server's periodic care: load a main index swapped in elsewhere, catch up, and say
+        whether a compaction is due."""
+        live = self.live
+        live.reload_main()
+        live.refresh(reload_main=False)
+        return live.needs_compaction()
+
+    def save_delta(self, wait: float = 0.0) -> bool:
+        """Cache the delta for the next process; False if another writer holds the lock."""
+        try:
+            with self.writer(wait):
+                self.live.save_delta()
+            return True
+        except CollectionLockedError:
+            return False
 
     # -- maintenance ------------------------------------------------------------------------
 
@@ -159,7 +220,11 @@ class IndexMaintenance:
 
     def rebuild(self) -> CompactionReport:
         """Rebuild every index from the stored vectors, ignoring (then replacing) the index files:
-        the repair for anything `verify` reports."""
+        the repair for anything `verify` reports that the store can restore. Refuses when the
+        store itself is damaged."""
+        problems = self.store.integrity_problems()
+        if problems:
+            raise CorruptCollectionError(f"Not rebuilding: {problems[0]}.")
         with file_lock(self.path / COMPACT_LOCK, "being compacted by another process"):
             self._sync_manifest()
             with self._live_lock:
@@ -180,14 +245,7 @@ class IndexMaintenance:
                wait: float = 0.0) -> ReduceReport:
         """Project the index to ``dim`` dimensions with a PCA learnt from up to ``sample``
         stored vectors (drawn uniformly, seeded), and rebuild it; ``dim=0`` removes the PCA.
-
-        Stored vectors keep the model's full dimension, so this can be redone with another
-        ``dim`` at any time. Every vector entering the index and every query goes through the
-        PCA and is re-normalised. Other processes switch on their next search; until the new
-        index files are written they keep their old ones (a reader that opens meanwhile builds
-        exact in-memory indexes instead). An interrupted reduce is finished by the next
-        compaction or `rebuild`.
-        """
+        See :meth:`lookalike.Collection.reduce`."""
         if dim < 0:
             raise UsageError(f"--dim must be a positive number of dimensions (or 0: off), "
                              f"got {dim}.")
@@ -202,18 +260,13 @@ class IndexMaintenance:
                 pca = PCA.fit(self.store.sample_vectors(sample, seed=seed), dim, whiten=whiten)
             fit_seconds = time.perf_counter() - started
             write_durably(self.path / REDUCING, b"")  # readers stop trusting the index files
-            manifest = dict(self.manifest)
-            manifest.pop("pca", None)
+            entry = None
             if pca is not None:
                 name = f"pca-{secrets.token_hex(4)}.npz"  # a new name: tells old readers apart
                 pca.save(self.path / name)
-                manifest["pca"] = {
-                    "dim": pca.dim, "whiten": pca.whiten, "file": name,
-                    "trained_on": pca.trained_on, "seed": seed,
-                    "explained_variance": round(pca.explained_variance_ratio, 6),
-                }
-            self.manifest = manifest
-            self._touch_manifest()
+                entry = PcaEntry(pca.dim, pca.whiten, name, pca.trained_on, seed,
+                                 round(pca.explained_variance_ratio, 6))
+            self._save_manifest(self.manifest.replace(pca=entry))
             remove_quietly(self.path / DELTA_INDEX)  # the old projection's: never load it again
             live, name = self._new_live(load=False)  # this handle searches the old meanwhile
             report = live.compact()
@@ -236,21 +289,21 @@ class IndexMaintenance:
                    if f.is_file())
 
     def set_index(self, spec: str, *, search: dict[str, int] | None = None) -> CompactionReport:
-        """Switch to another index spec (and default search knobs, e.g. ``{"ef_search": 48}``),
-        recorded in the manifest, and rebuild the index with it."""
+        """Switch to another index spec (and default search knobs), recorded in the manifest,
+        and rebuild the index with it."""
         parsed = parse_spec(spec)
         with self.writer():
             if parsed.milvus is not None and (self.spec.milvus is None
                                               or parsed.milvus.where != self.spec.milvus.where):
-                claim_milvus(parsed, self.path, self.index_dim, settings.resolve("milvus_token"))
-            self.manifest["index"] = {"spec": parsed.text, "search": dict(search or {})}
-            self._touch_manifest()
-            self.spec = parsed
+                claim_index(parsed, self.path, self.index_dim, settings.resolve("milvus_token"))
+            self._save_manifest(self.manifest.replace(index_spec=parsed.text,
+                                                      search=dict(search or {})))
             return self.rebuild()
 
     def search_defaults(self) -> dict[str, int]:
         """The per-call search knobs recorded for this collection (by `lookalike bench --apply`)."""
-        return dict(self.manifest["index"].get("search", {}))
+        self._sync_manifest()
+        return dict(self.manifest.search)
 
     def index_vectors(self) -> np.ndarray:
         """Every active image's vector as the index holds it, (n, dim) float32."""
@@ -258,12 +311,11 @@ class IndexMaintenance:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.index_dim), np.float32)
 
     def verify(self) -> VerifyReport:
-        """Check that the index files agree with the store; changes nothing."""
-        if self.spec.milvus is not None:
-            report = verify_milvus(self.spec, self.path, self.index_dim, self.store,
-                                   settings.resolve("milvus_token"))
-        else:
-            report = verify(self.path, self.spec, self.index_dim, self.store)
+        """Check that the index agrees with the store and the store with itself; changes
+        nothing."""
+        self._sync_manifest()
+        report = verify_index(self.path, self.spec, self.index_dim, self.store,
+                              settings.resolve("milvus_token"))
         problems = list(report.problems)
         pca_file = self._pca_file()
         if pca_file and not (self.path / pca_file).is_file():
@@ -272,10 +324,6 @@ class IndexMaintenance:
             problems.append("a `lookalike reduce` is under way or was interrupted: the index "
                             "files may not match the PCA")
         return dataclasses.replace(report, problems=tuple(problems))
-
-    def _touch_manifest(self) -> None:
-        self.manifest["updated"] = now()
-        write_manifest(self.path, self.manifest)
 
 
 @contextlib.contextmanager
