@@ -85,6 +85,12 @@ class SQLiteStore:
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
+        try:  # the common case, a read: already this version
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row and int(row[0]) == SCHEMA_VERSION:
+                return
+        except sqlite3.OperationalError:
+            pass  # no meta table yet: a new database
         db.execute("BEGIN IMMEDIATE")  # two processes opening a new collection take turns
         try:
             db.execute("CREATE TABLE IF NOT EXISTS meta "
