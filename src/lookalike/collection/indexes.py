@@ -268,10 +268,10 @@ class Indexes:
                                  round(pca.explained_variance_ratio, 6))
             self._save_manifest(self.manifest.replace(pca=entry))
             remove_quietly(self.path / DELTA_INDEX)  # the old projection's: never load it again
-            live, name = self._new_live(load=False)  # this handle searches the old meanwhile
+            live, pca_file = self._new_live(load=False)  # this handle searches the old meanwhile
             report = live.compact()
             with self._live_lock:
-                self._live, self._live_pca = live, name
+                self._live, self._live_pca = live, pca_file
             remove_quietly(self.path / REDUCING)
             for stale in self.path.glob("pca-*.npz"):
                 if stale.name != self._pca_file():

@@ -70,9 +70,9 @@ class Searcher:
             sims = np.asarray([[s for _, s in used]], np.float32)
             alpha = settings.resolve("query_expansion_alpha")
             expanded = combine(query, neighbours, sims, np.arange(len(used))[None], alpha)
-        ranked = self._nearest(expanded[0], k, knobs, exclude)
-        stored.update(self.store.vectors([i for i, _, _ in ranked if i not in stored]))
-        ranked = [(i, r) for i, _, r in ranked if i in stored]
+        nearest = self._nearest(expanded[0], k, knobs, exclude)
+        stored.update(self.store.vectors([i for i, _, _ in nearest if i not in stored]))
+        ranked = [(i, r) for i, _, r in nearest if i in stored]
         if not ranked:
             return []
         # The scores: cosines to the query itself, as the index holds the vectors (projected).

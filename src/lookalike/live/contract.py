@@ -77,7 +77,8 @@ class LiveIndex(Protocol):
         """Store vectors as the index holds them (through the projection, if any)."""
         ...
 
-    def vectors(self, **where: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def vectors(self, *, upto_generation: int | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The store's active vectors as this index holds them, (ids, vectors) chunks."""
         ...
 
@@ -150,9 +151,10 @@ class FollowsStore(ABC):
     def _apply(self, changes: Changes) -> None:
         """Make ``changes`` searchable (the caller holds the refresh lock)."""
 
-    def vectors(self, **where: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The store's active vectors as this index holds them (projected)."""
-        for ids, vectors in self.store.iter_vectors(**where):
+    def vectors(self, *, upto_generation: int | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The store's active vectors as this index holds them (projected), in id order."""
+        for ids, vectors in self.store.iter_vectors(upto_generation=upto_generation):
             yield ids, self.project(vectors)
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
