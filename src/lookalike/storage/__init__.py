@@ -26,10 +26,11 @@ __all__ = ["SQLITE_FILE", "Changes", "ImageRecord", "NewImage", "SQLiteStore", "
 
 
 class Store(Protocol):
-    """Images, their vectors and metadata. Ids are immutable primary keys, handed out in
-    increasing order and committed in that order; they are the ANN indexes' ids. A changed file
-    gets a new row; the old one is marked ``removed`` (a tombstone while an index holds its
-    vector). Safe to share between threads; writers take turns per transaction."""
+    """Images, their vectors and metadata. Ids are immutable primary keys; they are the ANN
+    indexes' ids. A changed file gets a new row; the old one is marked ``removed`` (a tombstone
+    while an index holds its vector). Safe to share between threads; writers take turns per
+    transaction, and each write transaction is numbered by the next :meth:`generation`, which
+    it stamps on every row it inserts or retires: readers catch up with :meth:`changes`."""
 
     dim: int
 
