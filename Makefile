@@ -45,6 +45,7 @@ test-all: install browser postgres
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 clean:

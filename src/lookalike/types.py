@@ -31,8 +31,8 @@ class Preprocess:
         return cls(
             size=int(data["size"]),
             resize=data["resize"],
-            mean=tuple(data["mean"]),  # type: ignore[arg-type]
-            std=tuple(data["std"]),  # type: ignore[arg-type]
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
         )
 
 

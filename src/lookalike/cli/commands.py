@@ -114,7 +114,7 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
         if image_id is not None:
             hits = col.search_similar(image_id, k, ef=ef, qe=qe)
         else:
-            hits = col.search(image, k, ef=ef, qe=qe)  # type: ignore[arg-type]
+            hits = col.search(image, k, ef=ef, qe=qe)
     if as_json:
         results = [{"rank": r, **hit.to_dict()} for r, hit in enumerate(hits, 1)]
         click.echo(json.dumps({"query": image or image_id, "results": results}, indent=2))

@@ -25,7 +25,7 @@ RECALL_HELP = (
 
 
 def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("-m", "--model", default=None,
                      help="Model (see `lookalike models`) [default efficientnet-lite0-gem, "
                           "setting model]."),

@@ -246,7 +246,8 @@ class Collection:
         decoded = decode_bytes(data, self.embedder.preprocess, self.max_pixels)
         path = upload_path(self.path, decoded.content_hash, decoded.uri)
         meta = json.dumps(metadata, ensure_ascii=False) if metadata is not None else None
-        vector = self.embedder.embed_pixels(decoded.pixels[None])  # type: ignore[index]
+        assert decoded.pixels is not None  # decode_bytes raises DecodeError instead
+        vector = self.embedder.embed_pixels(decoded.pixels[None])
         with self.writer(wait):
             existing = self.store.find_uri(str(path))
             if existing is not None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..errors import UsageError
 from .registry import ModelSpec
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 
 class Backend(Protocol):
@@ -64,7 +67,8 @@ class TorchBackend(Backend):
         self._device = torch.device(device)
         graph = EmbeddingGraph(spec.build(weights), spec.preprocess, spec.pooling)
         graph = graph.eval().to(self._device)
-        self._graph = graph.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format, but torch's overloads for it do not list it.
+        self._graph = graph.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -106,9 +110,9 @@ class OpenVinoBackend(Backend):
         return f"openvino-cpu-{self._precision}"
 
 
-def cpu_has_bf16(core: object | None = None) -> bool:
+def cpu_has_bf16(core: ov.Core | None = None) -> bool:
     """Whether OpenVINO can compute in bf16 natively here (AVX512-BF16 or AMX)."""
     import openvino as ov
 
     core = core or ov.Core()
-    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")  # type: ignore[attr-defined]
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")

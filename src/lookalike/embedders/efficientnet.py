@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import MissingDependencyError, WeightsError
@@ -37,7 +38,7 @@ def _weights_path(variant: int, weights: str | None) -> str:
     return str(getattr(module, accessor).get_model_file_path())
 
 
-def _builder(variant: int):  # noqa: ANN202 - returns the ModelSpec.build callable
+def _builder(variant: int) -> Callable[[str | None], torch.nn.Module]:
     def build(weights: str | None) -> torch.nn.Module:
         try:
             from efficientnet_lite_pytorch import EfficientNet
@@ -64,7 +65,7 @@ def _builder(variant: int):  # noqa: ANN202 - returns the ModelSpec.build callab
     return build
 
 
-def _weights_id(variant: int):  # noqa: ANN202
+def _weights_id(variant: int) -> Callable[[str | None], str]:
     def weights_id(weights: str | None) -> str:
         if weights:
             return file_digest(weights)

@@ -39,6 +39,9 @@ class EmbeddingGraph(nn.Module):
     takes raw decoded pixels and the query and index paths cannot disagree about any of them.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    inv_std: torch.Tensor
+
     def __init__(
         self, backbone: nn.Module, preprocess: Preprocess, pooling: Pooling | None = None
     ) -> None:
@@ -109,6 +112,11 @@ class Bottleneck(nn.Module):
 
 class ResNet50(nn.Module):
     """ResNet-50 (v1.5: stride in the 3x3 conv) with torchvision's and timm's parameter names."""
+
+    layer1: nn.Sequential  # set in __init__ under torchvision's names
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(self) -> None:
         super().__init__()

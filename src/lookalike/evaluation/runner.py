@@ -188,11 +188,11 @@ def embed_files(
     """
     from tqdm import tqdm
 
-    paths = [str(p) for p in paths]
-    vectors = np.zeros((len(paths), embedder.dim), np.float32)
-    ok = np.zeros(len(paths), bool)
+    files = [str(p) for p in paths]
+    vectors = np.zeros((len(files), embedder.dim), np.float32)
+    ok = np.zeros(len(files), bool)
     failed: list[tuple[str, str]] = []
-    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
     started, model_seconds = time.perf_counter(), 0.0
     disable = None if show_progress is None else not show_progress
 
@@ -200,7 +200,7 @@ def embed_files(
         return decode_file(path, embedder.preprocess, _MAX_PIXELS)
 
     with ThreadPoolExecutor(max(1, workers)) as pool, \
-            tqdm(total=len(paths), unit="img", disable=disable) as bar:
+            tqdm(total=len(files), unit="img", disable=disable) as bar:
         pending = [pool.submit(decode, p) for p in batches[0]] if batches else []
         for number in range(len(batches)):
             done = [f.result() for f in pending]

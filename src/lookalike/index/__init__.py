@@ -59,8 +59,8 @@ def build_index(spec: IndexSpec, dim: int, ids: np.ndarray | None = None,
 
     n = 0 if ids is None else len(ids)
     # ScaNN samples its training vectors from the ones it holds: ``train`` does not count there.
-    trains = train is not None and spec.trainable and spec.kind != "scann"
-    concrete = spec.for_size(len(train) if trains else n)  # type: ignore[arg-type]
+    trains = spec.trainable and spec.kind != "scann"
+    concrete = spec.for_size(len(train) if train is not None and trains else n)
     if concrete.kind == "scann":
         return ScannIndex.build(concrete, dim, ids, vectors,
                                 threads=faiss.omp_get_max_threads())

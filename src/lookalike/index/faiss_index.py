@@ -17,11 +17,15 @@ import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import CorruptCollectionError
 from .spec import IndexSpec
+
+if TYPE_CHECKING:
+    import faiss
 
 DEFAULT_EF_SEARCH = 64
 DEFAULT_K_FACTOR = 4
@@ -44,11 +48,11 @@ def omp_threads(threads: int) -> Iterator[None]:
 class FaissIndex:
     """A Faiss index over unit vectors with int64 ids, saved atomically to one file."""
 
-    def __init__(self, index: object, spec: IndexSpec) -> None:
+    def __init__(self, index: faiss.IndexIDMap2, spec: IndexSpec) -> None:
         import faiss
 
         self._index = index  # the IndexIDMap2, which owns what it wraps
-        self._inner = faiss.downcast_index(index.index)  # type: ignore[attr-defined]
+        self._inner = faiss.downcast_index(index.index)
         self.spec = spec
         self._max_id: int | None = None  # cached: asked for on every write and refresh
         self._id_array: np.ndarray | None = None  # internal label -> id, cached for searches
@@ -68,25 +72,31 @@ class FaissIndex:
         concrete.check_dim(dim)
         if concrete.kind == "scann":
             raise ValueError("ScaNN specs are built by lookalike.index.build_index")
+        inner: faiss.Index
         if concrete.kind == "hnsw":
+            graph: faiss.IndexHNSW
             if concrete.quantizer == "SQ8":
-                inner = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, concrete.m,
-                                          faiss.METRIC_INNER_PRODUCT)
+                # faiss's stub wants a ScalarQuantizer here; SWIG takes the quantizer type.
+                qtype: int = faiss.ScalarQuantizer.QT_8bit
+                graph = faiss.IndexHNSWSQ(dim, qtype,  # type: ignore[arg-type]
+                                          concrete.m, faiss.METRIC_INNER_PRODUCT)
             else:
-                inner = faiss.IndexHNSWFlat(dim, concrete.m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = concrete.ef_construction
+                graph = faiss.IndexHNSWFlat(dim, concrete.m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = concrete.ef_construction
+            inner = graph
         elif concrete.kind == "ivf":
             inner = faiss.index_factory(dim, concrete.factory_string, faiss.METRIC_INNER_PRODUCT)
             if isinstance(inner, faiss.IndexIVFPQ):
-                inner.do_polysemous_training = False  # slow, and only for Hamming filtering
+                # Slow, and only for Hamming filtering. (Missing from faiss's stub.)
+                inner.do_polysemous_training = False  # type: ignore[attr-defined]
         else:
             inner = faiss.IndexFlatIP(dim)
         if concrete.trainable:
             sample = vectors if train is None else train
             inner.train(np.ascontiguousarray(sample, dtype=np.float32))
         index = cls(faiss.IndexIDMap2(inner), concrete)
-        if n:
-            index.add(ids, vectors)  # type: ignore[arg-type]
+        if ids is not None and vectors is not None and n:
+            index.add(ids, vectors)
         return index
 
     @classmethod
@@ -122,11 +132,11 @@ class FaissIndex:
 
     @property
     def dim(self) -> int:
-        return int(self._index.d)  # type: ignore[attr-defined]
+        return int(self._index.d)
 
     @property
     def ntotal(self) -> int:
-        return int(self._index.ntotal)  # type: ignore[attr-defined]
+        return int(self._index.ntotal)
 
     @property
     def memory_bytes(self) -> int:
@@ -141,7 +151,7 @@ class FaissIndex:
     def ids(self) -> np.ndarray:
         import faiss
 
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
     def max_id(self) -> int:
         if self._max_id is None:
@@ -152,7 +162,7 @@ class FaissIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        self._index.add_with_ids(vectors, ids)  # type: ignore[attr-defined]
+        self._index.add_with_ids(vectors, ids)
         self._id_array = self._nbytes = None
         if len(ids):
             self._max_id = max(self.max_id(), int(ids.max()))
@@ -183,9 +193,10 @@ class FaissIndex:
         selector = None
         if exclude:
             banned = np.fromiter(exclude, dtype=np.int64, count=len(exclude))
-            # IDSelectorTranslated keeps a reference to the selector it wraps.
+            # IDSelectorTranslated keeps a reference to the selector it wraps. It takes the
+            # Int64Vector as well as an array; faiss's stub says only an array.
             selector = faiss.IDSelectorTranslated(
-                self._index.id_map,  # type: ignore[attr-defined]
+                self._index.id_map,  # type: ignore[arg-type]
                 faiss.IDSelectorNot(faiss.IDSelectorBatch(banned)),
             )
         probes = max(1, min(nprobe or self.spec.default_nprobe, self.spec.nlist))
@@ -199,34 +210,36 @@ class FaissIndex:
             short = (labels < 0).any(axis=1)
         return scores, self._to_ids(labels)
 
-    def _search(self, queries: np.ndarray, k: int, selector: object, ef_search: int | None,
-                nprobe: int, k_factor: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None,
+                ef_search: int | None, nprobe: int,
+                k_factor: int | None) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
         params = inner_params = self._params(k, ef_search, nprobe)
         if self.spec.fast_scan:
-            params = faiss.IndexRefineSearchParameters()
-            params.k_factor = float(k_factor or DEFAULT_K_FACTOR)
-            params.base_index_params = inner_params
+            refine = faiss.IndexRefineSearchParameters()
+            refine.k_factor = float(k_factor or DEFAULT_K_FACTOR)
+            refine.base_index_params = inner_params
+            params = refine
         if selector is not None:
             inner_params.sel = selector
         # One query runs on one thread: a team of threads only waits at the barrier for a core
         # that is busy elsewhere (measured: search p99 during a merge 6x worse with 2 threads).
         with omp_threads(1) if len(queries) == 1 else contextlib.nullcontext():
-            return self._inner.search(queries, k, params=params)  # type: ignore[attr-defined]
+            return self._inner.search(queries, k, params=params)
 
-    def _params(self, k: int, ef_search: int | None, nprobe: int) -> object:
+    def _params(self, k: int, ef_search: int | None, nprobe: int) -> faiss.SearchParameters:
         import faiss
 
         if self.spec.kind == "hnsw":
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = max(ef_search or DEFAULT_EF_SEARCH, k)
-        elif self.spec.kind == "ivf":
-            params = faiss.SearchParametersIVF()
-            params.nprobe = nprobe
-        else:
-            params = faiss.SearchParameters()
-        return params
+            hnsw = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in faiss's stub
+            hnsw.efSearch = max(ef_search or DEFAULT_EF_SEARCH, k)
+            return hnsw
+        if self.spec.kind == "ivf":
+            ivf = faiss.SearchParametersIVF()
+            ivf.nprobe = nprobe
+            return ivf
+        return faiss.SearchParameters()
 
     def _to_ids(self, labels: np.ndarray) -> np.ndarray:
         id_array = self._id_array
@@ -237,11 +250,11 @@ class FaissIndex:
         return np.where(labels >= 0, id_array[np.maximum(labels, 0)], -1)
 
 
-def _spec_of(inner: object, spec: IndexSpec) -> IndexSpec | None:
+def _spec_of(inner: faiss.Index, spec: IndexSpec) -> IndexSpec | None:
     """The concrete spec of a loaded index, read from its structure (None: not lookalike's)."""
     import faiss
 
-    if inner.metric_type != faiss.METRIC_INNER_PRODUCT:  # type: ignore[attr-defined]
+    if inner.metric_type != faiss.METRIC_INNER_PRODUCT:
         return None
     text = spec.text
     if isinstance(inner, faiss.IndexFlat):
@@ -253,12 +266,14 @@ def _spec_of(inner: object, spec: IndexSpec) -> IndexSpec | None:
             quantizer = None
         elif isinstance(inner, faiss.IndexHNSWSQ):
             storage = faiss.downcast_index(inner.storage)
-            if storage.sq.qtype != faiss.ScalarQuantizer.QT_8bit:
+            if (not isinstance(storage, faiss.IndexScalarQuantizer)
+                    or storage.sq.qtype != faiss.ScalarQuantizer.QT_8bit):
                 return None
             quantizer = "SQ8"
         else:
             return None
-        return IndexSpec(text, "hnsw", hnsw.nb_neighbors(1), hnsw.efConstruction,
+        m = hnsw.nb_neighbors(1)  # type: ignore[attr-defined]  # not in faiss's stub
+        return IndexSpec(text, "hnsw", m, hnsw.efConstruction,
                          quantizer=quantizer)
     if isinstance(inner, faiss.IndexIVFFlat):
         return IndexSpec(text, "ivf", nlist=inner.nlist)

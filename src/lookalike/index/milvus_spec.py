@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import InvalidSpecError
@@ -113,13 +113,26 @@ def parse_milvus_spec(text: str) -> IndexSpec:
         if not low <= number <= high:
             raise _error(text, ranges)
         numbers[key] = number
+    milvus = MilvusSpec(index_type=index_type, **target)
     spec = IndexSpec("", "milvus", numbers["M"], numbers["efConstruction"],
-                     nlist=numbers["nlist"] if index_type == "IVF_FLAT" else 0,
-                     milvus=MilvusSpec(index_type=index_type, **target))
-    return replace(spec, text=spec.milvus.canonical(spec))  # type: ignore[union-attr]
+                     nlist=numbers["nlist"] if index_type == "IVF_FLAT" else 0, milvus=milvus)
+    return replace(spec, text=milvus.canonical(spec))
 
 
-def _server(text: str, location: str) -> dict[str, object]:
+class _Name(TypedDict):
+    name: str
+
+
+class _Target(_Name, total=False):
+    """MilvusSpec's location fields, as parsed from the spec text."""
+
+    lite_file: str
+    host: str
+    port: int
+    database: str
+
+
+def _server(text: str, location: str) -> _Target:
     parts = urlsplit(location)
     if parts.username or parts.password:
         raise _error(text, "put credentials in LOOKALIKE_MILVUS_TOKEN (user:password or an API "
@@ -141,7 +154,7 @@ def _server(text: str, location: str) -> dict[str, object]:
             "database": database[0] if database else ""}
 
 
-def _lite(text: str, rest: str) -> dict[str, object]:
+def _lite(text: str, rest: str) -> _Target:
     if not rest:
         return {"name": DEFAULT_NAME, "lite_file": DEFAULT_LITE_FILE}
     if rest.endswith(".db"):

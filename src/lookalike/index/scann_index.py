@@ -79,7 +79,7 @@ class ScannIndex:
                 f"ScaNN index, got {n:,}."
             )
         scann = _scann()
-        leaves = int(concrete.leaves)  # type: ignore[arg-type]
+        leaves = _leaves(concrete)
         db = np.ascontiguousarray(vectors, dtype=np.float32)
         builder = (
             scann.builder(db, 10, "dot_product")
@@ -200,7 +200,7 @@ class ScannIndex:
         scores = np.full((n, k), -np.inf, np.float32)
         found = np.full((n, k), -1, np.int64)
         banned = np.fromiter(exclude, np.int64, count=len(exclude)) if exclude else None
-        most_leaves = int(self.spec.leaves)  # type: ignore[arg-type]
+        most_leaves = _leaves(self.spec)
         searched = max(1, min(leaves or most_leaves // SEARCHED_LEAVES_DIVISOR, most_leaves))
         factor = k_factor or DEFAULT_K_FACTOR
         fetch = k if banned is None else min(total, 2 * k)
@@ -255,3 +255,10 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
+
+
+def _leaves(spec: IndexSpec) -> int:
+    """The tree's leaves, which ``IndexSpec.for_size`` fixes on every spec a ScaNN index uses."""
+    if spec.leaves is None:
+        raise ValueError(f"ScaNN spec {spec.text!r} has no leaf count; resolve it with for_size")
+    return spec.leaves

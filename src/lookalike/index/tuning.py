@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def clustered_vectors(n: int, dim: int, *, seed: int = 0, clusters: int | None =
     for start in range(0, n, 100_000):
         stop = min(start + 100_000, n)
         labels = rng.integers(0, clusters, stop - start)
-        x = centres[labels] + 0.7 * rng.standard_normal((stop - start, intrinsic))
+        x: np.ndarray = centres[labels] + 0.7 * rng.standard_normal((stop - start, intrinsic))
         x = x.astype(np.float32) @ basis
         out[start:stop] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
@@ -230,8 +230,16 @@ def _build(spec: str, base: np.ndarray, threads: int, keep: Path | None,
     return index, seconds
 
 
+class _Measured(TypedDict):
+    recall: float
+    qps_single: float
+    qps_multi: float
+    p50_ms: float
+    p99_ms: float
+
+
 def _measure(index: Any, queries: np.ndarray, truth: np.ndarray, k: int, knobs: dict[str, int],
-             threads: int, latency_queries: int) -> dict[str, float]:
+             threads: int, latency_queries: int) -> _Measured:
     # Throughput is the best of three passes: on a shared machine, other load only slows a pass.
     with omp_threads(1):
         index.search(queries[:10], k, **knobs)  # warm caches

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -105,7 +105,7 @@ class RaySource:
         self._load = {"name": embedder.name, "weights": embedder.weights, "runtime": runtime,
                       "precision": precision, "cache_dir": cache_dir}
 
-    def batches(self, uris: list[str], stages: dict[str, float]) -> Iterator[Batch]:
+    def batches(self, uris: list[str], stages: dict[str, float]) -> Generator[Batch, None, None]:
         ray = require_ray()
         if not uris:  # nothing to do: no cluster to start
             return
@@ -262,6 +262,7 @@ def _cuda_problem(ray: Any, load: dict[str, Any]) -> str | None:
 def _init(ray: Any, options: dict[str, Any], address: str | None, attempts: int = 2) -> None:
     """``ray.init``; a local Ray whose processes do not come up in time (Ray waits 30 s for its
     raylet, which a busy or cold machine can miss) is started again once."""
+    failure: Exception
     for _ in range(attempts):
         try:
             ray.init(**options)

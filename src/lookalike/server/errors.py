@@ -7,7 +7,7 @@ Library exceptions map to a status and a stable code; request-level problems are
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -86,16 +86,17 @@ def install_handlers(app: FastAPI) -> None:
             log.error("%s", exc, exc_info=exc)
         return error_response(error.status, error.code, error.message, error.headers)
 
+    # Starlette types every handler's argument as Exception; each is registered for one class.
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         problems = []
-        for item in exc.errors():  # type: ignore[attr-defined]
+        for item in cast(RequestValidationError, exc).errors():
             where = ".".join(str(part) for part in item.get("loc", ()) if part != "path")
             problems.append(f"{where}: {item.get('msg', 'invalid')}")
         return error_response(422, "invalid_parameter", "; ".join(problems) or "Invalid request.")
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        status = exc.status_code  # type: ignore[attr-defined]
-        detail = exc.detail  # type: ignore[attr-defined]
+        http = cast(StarletteHTTPException, exc)
+        status, detail = http.status_code, http.detail
         if status == 404 and detail == "Not Found":
             detail = "No such route; the API is described at /docs."
         return error_response(status, _HTTP_CODES.get(status, "error"), str(detail),

@@ -24,7 +24,7 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def is_postgres(uri: str | None) -> bool:
-    return bool(uri) and uri.split(":", 1)[0].lower() in SCHEMES  # type: ignore[union-attr]
+    return uri is not None and uri.split(":", 1)[0].lower() in SCHEMES
 
 
 @dataclass(frozen=True)
