@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated environment, real sample photos, edited copies, the real model."""
+"""Shared fixtures: an isolated environment, real sample photos, edited copies, the real model,
+and ``test-tiny``, a fast deterministic model for tests that only need some model."""
 
 from __future__ import annotations
 
@@ -9,13 +10,44 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from lookalike.demo import edited_copies, sample_photos
+from lookalike.embedders import Embedder, ModelSpec, register_model
+from lookalike.types import Preprocess
 from pgserver import CannotStart, PostgresServer, connect_or_start
+
+if TYPE_CHECKING:
+    import torch
+
+#: The test model's name; collections built with it record it like any other model.
+TINY = "test-tiny"
+_TINY_SIZE, _TINY_DIM = 32, 64
+
+
+def _build_tiny(weights: str | None) -> torch.nn.Module:
+    from tiny_model import RandomFourierFeatures  # torch only once a test loads the model
+
+    del weights  # nothing to load: the seed is the weights
+    return RandomFourierFeatures(_TINY_SIZE, _TINY_DIM).eval()
+
+
+# Registered like a plugin's model, so it takes the real path: the collection's manifest and
+# fingerprint, ONNX export, the runtime, L2 normalisation. Only this process knows it: a CLI
+# subprocess cannot open a test-tiny collection.
+register_model(ModelSpec(
+    name=TINY,
+    dim=_TINY_DIM,
+    preprocess=Preprocess(size=_TINY_SIZE, resize="squash", mean=(127.5, 127.5, 127.5),
+                          std=(127.5, 127.5, 127.5)),
+    build=_build_tiny,
+    weights_id=lambda weights: "rff-seed0",
+    description="Tests only: random Fourier features of an 8x8 thumbnail, 32px, 64-d",
+))
 
 
 def make_variants(sample_dir: Path, folder: Path, n: int, *, seed: int = 7,
@@ -81,10 +113,14 @@ def photos(sample_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedder():
-    from lookalike.embedders import Embedder
-
+def embedder() -> Embedder:
     return Embedder.load("efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder() -> Embedder:
+    """The test model, for tests that need vectors from real photos but not good ones."""
+    return Embedder.load(TINY)
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +130,17 @@ def sample_collection(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
     path = tmp_path_factory.mktemp("sample-collection") / "photos.lookalike"
     with Collection.create(path) as col:
+        col.index([sample_dir], workers=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_collection(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample photos indexed with the test model, once (read-only: copy it to change it)."""
+    from lookalike.collection import Collection
+
+    path = tmp_path_factory.mktemp("tiny-collection") / "photos.lookalike"
+    with Collection.create(path, model=TINY) as col:
         col.index([sample_dir], workers=0)
     return path
 

@@ -1,4 +1,6 @@
-"""The Python API end to end: real model, real SQLite, real Faiss, real photos."""
+"""The Python API end to end: real SQLite, real Faiss, real photos, and the real model where a
+test is about what it finds (elsewhere the test model, test-tiny, which only has to tell photos
+apart)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 
 import lookalike.index.spec as index_spec
+from conftest import TINY
 from lookalike import Collection, SearchHit
 from lookalike.errors import (
     CollectionLockedError,
@@ -48,7 +51,7 @@ def test_edited_copies_find_their_original(
 
 
 def test_search_by_id_excludes_itself_and_unknown_ids_fail(photos: Path, tmp_path: Path) -> None:
-    col = Collection.create(tmp_path / "col")
+    col = Collection.create(tmp_path / "col", model=TINY)
     _index(col, photos)
     astronaut = col.find(photos / "astronaut.jpg")
     assert astronaut is not None
@@ -59,7 +62,7 @@ def test_search_by_id_excludes_itself_and_unknown_ids_fail(photos: Path, tmp_pat
 
 
 def test_rerun_skips_unchanged_files(photos: Path, tmp_path: Path) -> None:
-    col = Collection.create(tmp_path / "col")
+    col = Collection.create(tmp_path / "col", model=TINY)
     first = _index(col, photos)
     again = _index(col, photos)
     assert again.unchanged == first.added and again.added == again.updated == 0
@@ -67,7 +70,7 @@ def test_rerun_skips_unchanged_files(photos: Path, tmp_path: Path) -> None:
 
 
 def test_changed_file_gets_a_new_version(photos: Path, tmp_path: Path) -> None:
-    col = Collection.create(tmp_path / "col")
+    col = Collection.create(tmp_path / "col", model=TINY)
     _index(col, photos)
     old_id = col.find(photos / "coffee.jpg")
     Image.open(photos / "rocket.jpg").save(photos / "coffee.jpg", quality=80)  # new content
@@ -81,7 +84,7 @@ def test_changed_file_gets_a_new_version(photos: Path, tmp_path: Path) -> None:
 
 
 def test_renamed_and_copied_files_reuse_vectors(photos: Path, tmp_path: Path) -> None:
-    col = Collection.create(tmp_path / "col")
+    col = Collection.create(tmp_path / "col", model=TINY)
     _index(col, photos)
     before = col.store.vector(col.find(photos / "chelsea.jpg"))  # type: ignore[arg-type]
     (photos / "chelsea.jpg").rename(photos / "cat.jpg")
@@ -95,7 +98,7 @@ def test_renamed_and_copied_files_reuse_vectors(photos: Path, tmp_path: Path) ->
 
 
 def test_removed_files_disappear_from_results(photos: Path, tmp_path: Path) -> None:
-    col = Collection.create(tmp_path / "col")
+    col = Collection.create(tmp_path / "col", model=TINY)
     _index(col, photos)
     total = col.info().images
     (photos / "astronaut.jpg").unlink()
@@ -114,7 +117,7 @@ def test_indexing_another_folder_keeps_the_first(photos: Path, tmp_path: Path) -
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(photos / "coins.jpg", other / "coins.jpg")
-    col = Collection.create(tmp_path / "col")
+    col = Collection.create(tmp_path / "col", model=TINY)
     _index(col, photos)
     report = _index(col, other)
     assert report.removed == 0 and col.info().images == len(list(photos.glob("*.jpg"))) + 1
@@ -126,7 +129,7 @@ def test_bad_files_are_reported_and_not_retried_until_they_change(
     (photos / "broken.jpg").write_bytes((photos / "rocket.jpg").read_bytes()[:2000])
     (photos / "empty.png").write_bytes(b"")
     (photos / "notes.jpg").write_text("not a picture")
-    col = Collection.create(tmp_path / "col")
+    col = Collection.create(tmp_path / "col", model=TINY)
     report = _index(col, photos)
     reasons = {Path(f.uri).name: f.reason for f in report.failed}
     assert set(reasons) == {"broken.jpg", "empty.png", "notes.jpg"}
@@ -156,7 +159,7 @@ def test_model_mismatch_and_missing_collection(photos: Path, tmp_path: Path) -> 
 
 
 def test_second_writer_is_refused(photos: Path, tmp_path: Path) -> None:
-    first = Collection.create(tmp_path / "col")
+    first = Collection.create(tmp_path / "col", model=TINY)
     second = Collection.open(tmp_path / "col")
     with first.writer():
         with pytest.raises(CollectionLockedError, match="being written by another process"):
@@ -168,7 +171,7 @@ def test_auto_spec_switches_to_hnsw_as_the_collection_grows(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(index_spec, "AUTO_HNSW_THRESHOLD", 10)
-    col = Collection.create(tmp_path / "col")
+    col = Collection.create(tmp_path / "col", model=TINY)
     _index(col, photos)
     info = col.info()
     assert info.index_spec == "auto" and info.index_kind.startswith("HNSW32")
@@ -188,12 +191,12 @@ def test_walk_follows_symlinks_without_looping(photos: Path, tmp_path: Path) -> 
 
 
 def test_format_1_collections_open_and_are_upgraded_on_write(
-    sample_collection: Path, sample_dir: Path, tmp_path: Path
+    tiny_collection: Path, sample_dir: Path, tmp_path: Path
 ) -> None:
     from lookalike.errors import CorruptCollectionError
 
     folder = tmp_path / "old.lookalike"
-    shutil.copytree(sample_collection, folder)
+    shutil.copytree(tiny_collection, folder)
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["format_version"] = 1

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY, make_variants
+from lookalike import Collection
 from lookalike.embedders import Embedder, get_model_spec, model_names
 from lookalike.embedders.backends import cpu_has_bf16
 from lookalike.embedders.nets import ResNet50
@@ -76,6 +78,37 @@ def test_precision_errors() -> None:
             Embedder.load("efficientnet-lite0", runtime="openvino", precision="bf16")
 
 
+@pytest.mark.parametrize(("runtime", "precision"), [*CPU_RUNTIMES, ("torch", "auto")])
+def test_the_test_model_keeps_the_contract_and_tells_photos_apart(
+        runtime: str, precision: str, sample_dir: Path, tmp_path: Path) -> None:
+    # test-tiny stands in for the real model where a test needs vectors of real photos but not
+    # good ones: it must be an Embedder like any other and give every photo itself first.
+    embedder = Embedder.load(TINY, runtime=runtime, precision=precision)
+    photos = sorted(sample_dir.glob("*.jpg")) + make_variants(sample_dir, tmp_path, 24)
+    pixels = _pixels(photos, embedder)
+    vectors = embedder.embed_pixels(pixels)
+    assert vectors.shape == (len(photos), 64) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(vectors, embedder.embed_pixels(pixels))  # deterministic
+    alone = np.concatenate([embedder.embed_pixels(p[None]) for p in pixels])
+    cosines = alone @ vectors.T  # a query embedded alone against an index embedded in a batch
+    assert (cosines.argmax(axis=1) == np.arange(len(photos))).all()
+    np.fill_diagonal(cosines, -1.0)
+    assert cosines.max() < 0.95  # the closest pair: two crops of one photo, measured 0.925
+
+
+def test_a_test_model_collection_records_it_like_any_model(sample_dir: Path,
+                                                           tmp_path: Path) -> None:
+    with Collection.create(tmp_path / "col", model=TINY) as col:
+        col.index([sample_dir], workers=0, show_progress=False)
+    with Collection.open(tmp_path / "col") as col:
+        assert col.info().model == TINY and col.dim == 64
+        photo = sorted(sample_dir.glob("*.jpg"))[5]
+        assert col.search(photo, k=1)[0].uri == str(photo)
+    manifest = (tmp_path / "col" / "manifest.json").read_text()
+    assert f'"fingerprint": "{TINY}:rff-seed0:graph' in manifest
+
+
 def test_preprocessing_is_the_models(embedder: Embedder) -> None:
     # EfficientNet-Lite was trained on (x - 127) / 128: a mid-grey image is ~zero input, so two
     # grey levels either side of 127 must give different embeddings, and the same level the same.
@@ -93,10 +126,10 @@ def test_embed_rejects_wrong_pixels(embedder: Embedder) -> None:
     assert embedder.embed_pixels(np.zeros((0, 224, 224, 3), np.uint8)).shape == (0, 1280)
 
 
-def test_embed_batches_any_number(embedder: Embedder, sample_dir: Path) -> None:
-    pixels = list(_pixels(sorted(sample_dir.glob("*.jpg"))[:5], embedder))
-    batched = embedder.embed(pixels, batch_size=2, show_progress=False)
-    np.testing.assert_allclose(batched, embedder.embed_pixels(np.stack(pixels)), atol=1e-5)
+def test_embed_batches_any_number(tiny_embedder: Embedder, sample_dir: Path) -> None:
+    pixels = list(_pixels(sorted(sample_dir.glob("*.jpg"))[:5], tiny_embedder))
+    batched = tiny_embedder.embed(pixels, batch_size=2, show_progress=False)
+    np.testing.assert_allclose(batched, tiny_embedder.embed_pixels(np.stack(pixels)), atol=1e-5)
 
 
 def _resnet_weights(tmp_path: Path) -> dict[str, torch.Tensor]:

@@ -23,6 +23,8 @@ from conftest import make_variants
 from lookalike import Collection
 from lookalike.errors import MissingDependencyError, UsageError
 
+pytestmark = pytest.mark.ray
+
 pytest.importorskip("ray.data", reason="the Ray engine needs the `ray` extra")
 
 from lookalike.ingest.ray import RayEngine, engine_for  # noqa: E402

@@ -1,17 +1,41 @@
 """The HTTP API on a real uvicorn server over a real collection: searches, uploads, deletes,
-security, and every kind of bad input answered with one JSON error shape, never a 500."""
+security, and every kind of bad input answered with one JSON error shape, never a 500.
+
+The servers here serve the sample photos indexed with the test model (test-tiny): the API's
+behaviour does not depend on the model. The real model serves the test of what a search finds,
+and the one whose compaction runs `lookalike compact` in a process that cannot load test-tiny.
+"""
 
 from __future__ import annotations
 
 import io
+import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
+from conftest import LiveServer
 from lookalike.collection import Collection
+
+
+@pytest.fixture
+def served_copy(tiny_collection: Path, tmp_path: Path) -> Path:
+    """Overrides conftest's (and so its live_server's): a private copy of the test-tiny one."""
+    path = tmp_path / "photos.lookalike"
+    shutil.copytree(tiny_collection, path)
+    return path
+
+
+@pytest.fixture
+def real_model_copy(sample_collection: Path, tmp_path: Path) -> Path:
+    """A private copy of the sample photos indexed with the real model."""
+    path = tmp_path / "real.lookalike"
+    shutil.copytree(sample_collection, path)
+    return path
 
 
 def jpeg(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -37,7 +61,9 @@ def top_uri(response: httpx.Response) -> str:
 # -- searching -------------------------------------------------------------------------------
 
 
-def test_visual_search_finds_the_original_of_an_edited_copy(live_server, edited) -> None:
+def test_visual_search_finds_the_original_of_an_edited_copy(
+        real_model_copy: Path, start_server: Callable[..., LiveServer], edited) -> None:
+    live_server = start_server(real_model_copy)
     for edit, original, copy in edited[::7]:
         response = httpx.post(f"{live_server.url}/search/visual", params={"k": 5},
                               files={"file": (copy.name, copy.read_bytes(), "image/jpeg")})
@@ -193,10 +219,10 @@ def test_searches_during_uploads_and_deletes_see_a_consistent_collection(
 
 
 def test_serve_compacts_in_the_background_and_keeps_answering(
-        served_copy: Path, start_server, monkeypatch: pytest.MonkeyPatch) -> None:
+        real_model_copy: Path, start_server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOKALIKE_COMPACT_MIN_DELTA", "2")
     monkeypatch.setenv("LOOKALIKE_COMPACT_DELTA_FRACTION", "0")
-    server = start_server(served_copy)
+    server = start_server(real_model_copy)
     with httpx.Client(base_url=server.url, timeout=30) as client:
         before = client.get("/stats").json()["index"]
         assert before["delta_vectors"] == 0
@@ -219,7 +245,7 @@ def test_serve_compacts_in_the_background_and_keeps_answering(
         for upload, image_id in zip(uploads, ids, strict=True):
             hit = client.post("/search/visual?k=1", content=upload).json()["results"][0]
             assert hit["image_id"] == image_id
-    assert Collection.open(served_copy).verify().ok
+    assert Collection.open(real_model_copy).verify().ok
 
 
 # -- bad input: always a 4xx in the one error shape --------------------------------------------
@@ -327,7 +353,6 @@ def test_cors_is_off_by_default_and_configurable(served_copy: Path, start_server
 
 
 def test_not_ready_and_unloadable_collection_answer_503(tmp_path: Path) -> None:
-    from conftest import LiveServer
     from lookalike.server import ServeConfig, create_app
 
     server = LiveServer(create_app(ServeConfig(collection=str(tmp_path / "missing"))))

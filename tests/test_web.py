@@ -20,9 +20,12 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 SCREENSHOT = Path(__file__).resolve().parents[1] / "benchmarks" / "out" / "web-page.png"
 
 # CI installs Chromium (make test does, with apt-get): there a missing browser is a failure.
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason=f"the web page tests need Chromium at {CHROMIUM} (apt-get install chromium)")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and not os.environ.get("CI"),
+        reason=f"the web page tests need Chromium at {CHROMIUM} (apt-get install chromium)"),
+]
 
 
 @pytest.fixture(scope="module")
