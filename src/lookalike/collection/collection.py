@@ -263,7 +263,8 @@ class Collection:
                 )])
                 self.indexes.committed()
                 created = True
-        return self.details(image_id), created
+            # Still the writer: a removal cannot land between the write and this answer.
+            return self.details(image_id), created
 
     def details(self, image_id: int) -> ImageDetails:
         """An indexed image's location, size and metadata."""

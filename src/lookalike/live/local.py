@@ -162,8 +162,9 @@ class MainDeltaIndex(FollowsStore):
         if main.dim != self.dim:
             self._mismatched = stamp  # never searched with; the next compaction replaces it
             return None, None
-        # Asked again after the load: a reduce that began meanwhile may have replaced the file.
-        if not self._main_is_current():
+        # Asked again after the load: a reduce that began meanwhile may have replaced the file,
+        # and a footer read from one file must not describe another (a compaction's rename).
+        if not self._main_is_current() or file_stamp(path) != stamp:
             return None, None
         return main, held.base if held else None
 
@@ -286,6 +287,8 @@ class MainDeltaIndex(FollowsStore):
         total = main + delta
         if main == 0:
             return delta > 0  # a first run: build the main index right away
+        if self._main_generation is None:
+            return True  # written before index files named their generation: rewrite it once
         if self._main.spec.kind != self.spec.for_size(total).kind:
             return True  # auto outgrew Flat, or a trainable spec has enough vectors now
         if delta >= max(policy.delta_min, policy.delta_fraction * main):
