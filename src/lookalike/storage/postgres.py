@@ -203,14 +203,9 @@ class PostgresStore:
         query = (f"SELECT i.seq, i.id, i.status, {column} FROM {self._s}.images i "
                  f"LEFT JOIN {self._s}.vectors v ON v.image_id = i.id AND i.status = 'active' "
                  "WHERE i.seq <= %s AND (i.seq, i.id) > (%s, %s) ORDER BY i.seq, i.id LIMIT %s")
-        rows: list[tuple[Any, ...]] = []
-        page_after = (after, 1 << 62)  # keyset pages in commit order: (seq, id)
-        while True:
-            page = self._read(query, (upto, *page_after, chunk), binary=True)
-            rows += page
-            if len(page) < chunk:
-                return Changes.from_rows([r[1:] for r in rows], self.dim, vectors)
-            page_after = (page[-1][0], page[-1][1])
+        return Changes.read(
+            lambda seq, last: self._read(query, (upto, seq, last, chunk), binary=True),
+            after, self.dim, vectors, chunk)
 
     def integrity_problems(self) -> list[str]:
         """Nothing to check here: PostgreSQL checksums and recovers its own pages."""

@@ -3,7 +3,7 @@ write transactions changed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,20 @@ class Changes:
     ids: np.ndarray  # images that became active, in commit order (int64)
     vectors: np.ndarray | None  # their vectors, (len(ids), dim) float32, when asked for
     removed: np.ndarray  # images retired (int64)
+
+    @classmethod
+    def read(cls, page: Callable[[int, int], Sequence[tuple[Any, ...]]], after: int, dim: int,
+             vectors: bool, chunk: int) -> Changes:
+        """Read (seq, id, status, vector bytes or None) rows in commit order, in keyset pages:
+        ``page(seq, id)`` returns up to ``chunk`` rows after that key."""
+        rows: list[tuple[Any, ...]] = []
+        key = (after, 1 << 62)  # every row of a later generation
+        while True:
+            found = page(*key)
+            rows += found
+            if len(found) < chunk:
+                return cls.from_rows([r[1:] for r in rows], dim, vectors)
+            key = (found[-1][0], found[-1][1])
 
     @classmethod
     def from_rows(cls, rows: Sequence[tuple[Any, ...]], dim: int, vectors: bool) -> Changes:

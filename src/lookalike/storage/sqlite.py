@@ -251,19 +251,12 @@ class SQLiteStore:
         """What the write transactions of generations (after, upto] did: the images that became
         active (with their vectors, unless ``vectors`` is false) and the ones retired."""
         column = "v.vector" if vectors else "NULL"
-        rows: list[tuple[Any, ...]] = []
-        page_after = (after, 1 << 62)  # keyset pages in commit order: (seq, id)
-        while True:
-            page = self._db.execute(
-                f"SELECT i.seq, i.id, i.status, {column} FROM images i "
-                "LEFT JOIN vectors v ON v.image_id = i.id AND i.status = 'active' "
-                "WHERE i.seq <= ? AND (i.seq, i.id) > (?, ?) ORDER BY i.seq, i.id LIMIT ?",
-                (upto, *page_after, chunk),
-            ).fetchall()
-            rows += page
-            if len(page) < chunk:
-                return Changes.from_rows([r[1:] for r in rows], self.dim, vectors)
-            page_after = (page[-1][0], page[-1][1])
+        query = (f"SELECT i.seq, i.id, i.status, {column} FROM images i "
+                 "LEFT JOIN vectors v ON v.image_id = i.id AND i.status = 'active' "
+                 "WHERE i.seq <= ? AND (i.seq, i.id) > (?, ?) ORDER BY i.seq, i.id LIMIT ?")
+        return Changes.read(
+            lambda seq, last: self._db.execute(query, (upto, seq, last, chunk)).fetchall(),
+            after, self.dim, vectors, chunk)
 
     def integrity_problems(self) -> list[str]:
         """What SQLite's integrity check finds wrong with the database file (empty: nothing)."""
