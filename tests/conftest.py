@@ -3,9 +3,11 @@ and ``test-tiny``, a fast deterministic model for tests that only need some mode
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -165,6 +167,23 @@ def pg_uri(postgres: PostgresServer) -> Iterator[str]:
     schema = postgres.fresh_schema()
     yield postgres.uri(schema)
     postgres.drop_schema(schema)
+
+
+def malformed_exif_image(fmt: str = "JPEG", size: tuple[int, int] = (40, 30)) -> bytes:
+    """A small image whose EXIF makes Pillow's orientation step raise (``struct.error``).
+
+    Orientation 6 asks for a rotation, so ``ImageOps.exif_transpose`` re-encodes the EXIF, and
+    ImageWidth stored as a signed SHORT of -5 cannot be written back as the unsigned type the TIFF
+    spec gives that tag. Raw bytes, because ``Image.Exif`` refuses to write such a block.
+    """
+    entries = [(0x0112, 3, 1, struct.pack("<HH", 6, 0)),  # Orientation: SHORT 6
+               (0x0100, 8, 1, struct.pack("<hH", -5, 0))]  # ImageWidth: SSHORT -5
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHI", tag, kind, count) + value for tag, kind, count, value in entries)
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (20, 160, 90)).save(buffer, fmt, exif=exif)
+    return buffer.getvalue()
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import lookalike.index.spec as index_spec
-from conftest import TINY
+from conftest import TINY, malformed_exif_image
 from lookalike import Collection, SearchHit
 from lookalike.errors import (
     CollectionLockedError,
@@ -111,6 +111,18 @@ def test_removed_files_disappear_from_results(photos: Path, tmp_path: Path) -> N
     # Reopened from disk (index file + store), the removal still holds.
     reopened = Collection.open(tmp_path / "col")
     assert len(reopened.search(photos / "rocket.jpg", k=total)) == total - 1
+
+
+def test_an_image_with_malformed_exif_is_one_failure_and_indexing_goes_on(
+    photos: Path, tmp_path: Path
+) -> None:
+    (photos / "bad-exif.jpg").write_bytes(malformed_exif_image("JPEG"))
+    col = Collection.create(tmp_path / "col", model=TINY)
+    report = _index(col, photos)
+    assert [Path(f.uri).name for f in report.failed] == ["bad-exif.jpg"]
+    assert "corrupt" in report.failed[0].reason
+    assert report.added == len(list(photos.glob("*.jpg"))) - 1
+    assert {r.uri for r in col.store.failures()} == {str(photos / "bad-exif.jpg")}
 
 
 def test_indexing_another_folder_keeps_the_first(photos: Path, tmp_path: Path) -> None:

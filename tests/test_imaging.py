@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from conftest import malformed_exif_image
 from lookalike.errors import DecodeError
 from lookalike.imaging import (
     Decoded,
@@ -211,6 +212,15 @@ def test_heic_without_pillow_heif_says_how_to_install_it(tmp_path: Path) -> None
     # The start of an ISO-BMFF HEIC file: an 'ftyp' box with the 'heic' brand.
     heic = struct.pack(">I", 24) + b"ftypheic" + bytes(4) + b"mif1heic" + bytes(200)
     assert_refused(write(tmp_path / "IMG_0001.HEIC", heic), "pip install 'lookalike[heif]'")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_exif_that_breaks_orientation_is_a_decode_error(fmt: str, tmp_path: Path) -> None:
+    payload = malformed_exif_image(fmt)
+    with pytest.raises(DecodeError, match="corrupt") as refused:
+        open_image(payload, max_pixels=LIMIT)
+    assert refused.value.reason == "corrupt"
+    assert_refused(write(tmp_path / f"bad-exif.{fmt.lower()}", payload), "corrupt")
 
 
 def test_mutated_files_never_raise_from_decode_file(tmp_path: Path) -> None:

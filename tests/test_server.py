@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import LiveServer
+from conftest import LiveServer, malformed_exif_image
 from lookalike.collection import Collection
 
 
@@ -303,6 +303,52 @@ def test_every_kind_of_bad_input_is_a_clear_4xx(live_server, tmp_path: Path) -> 
     assert top_uri(httpx.post(f"{url}/search/visual", content=photo))  # still serving
 
 
+def test_an_image_whose_exif_breaks_decoding_is_a_4xx_and_not_stored(live_server) -> None:
+    url = live_server.url
+    before = httpx.get(f"{url}/stats").json()["images"]
+    for fmt in ("JPEG", "WEBP"):
+        payload = malformed_exif_image(fmt)
+        assert_error(httpx.post(f"{url}/search/visual", content=payload), 422, "invalid_image")
+        assert_error(httpx.post(f"{url}/images", files={"file": ("x.img", payload)}), 422,
+                     "invalid_image")
+    assert httpx.get(f"{url}/stats").json()["images"] == before
+    assert top_uri(httpx.post(f"{url}/search/visual", content=jpeg()))  # still serving
+
+
+def test_metadata_that_is_not_strict_json_is_refused_and_nothing_stored(live_server) -> None:
+    url = live_server.url
+    before = httpx.get(f"{url}/stats").json()["images"]
+    hostile = ['{"a": NaN}', '{"a": Infinity}', '{"a": -Infinity}', '{"a": 1e999999}',
+               '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",
+               '{"a": ' + "9" * 5_000 + "}",
+               '{"a": "\\ud800"}', '{"\\udfff": 1}']
+    for n, metadata in enumerate(hostile):
+        photo = jpeg((64, 48), (n * 20, 255 - n * 20, 7))  # new bytes: never a duplicate
+        response = httpx.post(f"{url}/images", files={"file": photo},
+                              data={"metadata": metadata})
+        body = assert_error(response, 400, "invalid_metadata")
+        assert "metadata" in body["error"]["message"], metadata[:40]
+    assert httpx.get(f"{url}/stats").json()["images"] == before
+    fine = httpx.post(f"{url}/images", files={"file": jpeg((64, 48), (1, 2, 3))},
+                      data={"metadata": '{"a": 1.5, "b": "caf\u00e9", "c": [null, true]}'})
+    assert fine.status_code == 201, fine.text
+    assert fine.json()["image"]["metadata"] == {"a": 1.5, "b": "caf\u00e9", "c": [None, True]}
+
+
+@pytest.mark.parametrize("image_id", ["9223372036854775808", "99999999999999999999999",
+                                      "0", "-1", "-9223372036854775809"])
+def test_ids_out_of_range_are_404_on_every_route(live_server, image_id: str) -> None:
+    url = live_server.url
+    for method, path in (("GET", f"/images/{image_id}"), ("DELETE", f"/images/{image_id}"),
+                         ("GET", f"/images/{image_id}/file"),
+                         ("GET", f"/images/{image_id}/thumbnail"),
+                         ("GET", f"/search/similar/{image_id}")):
+        body = assert_error(httpx.request(method, url + path), 404, "not_found")
+        assert f"No indexed image has id {image_id}" in body["error"]["message"], path
+    assert httpx.get(f"{url}/images/9223372036854775807").status_code == 404
+    assert httpx.get(f"{url}/images/1").status_code == 200
+
+
 def test_upload_limit_refuses_large_bodies_with_or_without_a_length(
         served_copy: Path, start_server) -> None:
     server = start_server(served_copy, max_upload_bytes=50_000)
@@ -340,6 +386,30 @@ def test_api_keys(served_copy: Path, start_server) -> None:
                          headers={"X-API-Key": "writer-key"})
     assert created.status_code == 201
     assert httpx.get(f"{url}/stats", headers={"X-API-Key": "writer-key"}).status_code == 200
+
+
+def test_non_ascii_api_keys_work_and_wrong_ones_are_401(served_copy: Path,
+                                                       start_server) -> None:
+    server = start_server(served_copy, api_key="pässwörd", write_key="schlüssel")
+    url = server.url
+
+    def get(key: str, header: str = "X-API-Key") -> httpx.Response:
+        value = f"Bearer {key}" if header == "Authorization" else key
+        return httpx.get(f"{url}/stats", headers={header: value.encode()})
+
+    for header in ("X-API-Key", "Authorization"):
+        assert get("pässwörd", header).status_code == 200
+        assert get("schlüssel", header).status_code == 200
+        assert_error(get("pässwort", header), 401, "unauthorized")
+        assert_error(get("passwörd", header), 401, "unauthorized")
+        assert_error(get("\u263a", header), 401, "unauthorized")
+    assert_error(httpx.get(f"{url}/stats", headers={"X-API-Key": b"\xff\xfe"}), 401,
+                 "unauthorized")
+    assert_error(httpx.delete(f"{url}/images/1", headers={"X-API-Key": "pässwörd".encode()}),
+                 403, "forbidden")
+    plain = start_server(served_copy, api_key="reader-key")
+    assert_error(httpx.get(f"{plain.url}/stats", headers={"X-API-Key": "réader-key".encode()}),
+                 401, "unauthorized")
 
 
 def test_cors_is_off_by_default_and_configurable(served_copy: Path, start_server) -> None:

@@ -3,6 +3,11 @@
 JPEGs are decoded with DCT-domain downscaling (``Image.draft``), so a 24 MP photo is never decoded
 at full size to make a 224 px input. EXIF orientation is applied, every mode becomes RGB (alpha is
 composited on white), and the pixel count is checked before any pixel is decoded.
+
+:func:`open_image` is the decode-safety boundary: whatever Pillow or a plugin raises while reading,
+decoding or orienting hostile bytes (``struct.error`` from malformed EXIF, ``KeyError``,
+``IndexError``...) leaves it as :class:`DecodeError` with the reason, so one bad file becomes one
+failed row in indexing and a 4xx over HTTP, never a crash.
 """
 
 from __future__ import annotations
@@ -105,8 +110,9 @@ def open_image(
         raise DecodeError("not an image (no decoder recognises these bytes)", "not_image") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb refused: {exc}", "too_many_pixels") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        raise DecodeError(f"corrupt or truncated image data: {exc}") from None
+    except Exception as exc:  # the decode-safety boundary (module docstring)
+        detail = str(exc) or type(exc).__name__
+        raise DecodeError(f"corrupt or truncated image data: {detail}") from None
 
 
 def original_size(image: Image.Image) -> tuple[int, int]:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ResizeMode = Literal["squash", "center-crop"]
+#: Image ids are positive signed 64-bit integers: SQLite and PostgreSQL keys, Faiss labels.
+MAX_IMAGE_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,17 @@ def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def known_id(image_id: int) -> int:
+    """``image_id``, or the collection's own not-found error when no image can have it (the
+    store cannot even look up an id past 64 bits)."""
+    from ..errors import ImageNotFoundError
+    from ..types import MAX_IMAGE_ID
+
+    if not 1 <= image_id <= MAX_IMAGE_ID:
+        raise ImageNotFoundError(f"No indexed image has id {image_id}.")
+    return image_id
+
+
 def collection_path(value: str | None) -> str:
     from ..settings import resolve
 

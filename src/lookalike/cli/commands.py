@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .base import COLLECTION_HELP, cli, collection_path, runtime_options
+from .base import COLLECTION_HELP, cli, collection_path, known_id, runtime_options
 
 
 @cli.command("index")
@@ -112,7 +112,7 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
         if image is not None and image_id is None:
             image_id = col.find(image) if os.path.isfile(image) else _as_id(image)
         if image_id is not None:
-            hits = col.search_similar(image_id, k, ef=ef, qe=qe)
+            hits = col.search_similar(known_id(image_id), k, ef=ef, qe=qe)
         else:
             hits = col.search(image, k, ef=ef, qe=qe)
     if as_json:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .base import COLLECTION_HELP, cli, collection_path, runtime_options
+from .base import COLLECTION_HELP, cli, collection_path, known_id, runtime_options
 
 
 @cli.command("add")
@@ -51,8 +51,9 @@ def remove_command(images: Sequence[str], collection: str | None) -> None:
     """
     from ..collection import Collection
 
+    targets = [known_id(int(i)) if i.isdigit() else i for i in images]
     with Collection.open(collection_path(collection)) as col:
-        removed = col.remove(int(i) if i.isdigit() else i for i in images)
+        removed = col.remove(targets)
     click.echo(f"Removed {len(removed)} image(s): {', '.join(map(str, removed))}")
 
 

@@ -8,6 +8,7 @@ threadpool, so the event loop only moves bytes.
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -21,8 +22,9 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from ..errors import ImageNotFoundError
 from ..imaging import load_pixels, media_type
-from ..types import ImageDetails, SearchHit
+from ..types import MAX_IMAGE_ID, ImageDetails, SearchHit
 from .config import ServeConfig
 from .errors import ApiError, error_response, install_handlers
 from .middleware import DOCS_ASSETS, READ_SECONDS, ApiKeys, BodyLimit, RequestTiming
@@ -136,6 +138,7 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
                        qe: int | None = Query(None, description=QE_HELP)) -> dict[str, Any]:
         """Look-alikes of an indexed image, from its stored vector (itself left out)."""
         started = time.perf_counter()
+        image_id = _known_id(image_id)
         col = service.collection
         hits = col.search_similar(image_id, _bounded("k", k, 10, 1, config.max_k),
                                   ef=_bounded("ef", ef, None, 1, 100_000),
@@ -160,18 +163,18 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
     @app.get("/images/{image_id}", response_model=ImageOut, tags=["images"])
     def image(image_id: int) -> dict[str, Any]:
         """An indexed image's location, size and metadata."""
-        return _image(service.collection.details(image_id))
+        return _image(service.collection.details(_known_id(image_id)))
 
     @app.delete("/images/{image_id}", response_model=DeleteResponse, tags=["images"])
     def delete(image_id: int) -> dict[str, Any]:
         """Remove an image: gone from results at once (an uploaded file is deleted too)."""
-        service.collection.remove([image_id], wait=config.write_wait)
+        service.collection.remove([_known_id(image_id)], wait=config.write_wait)
         return {"deleted": image_id}
 
     @app.get("/images/{image_id}/file", tags=["images"], response_class=FileResponse)
     def image_file(image_id: int) -> FileResponse:
         """The image file itself."""
-        path = service.collection.file(image_id)
+        path = service.collection.file(_known_id(image_id))
         return FileResponse(path, media_type=media_type(path),
                             headers={"Cache-Control": "private, max-age=3600"})
 
@@ -181,7 +184,7 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
         if size not in THUMBNAIL_SIDES:
             raise ApiError(422, "invalid_parameter",
                            f"size must be one of {', '.join(map(str, THUMBNAIL_SIDES))}.")
-        path = service.collection.thumbnail(image_id, size)
+        path = service.collection.thumbnail(_known_id(image_id), size)
         # Ids are never reused, so a thumbnail never changes.
         return FileResponse(path, media_type="image/jpeg",
                             headers={"Cache-Control": "private, max-age=31536000, immutable"})
@@ -229,6 +232,13 @@ async def _read_upload(request: Request) -> tuple[bytes, dict[str, str]]:
     return data, {}
 
 
+def _known_id(image_id: int) -> int:
+    """``image_id``, or a 404 when no image can have it (the store would overflow on it)."""
+    if not 1 <= image_id <= MAX_IMAGE_ID:
+        raise ImageNotFoundError(f"No indexed image has id {image_id}.")
+    return image_id
+
+
 def _bounded(name: str, raw: Any, default: int | None, low: int, high: int) -> Any:
     if raw is None or raw == "":
         return default
@@ -244,15 +254,37 @@ def _bounded(name: str, raw: Any, default: int | None, low: int, high: int) -> A
 
 
 def _metadata(raw: str | None) -> dict[str, Any] | None:
+    """The metadata field as a JSON object, refused unless it is strict JSON that can be stored
+    and sent back: no NaN or Infinity (nor numbers that overflow to it), no integers over
+    Python's 4,300-digit limit, no nesting deeper than the parser goes, no lone surrogates."""
     if raw is None or raw == "":
         return None
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_not_json, parse_float=_finite_float)
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")  # as stored
     except json.JSONDecodeError as exc:
         raise ApiError(400, "invalid_metadata", f"metadata is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_metadata",
+                       "metadata is nested too deeply; send a flatter JSON object.") from None
+    except (ValueError, UnicodeError) as exc:  # NaN, a huge integer, a lone surrogate
+        raise ApiError(400, "invalid_metadata",
+                       f"metadata is not strict JSON ({exc}); send finite numbers, integers of "
+                       "at most 4,300 digits and text without lone surrogates.") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_metadata", "metadata must be a JSON object.")
     return value
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]}{'...' if len(text) > 20 else ''} overflows a float")
+    return number
 
 
 def _search_bytes(service: Service, data: bytes, k: int, ef: int | None, qe: int | None,

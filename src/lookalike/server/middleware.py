@@ -96,11 +96,15 @@ class ApiKeys:
     """Checks ``X-API-Key`` (or ``Authorization: Bearer``) when keys are configured.
 
     With ``api_key`` every route but health and the page's assets needs a key; with
-    ``write_key`` uploads and deletes need that one (reads accept either).
+    ``write_key`` uploads and deletes need that one (reads accept either). Keys are compared as
+    UTF-8 bytes, in constant time: a key may be any text, and a header is never decoded.
     """
 
     def __init__(self, app: ASGIApp, api_key: str | None, write_key: str | None) -> None:
-        self.app, self.api_key, self.write_key = app, api_key, write_key
+        self.app = app
+        # compare_digest raises on non-ASCII str, so both sides are bytes.
+        self.api_key = api_key.encode("utf-8") if api_key else None
+        self.write_key = write_key.encode("utf-8") if write_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not (self.api_key or self.write_key):
@@ -130,14 +134,14 @@ class ApiKeys:
                       {"WWW-Authenticate": "Bearer"})
 
 
-def _presented_key(scope: Scope) -> str | None:
+def _presented_key(scope: Scope) -> bytes | None:
     headers = dict(scope.get("headers", []))
     key = headers.get(b"x-api-key")
     if key is None:
         auth = headers.get(b"authorization", b"")
         if auth[:7].lower() == b"bearer ":
             key = auth[7:].strip()
-    return key.decode("latin-1") if key else None
+    return key or None
 
 
 class BodyLimit:
