@@ -42,20 +42,14 @@ def test_an_image_added_by_another_process_while_the_server_takes_an_upload_stay
     sample_dir: Path, tmp_path: Path
 ) -> None:
     pool = make_variants(sample_dir, tmp_path / "pool", 14)
-    photos, (x, y) = tmp_path / "photos", pool[12:]
-    photos.mkdir()
-    for picture in pool[:12]:
-        shutil.move(picture, photos / picture.name)
-    col_dir = tmp_path / "col"
-    with Collection.create(col_dir) as col:
-        col.index([photos], workers=0, show_progress=False)
+    x, y = pool[12:]
+    col_dir = _indexed(tmp_path, _move(pool[:12], tmp_path / "photos"))
     # No auto-compaction: its once-a-second catch-up would sometimes land between the two
     # writes and hide the race this test is about.
     server, url = _serve(col_dir, tmp_path / "serve.log", "--no-auto-compact")
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
-            known = photos / "img0003.jpg"  # the server has caught up with the store:
-            assert _search(http, known.read_bytes())[0]["uri"] == str(known)
+            _assert_caught_up(http, tmp_path / "photos")
             added = _cli("add", str(x), "-c", str(col_dir))  # X: committed by another process
             assert added.returncode == 0, added.stderr
             assert http.post("/images", files={"file": y.read_bytes()}).status_code == 201
@@ -73,19 +67,12 @@ def test_a_batch_indexed_by_another_process_while_the_server_takes_uploads_stays
     sample_dir: Path, tmp_path: Path
 ) -> None:
     pool = make_variants(sample_dir, tmp_path / "pool", 72)
-    photos, batch = tmp_path / "photos", tmp_path / "batch"
-    for folder, pictures in ((photos, pool[:12]), (batch, pool[12:32])):
-        folder.mkdir()
-        for picture in pictures:
-            shutil.move(picture, folder / picture.name)
-    col_dir = tmp_path / "col"
-    with Collection.create(col_dir) as col:
-        col.index([photos], workers=0, show_progress=False)
+    batch = _move(pool[12:32], tmp_path / "batch")
+    col_dir = _indexed(tmp_path, _move(pool[:12], tmp_path / "photos"))
     server, url = _serve(col_dir, tmp_path / "serve.log", "--no-auto-compact")
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
-            known = photos / "img0003.jpg"
-            assert _search(http, known.read_bytes())[0]["uri"] == str(known)
+            _assert_caught_up(http, tmp_path / "photos")
             indexer = subprocess.Popen([*LOOKALIKE, "index", str(batch), "-c", str(col_dir),
                                         "--workers", "0", "--no-progress"],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -407,3 +394,24 @@ def _reupload(url: str, data: bytes, stop: threading.Event, answered: list[int])
             response = http.post("/images", files={"file": data})
             if response.status_code in (200, 201):
                 answered.append(response.json()["image"]["image_id"])
+
+
+def _move(pictures: list[Path], folder: Path) -> Path:
+    folder.mkdir()
+    for picture in pictures:
+        shutil.move(picture, folder / picture.name)
+    return folder
+
+
+def _indexed(tmp_path: Path, photos: Path) -> Path:
+    """A new collection of the photos in ``photos``."""
+    col_dir = tmp_path / "col"
+    with Collection.create(col_dir) as col:
+        col.index([photos], workers=0, show_progress=False)
+    return col_dir
+
+
+def _assert_caught_up(http: httpx.Client, photos: Path) -> None:
+    """One search through the server: it has caught up with the store."""
+    known = photos / "img0003.jpg"
+    assert _search(http, known.read_bytes())[0]["uri"] == str(known)
