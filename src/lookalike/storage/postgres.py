@@ -31,7 +31,7 @@ from ..errors import (
     UsageError,
 )
 from .migrations import migrate
-from .records import Changes, ImageRecord, NewImage
+from .records import Changes, ImageRecord, NewImage, vector_chunks
 from .uri import PostgresURI
 
 POOL_MIN, POOL_MAX = 1, 4  # per process: searches take one connection for one round trip
@@ -162,15 +162,9 @@ class PostgresStore:
                  f"AND i.seq <= %s {status} ORDER BY v.image_id LIMIT %s")
         upto = (1 << 62) if upto_id is None else upto_id
         until = (1 << 62) if upto_generation is None else upto_generation
-        last = after_id
-        while True:
-            rows = self._read(query, (last, upto, until, chunk), binary=True)
-            if not rows:
-                return
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-            yield ids, vectors.reshape(len(rows), self.dim)
-            last = int(ids[-1])
+        return vector_chunks(
+            lambda last: self._read(query, (last, upto, until, chunk), binary=True),
+            after_id, self.dim)
 
     def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
         """Up to ``n`` active vectors drawn uniformly without replacement (seeded), (m, dim)

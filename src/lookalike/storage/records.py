@@ -3,7 +3,7 @@ write transactions changed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,3 +84,18 @@ class Changes:
 
     def __bool__(self) -> bool:
         return bool(len(self.ids) or len(self.removed))
+
+
+def vector_chunks(page: Callable[[int], Sequence[tuple[Any, ...]]], after_id: int,
+                  dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) chunks from keyset pages of (id, vector bytes) rows in id order:
+    ``page(last_id)`` returns the next rows after that id (none: the end)."""
+    last = after_id
+    while True:
+        rows = page(last)
+        if not rows:
+            return
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+        yield ids, vectors.reshape(len(rows), dim)
+        last = int(ids[-1])

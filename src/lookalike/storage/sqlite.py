@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptCollectionError
-from .records import Changes, ImageRecord, NewImage
+from .records import Changes, ImageRecord, NewImage, vector_chunks
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -205,20 +205,12 @@ class SQLiteStore:
         status = "AND i.status = 'active'" if active_only else ""
         upto = (1 << 62) if upto_id is None else upto_id
         until = (1 << 62) if upto_generation is None else upto_generation
-        last = after_id
-        while True:
-            rows = self._db.execute(
-                "SELECT v.image_id, v.vector FROM vectors v JOIN images i ON i.id = v.image_id "
-                f"WHERE v.image_id > ? AND v.image_id <= ? AND i.seq <= ? {status} "
-                "ORDER BY v.image_id LIMIT ?",
-                (last, upto, until, chunk),
-            ).fetchall()
-            if not rows:
-                return
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-            yield ids, vectors.reshape(len(rows), self.dim)
-            last = int(ids[-1])
+        query = ("SELECT v.image_id, v.vector FROM vectors v JOIN images i ON i.id = v.image_id "
+                 f"WHERE v.image_id > ? AND v.image_id <= ? AND i.seq <= ? {status} "
+                 "ORDER BY v.image_id LIMIT ?")
+        return vector_chunks(
+            lambda last: self._db.execute(query, (last, upto, until, chunk)).fetchall(),
+            after_id, self.dim)
 
     def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
         """Up to ``n`` active vectors drawn uniformly without replacement (seeded: the same rows
