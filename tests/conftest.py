@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from lookalike.demo import edited_copies, sample_photos
 from lookalike.embedders import Embedder, ModelSpec, register_model
@@ -184,6 +184,28 @@ def malformed_exif_image(fmt: str = "JPEG", size: tuple[int, int] = (40, 30)) ->
     buffer = io.BytesIO()
     Image.new("RGB", size, (20, 160, 90)).save(buffer, fmt, exif=exif)
     return buffer.getvalue()
+
+
+class CrashingDecoder(ImageFile.ImageFile):
+    """A format plugin whose decoder fails the way a buggy one does: not with an OSError."""
+
+    format = "CRASHING"
+
+    def _open(self) -> None:
+        self._size, self._mode = (8, 8), "RGB"
+
+    def load(self) -> Any:
+        raise KeyError("a plugin bug")
+
+
+@pytest.fixture
+def crashing_plugin() -> Iterator[bytes]:
+    """The bytes of a file only :class:`CrashingDecoder` (registered meanwhile) claims."""
+    Image.register_open(CrashingDecoder.format, CrashingDecoder,
+                        lambda prefix: prefix[:8] == b"CRASHING")
+    yield b"CRASHING" + bytes(64)
+    Image.OPEN.pop(CrashingDecoder.format)
+    Image.ID.remove(CrashingDecoder.format)
 
 
 def free_port() -> int:

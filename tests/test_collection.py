@@ -113,16 +113,17 @@ def test_removed_files_disappear_from_results(photos: Path, tmp_path: Path) -> N
     assert len(reopened.search(photos / "rocket.jpg", k=total)) == total - 1
 
 
-def test_an_image_with_malformed_exif_is_one_failure_and_indexing_goes_on(
-    photos: Path, tmp_path: Path
+def test_an_image_whose_decoder_crashes_is_one_failure_and_indexing_goes_on(
+    photos: Path, tmp_path: Path, crashing_plugin: bytes
 ) -> None:
-    (photos / "bad-exif.jpg").write_bytes(malformed_exif_image("JPEG"))
+    (photos / "crash.jpg").write_bytes(crashing_plugin)
+    (photos / "bad-exif.jpg").write_bytes(malformed_exif_image("JPEG"))  # decodes: EXIF aside
     col = Collection.create(tmp_path / "col", model=TINY)
     report = _index(col, photos)
-    assert [Path(f.uri).name for f in report.failed] == ["bad-exif.jpg"]
-    assert "corrupt" in report.failed[0].reason
+    assert [Path(f.uri).name for f in report.failed] == ["crash.jpg"]
+    assert "corrupt or truncated image data: 'a plugin bug'" in report.failed[0].reason
     assert report.added == len(list(photos.glob("*.jpg"))) - 1
-    assert {r.uri for r in col.store.failures()} == {str(photos / "bad-exif.jpg")}
+    assert {r.uri for r in col.store.failures()} == {str(photos / "crash.jpg")}
 
 
 def test_indexing_another_folder_keeps_the_first(photos: Path, tmp_path: Path) -> None:

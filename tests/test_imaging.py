@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import os
 import struct
+import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from lookalike.errors import DecodeError
 from lookalike.imaging import (
     Decoded,
     content_hash,
+    decode_cost,
     decode_file,
     load_pixels,
     open_image,
@@ -32,6 +36,7 @@ LIMIT = 10**8  # max_pixels for tests that are not about the guard
 DEFAULT_MAX_PIXELS = next(s for s in SETTINGS if s.name == "max_pixels").default()
 SQUASH = Preprocess(size=64, resize="squash", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 CROP = Preprocess(size=64, resize="center-crop", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+SQUASH_112, CROP_112 = (Preprocess(112, p.resize, p.mean, p.std) for p in (SQUASH, CROP))
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 EXIF_ORIENTATION = 0x0112
 
@@ -215,12 +220,18 @@ def test_heic_without_pillow_heif_says_how_to_install_it(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
-def test_exif_that_breaks_orientation_is_a_decode_error(fmt: str, tmp_path: Path) -> None:
-    payload = malformed_exif_image(fmt)
-    with pytest.raises(DecodeError, match="corrupt") as refused:
-        open_image(payload, max_pixels=LIMIT)
-    assert refused.value.reason == "corrupt"
-    assert_refused(write(tmp_path / f"bad-exif.{fmt.lower()}", payload), "corrupt")
+def test_exif_that_pillow_cannot_write_back_still_turns_the_image(fmt: str) -> None:
+    """``ImageOps.exif_transpose`` raised on this EXIF (issue 13): the pixels are fine, so the
+    image decodes, turned as its orientation (6) says."""
+    image = open_image(malformed_exif_image(fmt, size=(40, 30)), max_pixels=LIMIT)
+    assert image.size == original_size(image) == (30, 40)
+
+
+def test_any_exception_from_a_decoder_is_a_decode_error(crashing_plugin: bytes,
+                                                        tmp_path: Path) -> None:
+    with pytest.raises(DecodeError, match="corrupt or truncated image data: 'a plugin bug'"):
+        open_image(crashing_plugin, max_pixels=LIMIT)
+    assert_refused(write(tmp_path / "x.img", crashing_plugin), "a plugin bug")
 
 
 def test_mutated_files_never_raise_from_decode_file(tmp_path: Path) -> None:
@@ -458,3 +469,85 @@ def test_decode_file_hashes_what_it_reads(tmp_path: Path) -> None:
     copy = decode_file(str(write(tmp_path / "renamed copy.jpg", payload)), SQUASH, LIMIT)
     assert first.content_hash == copy.content_hash == content_hash(payload)
     assert first.error is None and first.pixels is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Only regular files, up to a size; large images reduced before they cost memory
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_soon(path: Path, seconds: float = 10.0) -> Decoded:
+    """decode_file, run where a hang fails the test instead of stopping the suite."""
+    done: list[Decoded] = []
+    worker = threading.Thread(target=lambda: done.append(decode_file(str(path), SQUASH, LIMIT)),
+                              daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert done, f"decode_file({path}) did not return within {seconds} s"
+    return done[0]
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    assert "is a FIFO, not a regular file" in (decode_soon(fifo).error or "")
+    assert_refused(fifo, "FIFO")
+
+
+def test_a_device_is_refused_without_reading_it() -> None:
+    assert "is a character device, not a regular file" in (
+        decode_soon(Path("/dev/zero")).error or "")
+
+
+def test_files_over_the_size_cap_are_refused_unread(tmp_path: Path) -> None:
+    payload = photo_jpeg((64, 48))
+    path = write(tmp_path / "photo.jpg", payload)
+    assert decode_file(str(path), SQUASH, LIMIT, max_bytes=len(payload)).error is None
+    refused = decode_file(str(path), SQUASH, LIMIT, max_bytes=len(payload) - 1)
+    assert refused.pixels is None and "LOOKALIKE_MAX_FILE_BYTES" in (refused.error or "")
+    with pytest.raises(DecodeError) as info:
+        open_image(path, max_pixels=LIMIT, max_bytes=100)
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "I;16"])
+def test_large_images_are_reduced_before_conversion_to_the_same_input(mode: str) -> None:
+    """The reduction is the one ``resize`` makes itself (reducing gap 3), only made before the
+    RGB copy: the same input when squashed (1344 x 672 reduces by 4 x 2 for 112 px, evenly),
+    nearly the same when centre-cropped (reduced by 2 on both sides then)."""
+    photo = Image.fromarray(data.astronaut()).resize((1344, 672), Image.Resampling.BICUBIC)
+    image = {"1": photo.convert("1"), "L": photo.convert("L"), "P": photo.quantize(64),
+             "RGB": photo, "RGBA": photo.convert("RGBA"),
+             "I;16": Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257)}[mode]
+    payload = encode(image, "PNG")
+    for preprocess, tolerance in ((SQUASH_112, 0.0), (CROP_112, 2.0)):  # of 255
+        reduced = load_pixels(payload, preprocess, max_pixels=LIMIT)
+        whole = to_model_input(open_image(payload, max_pixels=LIMIT), preprocess)  # no draft_to
+        assert reduced.shape == whole.shape == (112, 112, 3)
+        assert np.abs(reduced.astype(int) - whole.astype(int)).mean() <= tolerance
+
+
+def test_decode_cost_counts_the_pixels_and_the_conversion_copy() -> None:
+    bomb = Image.open(io.BytesIO(huge_declared_png(13_300, 13_300)))
+    assert decode_cost(bomb, 224) == 13_300 * 13_300 * 2  # 1-bit as bytes, then as "L"
+    assert decode_cost(bomb) == 13_300 * 13_300 * 5  # not reduced: 1 byte, then RGB
+    small = Image.open(io.BytesIO(photo_jpeg((64, 48))))
+    assert decode_cost(small, 224) == 64 * 48 * 4  # RGB, nothing to convert
+
+
+def test_reserve_is_entered_around_decoding_with_the_cost(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    @contextlib.contextmanager
+    def reserve(cost: int) -> Iterator[None]:
+        asked.append(cost)
+        yield
+
+    pixels = load_pixels(photo_jpeg((640, 480)), SQUASH, max_pixels=LIMIT, reserve=reserve)
+    assert pixels.shape == (64, 64, 3) and len(asked) == 1 and 0 < asked[0] <= 640 * 480 * 4
+
+    def refuse(cost: int) -> contextlib.AbstractContextManager[None]:
+        raise DecodeError(f"needs {cost} bytes", "too_many_pixels")
+
+    with pytest.raises(DecodeError, match="needs"):
+        load_pixels(photo_jpeg((64, 48)), SQUASH, max_pixels=LIMIT, reserve=refuse)

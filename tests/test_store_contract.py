@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,6 +113,25 @@ def test_find_uri_sees_only_the_active_row(store: Store) -> None:
     found = store.find_uri("/a.jpg")
     assert found is not None and found.id == second > first
     assert store.get([failed])[failed].status == "failed"
+
+
+def test_file_names_of_any_bytes_round_trip(store: Store) -> None:
+    """Names that are not UTF-8 reach Python as lone surrogates (os.fsdecode); the store keeps
+    every one apart, finds it again, and gives back exactly the name it was given."""
+    names = [os.fsdecode(b"/p/\xff\xfe.jpg"), os.fsdecode(b"/p/caf\xe9.jpg"), "/p/caf\xe9.jpg",
+             "/p/\ufdd0.jpg", os.fsdecode(b"/p/\xef\xb7\x90\xff.jpg"), "/p/new\nline.jpg"]
+    v = unit_vectors(len(names))
+    ids = store.write([image(name, vector, content_hash=f"h{n}")
+                       for n, (name, vector) in enumerate(zip(names, v, strict=True))])
+    [failed] = store.write([image(os.fsdecode(b"/p/bad\x80.jpg"), content_hash="bad",
+                                  error=os.fsdecode(b"cannot read \x80"))])
+    assert [store.get(ids)[i].uri for i in ids] == names
+    assert [store.find_uri(name).id for name in names] == ids
+    assert set(store.file_states()) == {*names, os.fsdecode(b"/p/bad\x80.jpg")}
+    [record] = store.failures()
+    assert record.id == failed and record.error == os.fsdecode(b"cannot read \x80")
+    [again] = store.write([image(names[0], v[1], content_hash="h")])  # retires the old row
+    assert store.get([ids[0]])[ids[0]].status == "removed" and store.find_uri(names[0]).id == again
 
 
 def test_one_live_row_per_uri(store: Store) -> None:

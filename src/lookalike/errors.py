@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class LookalikeError(Exception):
     """Root of every error lookalike raises on purpose."""
@@ -88,3 +90,31 @@ class PayloadTooLargeError(UsageError):
 
 class CorruptCollectionError(LookalikeError):
     """Files of a collection are unreadable or disagree with each other."""
+
+
+class BusyError(LookalikeError):
+    """A shared limit (the decode memory budget) stayed full for as long as a request waits."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ReadOnlyCollectionError(LookalikeError):
+    """The collection's folder or disk is read-only: it can be searched, not changed."""
+
+
+class DiskWriteError(LookalikeError):
+    """A file of the collection could not be written: the disk is full, or failing.
+
+    Writes are transactions and files are replaced by rename, so whatever was committed before
+    is intact: free some space and run the same command again.
+    """
+
+    @classmethod
+    def writing(cls, path: object, exc: BaseException) -> DiskWriteError:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        found = re.search(r"\(([^()]+)\)\s*$", reason)  # Faiss ends its messages "(strerror)"
+        reason = found.group(1) if found and len(reason) > 120 else reason
+        return cls(f"Could not write {path}: {reason}. What was committed before is intact: "
+                   "free some space (or fix the disk) and run the command again.")

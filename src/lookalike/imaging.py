@@ -1,21 +1,28 @@
 """Decoding: any file Pillow (or pillow-heif) reads becomes an RGB model input, fast and safely.
 
 JPEGs are decoded with DCT-domain downscaling (``Image.draft``), so a 24 MP photo is never decoded
-at full size to make a 224 px input. EXIF orientation is applied, every mode becomes RGB (alpha is
-composited on white), and the pixel count is checked before any pixel is decoded.
+at full size to make a 224 px input; other large images are reduced right after decoding, before
+any conversion, so a 37 KB PNG of 13,300 x 13,300 one-bit pixels costs one byte a pixel, not
+four. EXIF orientation is applied, every mode becomes RGB (alpha is composited on white), and the
+pixel count is checked before any pixel is decoded. Only regular files are read, up to a size cap.
 
 :func:`open_image` is the decode-safety boundary: whatever Pillow or a plugin raises while reading,
 decoding or orienting hostile bytes (``struct.error`` from malformed EXIF, ``KeyError``,
 ``IndexError``...) leaves it as :class:`DecodeError` with the reason, so one bad file becomes one
-failed row in indexing and a 4xx over HTTP, never a crash.
+failed row in indexing and a 4xx over HTTP, never a crash. Its memory (:func:`decode_cost`) can
+be reserved from a budget shared with other decodes first (``reserve``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import stat
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +47,19 @@ IMAGE_EXTENSIONS = frozenset(
 _HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".avif"})
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
+# Modes Image.reduce cannot take, and the mode each is reduced in instead.
+_REDUCED_AS = {"1": "L", "P": "RGBA", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
+# The bytes a pixel takes in Pillow's memory: one 8-bit band is one byte, 16-bit two, and every
+# other mode, from RGB up, a 32-bit word per pixel.
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+#: Largest file read, by default: far above any photo, far below what exhausts a machine.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 ImageSource = str | os.PathLike[str] | bytes
+Reserve = Callable[[int], AbstractContextManager[object]]
 
 # open_image applies lookalike's own max_pixels guard (from the header, before any pixel is
 # decoded); Pillow's global limit would otherwise refuse images first and ignore max_pixels.
@@ -65,15 +84,20 @@ def content_hash(data: bytes) -> str:
 
 
 def open_image(
-    source: ImageSource, *, max_pixels: int, draft_to: int | None = None, name: str | None = None
+    source: ImageSource, *, max_pixels: int, draft_to: int | None = None, name: str | None = None,
+    squash: bool = False, max_bytes: int = MAX_FILE_BYTES, reserve: Reserve | None = None,
 ) -> Image.Image:
     """Open ``source`` as an RGB image with EXIF orientation applied.
 
-    ``draft_to`` lets JPEG decoding downscale in the DCT domain while keeping both sides at least
-    that many pixels. Raises :class:`DecodeError` with the reason when the bytes are not a usable
-    image.
+    ``draft_to`` lets decoding downscale (in the DCT domain for JPEG, by whole factors after
+    decoding for the rest) while keeping both sides well above that many pixels; ``squash``
+    says the image will be squashed to that square, so each side may shrink on its own.
+    ``max_bytes`` caps the size of a file read from a path. ``reserve(cost)``, when given, is
+    entered around decoding with :func:`decode_cost`; it may raise to refuse or to say "busy".
+    Raises
+    :class:`DecodeError` with the reason when the bytes are not a usable image.
     """
-    data = source if isinstance(source, bytes) else _read(source)
+    data = source if isinstance(source, bytes) else _read(source, max_bytes)
     if name is None:
         name = "" if isinstance(source, bytes) else os.fspath(source)
     if not data:
@@ -89,14 +113,17 @@ def open_image(
                     f"of {max_pixels:,} (decompression-bomb guard); raise LOOKALIKE_MAX_PIXELS "
                     "to allow it", "too_many_pixels"
                 )
-            if image.getexif().get(_ORIENTATION_TAG) in _TRANSPOSED_ORIENTATIONS:
+            orientation = image.getexif().get(_ORIENTATION_TAG)
+            if orientation in _TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
             if draft_to and image.format == "JPEG":
                 image.draft("RGB", (draft_to, draft_to))
-            image.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(image) or image)
+            with reserve(decode_cost(image, draft_to)) if reserve else contextlib.nullcontext():
+                image.load()
+                image_format = image.format
+                rgb = _to_rgb(_oriented(_reduced(image, draft_to, squash), orientation))
             rgb.info["lookalike_size"] = (width, height)
-            rgb.info["lookalike_format"] = image.format
+            rgb.info["lookalike_format"] = image_format
             return rgb
     except DecodeError:
         raise
@@ -115,6 +142,49 @@ def open_image(
         raise DecodeError(f"corrupt or truncated image data: {detail}") from None
 
 
+def decode_cost(image: Image.Image, draft_to: int | None = None) -> int:
+    """Bytes of memory :func:`open_image` takes at most to decode ``image`` (opened, not yet
+    loaded): the decoded pixels, plus the one full-size copy a mode conversion makes."""
+    pixels = image.width * image.height
+    mode = image.mode
+    decoded = _PIXEL_BYTES.get(mode, 4)
+    if _reduction(image, draft_to) != (1, 1):  # only a mode reduce lacks is converted first
+        converted = _PIXEL_BYTES.get(_REDUCED_AS[mode], 4) if mode in _REDUCED_AS else 0
+    elif mode.startswith("I;16") or mode in ("I", "F"):
+        converted = 4 + 1 + 4  # float32 samples, 8-bit grey, then RGB
+    else:
+        converted = 0 if mode == "RGB" else 4
+    return pixels * (decoded + converted)
+
+
+def _reduction(image: Image.Image, draft_to: int | None, squash: bool = False) -> tuple[int, int]:
+    """The whole factors an image is reduced by after decoding, across and down: those
+    ``resize`` with a reducing gap of 3 takes off anyway, so an image squashed to ``draft_to``
+    pixels a side comes out the same, only cheaper. Otherwise both sides by the smaller one."""
+    if not draft_to:
+        return 1, 1
+    across, down = (max(1, side // (draft_to * 3)) for side in image.size)
+    return (across, down) if squash else (min(across, down),) * 2
+
+
+def _reduced(image: Image.Image, draft_to: int | None, squash: bool) -> Image.Image:
+    factor = _reduction(image, draft_to, squash)
+    if factor == (1, 1):
+        return image
+    mode = image.mode
+    if mode in _REDUCED_AS:
+        image = image.convert("RGB" if mode == "P" and "transparency" not in image.info
+                              else _REDUCED_AS[mode])
+    reduced = image.reduce(factor)
+    return reduced.convert("I;16") if mode.startswith("I;16") else reduced  # still 16-bit
+
+
+def _oriented(image: Image.Image, orientation: object) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (``ImageOps.exif_transpose``'s turns)."""
+    method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
+
+
 def original_size(image: Image.Image) -> tuple[int, int]:
     """The size the image had before any draft downscaling, after EXIF orientation."""
     return image.info.get("lookalike_size", image.size)
@@ -125,13 +195,15 @@ def original_format(image: Image.Image) -> str | None:
     return image.info.get("lookalike_format")
 
 
-def decode_bytes(data: bytes, preprocess: Preprocess, max_pixels: int) -> Decoded:
+def decode_bytes(data: bytes, preprocess: Preprocess, max_pixels: int,
+                 reserve: Reserve | None = None) -> Decoded:
     """Decode the bytes of an uploaded file to model input; raises :class:`DecodeError`.
 
     The format is sniffed from the bytes alone: a name or a declared content type is never
     trusted. ``Decoded.uri`` holds the format's usual file extension (e.g. ``.jpg``).
     """
-    image = open_image(data, max_pixels=max_pixels, draft_to=preprocess.size)
+    image = open_image(data, max_pixels=max_pixels, draft_to=preprocess.size,
+                       squash=preprocess.resize == "squash", reserve=reserve)
     pixels = to_model_input(image, preprocess)
     width, height = original_size(image)
     return Decoded(extension_for(original_format(image)), pixels, width, height,
@@ -155,14 +227,48 @@ def media_type(path: str | os.PathLike[str]) -> str:
         return "application/octet-stream"
 
 
-def _read(path: str | os.PathLike[str]) -> bytes:
+def _read(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``: never waits on a FIFO, never reads
+    a device or a file that grows without end."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except IsADirectoryError:
-        raise DecodeError("is a directory, not an image file", "unreadable") from None
+        # O_NONBLOCK: opening a FIFO does not wait for a writer (regular files ignore it).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise DecodeError(f"cannot read file: {exc.strerror or exc}", "unreadable") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise DecodeError("is a directory, not an image file", "unreadable")
+        if not stat.S_ISREG(info.st_mode):
+            raise DecodeError(f"is a {_file_kind(info.st_mode)}, not a regular file: only "
+                              "regular files are read", "unreadable")
+        data = _read_fd(fd, max_bytes + 1) if info.st_size <= max_bytes else b""
+    except OSError as exc:
+        raise DecodeError(f"cannot read file: {exc.strerror or exc}", "unreadable") from None
+    finally:
+        os.close(fd)
+    if info.st_size > max_bytes or len(data) > max_bytes:
+        raise DecodeError(f"file is over the size limit of {max_bytes:,} bytes; raise "
+                          "LOOKALIKE_MAX_FILE_BYTES to allow it", "too_large")
+    return data
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd``, to its end."""
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+    return next((kind for test, kind in kinds if test(mode)), "special file")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -183,7 +289,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
-    values = values.astype(np.float64)
+    values = values.astype(np.float32)
     top = float(values.max()) if values.size else 0.0
     if sixteen_bit or top > 255.0:  # 16-bit samples (32-bit "I" images guessed by their range)
         scaled = values / 257.0
@@ -204,21 +310,25 @@ def to_model_input(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def load_pixels(source: ImageSource, preprocess: Preprocess, *, max_pixels: int) -> np.ndarray:
+def load_pixels(source: ImageSource, preprocess: Preprocess, *, max_pixels: int,
+                max_bytes: int = MAX_FILE_BYTES, reserve: Reserve | None = None) -> np.ndarray:
     """Decode ``source`` (a path or the bytes of a file) straight to model input."""
-    image = open_image(source, max_pixels=max_pixels, draft_to=preprocess.size)
+    image = open_image(source, max_pixels=max_pixels, draft_to=preprocess.size,
+                       squash=preprocess.resize == "squash", max_bytes=max_bytes, reserve=reserve)
     return to_model_input(image, preprocess)
 
 
-def decode_file(uri: str, preprocess: Preprocess, max_pixels: int) -> Decoded:
+def decode_file(uri: str, preprocess: Preprocess, max_pixels: int,
+                max_bytes: int = MAX_FILE_BYTES) -> Decoded:
     """Read, hash and decode one file; never raises for a bad file (worker-process entry point)."""
     try:
-        data = _read(uri)
+        data = _read(uri, max_bytes)
     except DecodeError as exc:
         return Decoded(uri, None, error=str(exc))
     digest = content_hash(data)
     try:
-        image = open_image(data, max_pixels=max_pixels, draft_to=preprocess.size, name=uri)
+        image = open_image(data, max_pixels=max_pixels, draft_to=preprocess.size, name=uri,
+                           squash=preprocess.resize == "squash")
         pixels = to_model_input(image, preprocess)
     except DecodeError as exc:
         return Decoded(uri, None, content_hash=digest, error=str(exc))

@@ -88,6 +88,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("device", lambda: "cpu", "cpu, or cuda for a GPU (PyTorch runtime)."),
     Setting("max_pixels", lambda: 178_956_970,
             "Largest image, in pixels, that will be decoded (decompression-bomb guard).", int),
+    Setting("max_file_bytes", lambda: 256 * 1024 * 1024,
+            "Largest image file read from disk, in bytes (only regular files are read).", int),
+    Setting("decode_memory_bytes", lambda: 768 * 1024 * 1024,
+            "serve: memory all decodes at once may take, shared by every worker process; an "
+            "image that needs more is refused (422 too_many_pixels).", int),
+    Setting("decode_wait", lambda: 10.0,
+            "serve: seconds a decode waits for room in that budget before the request is "
+            "answered 503 busy.", float),
     Setting("cache_dir", lambda: str(_cache_home() / "lookalike"),
             "Where exported model graphs are cached."),
     Setting("compact_min_delta", lambda: 5_000,

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ResizeMode = Literal["squash", "center-crop"]
 #: Image ids are positive signed 64-bit integers: SQLite and PostgreSQL keys, Faiss labels.
 MAX_IMAGE_ID = 2**63 - 1
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def shown_uri(uri: str) -> str:
+    """A file name as text for JSON and people: its bytes that are not UTF-8 (lone surrogates
+    from ``os.fsdecode``) written ``\\xNN``. Everything else is kept as it is."""
+    try:
+        raw = uri.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return uri.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def line_uri(uri: str) -> str:
+    """:func:`shown_uri`, with control characters escaped too (``\\n``, ``\\t``, ``\\x1b``),
+    so a file name never breaks one-result-per-line output."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], shown_uri(uri))
 
 
 @dataclass(frozen=True)
@@ -69,7 +87,7 @@ class SearchHit:
         return 2.0 * self.score - 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "uri": shown_uri(self.uri)}
 
 
 @dataclass(frozen=True)
@@ -88,7 +106,7 @@ class ImageDetails:
     metadata: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "uri": shown_uri(self.uri)}
 
 
 @dataclass(frozen=True)
@@ -124,7 +142,7 @@ class IngestReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["failed"] = [asdict(f) for f in self.failed]
+        data["failed"] = [{"uri": shown_uri(f.uri), "reason": f.reason} for f in self.failed]
         data["embedded"] = self.embedded
         data["images_per_second"] = round(self.images_per_second, 2)
         return data

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import click
 
 from ..errors import LookalikeError
+from ..types import shown_uri
 from . import (  # noqa: F401  (importing registers their commands)
     bench,
     commands,
@@ -41,5 +42,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     except LookalikeError as exc:
         if debug:
             raise
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {shown_uri(str(exc))}", err=True)
         sys.exit(exc.exit_code)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..types import line_uri, shown_uri
 from .base import COLLECTION_HELP, cli, collection_path, known_id, runtime_options
 
 
@@ -78,7 +79,7 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
         f"{report.removed} removed, {len(report.failed)} failed."
     )
     for failure in report.failed:
-        click.echo(f"  failed: {failure.uri}: {failure.reason}")
+        click.echo(f"  failed: {line_uri(failure.uri)}: {failure.reason}")
 
 
 @cli.command("search")
@@ -117,10 +118,11 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
             hits = col.search(image, k, ef=ef, qe=qe)
     if as_json:
         results = [{"rank": r, **hit.to_dict()} for r, hit in enumerate(hits, 1)]
-        click.echo(json.dumps({"query": image or image_id, "results": results}, indent=2))
+        query = shown_uri(image) if image is not None else image_id
+        click.echo(json.dumps({"query": query, "results": results}, indent=2))
         return
     for rank, hit in enumerate(hits, 1):
-        click.echo(f"{rank:>4}  {hit.score:.4f}  {hit.uri}")
+        click.echo(f"{rank:>4}  {hit.score:.4f}  {line_uri(hit.uri)}")
 
 
 def _as_id(value: str) -> int:
@@ -144,7 +146,7 @@ def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
     if as_json:
         data = info.to_dict()
         if failures:
-            data["failures"] = [{"uri": f.uri, "reason": f.error} for f in failed]
+            data["failures"] = [{"uri": shown_uri(f.uri), "reason": f.error} for f in failed]
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"collection  {info.path}")
@@ -162,7 +164,7 @@ def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
         click.echo(f"  {name:<16} {size / 1e6:10.2f} MB")
     click.echo(f"created     {info.created}\nupdated     {info.updated}")
     for record in failed:
-        click.echo(f"  failed: {record.uri}: {record.error}")
+        click.echo(f"  failed: {line_uri(record.uri)}: {record.error}")
 
 
 @cli.command("models")

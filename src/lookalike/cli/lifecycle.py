@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..types import line_uri, shown_uri
 from .base import COLLECTION_HELP, cli, collection_path, known_id, runtime_options
 
 
@@ -32,12 +33,13 @@ def add_command(paths: Sequence[str], collection: str | None, as_json: bool,
         report = col.add(paths, workers=0, show_progress=False)
         ids = {p: col.find(p) for p in paths}
     if as_json:
-        click.echo(json.dumps({**report.to_dict(), "ids": ids}, indent=2))
+        shown = {shown_uri(path): image_id for path, image_id in ids.items()}
+        click.echo(json.dumps({**report.to_dict(), "ids": shown}, indent=2))
         return
     for path, image_id in ids.items():
-        click.echo(f"{image_id if image_id is not None else '-':>8}  {path}")
+        click.echo(f"{image_id if image_id is not None else '-':>8}  {line_uri(path)}")
     for failure in report.failed:
-        click.echo(f"  failed: {failure.uri}: {failure.reason}")
+        click.echo(f"  failed: {line_uri(failure.uri)}: {failure.reason}")
 
 
 @cli.command("remove")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import settings
+from ..budget import DecodeBudget
 from ..embedders import Embedder
 from ..errors import CollectionExistsError, DecodeError, ImageNotFoundError, UsageError
 from ..imaging import ImageSource, decode_bytes, load_pixels, to_model_input
@@ -39,7 +40,8 @@ class Collection:
     def __init__(self, path: Path, manifest: Manifest, *, weights: str | None = None,
                  runtime: str | None = None, device: str | None = None,
                  threads: int | None = None, precision: str | None = None,
-                 max_pixels: int | None = None, store: str | None = None) -> None:
+                 max_pixels: int | None = None, max_file_bytes: int | None = None,
+                 decode_budget: DecodeBudget | None = None, store: str | None = None) -> None:
         self.path = path
         self.model_name = manifest.model.name
         self.dim = manifest.model.dim
@@ -49,6 +51,9 @@ class Collection:
         self._threads = settings.resolve("threads", threads)
         self._precision = settings.resolve("precision", precision)
         self.max_pixels: int = settings.resolve("max_pixels", max_pixels)
+        self.max_file_bytes: int = settings.resolve("max_file_bytes", max_file_bytes)
+        # Decodes of this process's requests take their memory from it first (a server's).
+        self._reserve = decode_budget.reserve if decode_budget is not None else None
         # The manifest says which store; ``store`` (a URI) may move it or carry its password.
         self.store = open_store(manifest.store, folder=path, dim=self.dim, given=store,
                                 setting=settings.resolve("store"))
@@ -70,7 +75,14 @@ class Collection:
         weights = str(Path(weights).expanduser().resolve()) if weights else None
         spec = parse_spec(settings.resolve("index", index))
         manifest = new_manifest(settings.resolve("model", model), weights, spec)
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} is a file, not a collection folder: pass a new or "
+                             "existing folder to --collection.")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"Cannot make the collection folder {folder}: {exc.strerror}.") from None
         # A Milvus collection is refused if it exists already.
         claim_index(spec, folder, manifest.model.dim, settings.resolve("milvus_token"))
         recorded = new_store(settings.resolve("store", store), folder, manifest.model.dim)
@@ -183,10 +195,12 @@ class Collection:
             source = engine_for(engine, settings.resolve("ray_address", ray_address),
                                 workers).source(self.embedder, batch_size=batch_size,
                                                 max_pixels=self.max_pixels,
+                                                max_bytes=self.max_file_bytes,
                                                 cache_dir=settings.resolve("cache_dir"))
         with self.writer():
             ingestor = Ingestor(
                 self.store, self.embedder, self.indexes.committed, max_pixels=self.max_pixels,
+                max_bytes=self.max_file_bytes,
                 batch_size=batch_size, workers=settings.resolve("workers", workers),
                 checkpoint=self._checkpoint, source=source,
             )
@@ -243,7 +257,7 @@ class Collection:
         image (with ``metadata`` replacing its old metadata, if given). The image is durable and
         searchable when this returns. Raises DecodeError for bytes that are not a usable image.
         """
-        decoded = decode_bytes(data, self.embedder.preprocess, self.max_pixels)
+        decoded = decode_bytes(data, self.embedder.preprocess, self.max_pixels, self._reserve)
         path = upload_path(self.path, decoded.content_hash, decoded.uri)
         meta = json.dumps(metadata, ensure_ascii=False) if metadata is not None else None
         assert decoded.pixels is not None  # decode_bytes raises DecodeError instead
@@ -325,7 +339,8 @@ class Collection:
     def _pixels(self, image: ImageSource | Any) -> np.ndarray:
         preprocess = self.embedder.preprocess
         if isinstance(image, (str, os.PathLike, bytes)):
-            return load_pixels(image, preprocess, max_pixels=self.max_pixels)
+            return load_pixels(image, preprocess, max_pixels=self.max_pixels,
+                               max_bytes=self.max_file_bytes, reserve=self._reserve)
         from PIL import Image
 
         if isinstance(image, Image.Image):
@@ -409,7 +424,7 @@ class Collection:
         live = self.live
         live.refresh()
         return CollectionInfo(
-            path=str(self.path), model=self.model_name, dim=self.dim,
+            path=str(self.path.absolute()), model=self.model_name, dim=self.dim,
             index_spec=self.spec.text, index_kind=live.main_kind,
             images=counts["active"], failed=counts["failed"], removed=counts["removed"],
             main_vectors=live.main_vectors, delta_vectors=live.delta_vectors,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import secrets
 import threading
 import time
@@ -16,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import settings
-from ..errors import CollectionLockedError, CorruptCollectionError, UsageError
+from ..errors import (
+    CollectionLockedError,
+    CorruptCollectionError,
+    ReadOnlyCollectionError,
+    UsageError,
+)
 from ..index import PCA, IndexSpec, parse_spec
 from ..live import (
     DELTA_INDEX,
@@ -338,6 +344,12 @@ def file_lock(path: Path, doing: str, wait: float = 0.0) -> Iterator[None]:
             f"{path.parent} is {doing} (lock file {path}). Wait for it to finish; searches "
             "keep working meanwhile."
         ) from None
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise ReadOnlyCollectionError(
+                f"{path.parent} cannot be changed ({exc.strerror}): it can be searched, not "
+                "written. Copy it somewhere writable to change it.") from None
+        raise
     try:
         yield
     finally:

@@ -89,7 +89,8 @@ class Manifest:
         """Check every field a manifest must have; CorruptCollectionError naming the first
         that is wrong."""
         if not isinstance(data, dict):
-            raise CorruptCollectionError(f"{where} is not a lookalike manifest (not an object).")
+            raise CorruptCollectionError(f"{where} is not a lookalike manifest (not an object); "
+                                         "restore it from a backup.")
         if data.get("format_version") not in READABLE_FORMATS:
             raise CorruptCollectionError(
                 f"{where.parent} has collection format {data.get('format_version')}, this "
@@ -109,7 +110,11 @@ class Manifest:
                              int(pca["trained_on"]), int(pca["seed"]),
                              float(pca["explained_variance"])) if pca else None,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except KeyError as exc:
+            raise CorruptCollectionError(
+                f"{where} is damaged: it has no {exc.args[0]!r} field; restore it from a backup."
+            ) from None
+        except (TypeError, ValueError, AttributeError) as exc:
             raise CorruptCollectionError(
                 f"{where} is damaged ({type(exc).__name__}: {exc}); restore it from a backup."
             ) from None
@@ -148,7 +153,13 @@ def read_manifest(folder: Path, *, model: str | None, weights: str | None) -> Ma
             f"{folder} was built with model {built_with!r}, not {model!r}. Use "
             f"--model {built_with}, or index into a new --collection to use {model}."
         )
-    found = embedding_fingerprint(get_model_spec(built_with), weights or manifest.model.weights)
+    spec = get_model_spec(built_with)
+    if manifest.model.dim != spec.dim:
+        raise CorruptCollectionError(
+            f"{folder / MANIFEST} is damaged: it says {built_with} makes "
+            f"{manifest.model.dim}-d vectors, but {built_with} makes {spec.dim}-d ones. Restore "
+            f"it from a backup (or set model.dim back to {spec.dim}).")
+    found = embedding_fingerprint(spec, weights or manifest.model.weights)
     if found != manifest.model.fingerprint:
         raise ModelMismatchError(
             f"{folder} was built with {built_with} as {manifest.model.fingerprint}, "

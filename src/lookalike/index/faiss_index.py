@@ -125,10 +125,14 @@ class FaissIndex:
         import faiss
 
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self._index, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            faiss.write_index(self._index, str(tmp))
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @property
     def dim(self) -> int:

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from ..embedders import Embedder
-from ..imaging import IMAGE_EXTENSIONS, Decoded, decode_file
+from ..imaging import IMAGE_EXTENSIONS, MAX_FILE_BYTES, Decoded, decode_file
 from ..storage import NewImage, Store
 from ..types import FailedFile, IngestReport, Preprocess
 
@@ -122,9 +122,11 @@ def _init_worker() -> None:
             os._exit(1)
 
 
-def _decode_chunk(uris: list[str], preprocess: Preprocess, max_pixels: int) -> tuple[list, float]:
+def _decode_chunk(uris: list[str], preprocess: Preprocess, max_pixels: int,
+                  max_bytes: int) -> tuple[list, float]:
     start = time.perf_counter()
-    return [decode_file(u, preprocess, max_pixels) for u in uris], time.perf_counter() - start
+    decoded = [decode_file(u, preprocess, max_pixels, max_bytes) for u in uris]
+    return decoded, time.perf_counter() - start
 
 
 @dataclass
@@ -149,6 +151,7 @@ class Ingestor:
         committed: Callable[[], None],
         *,
         max_pixels: int,
+        max_bytes: int = MAX_FILE_BYTES,
         batch_size: int = 32,
         workers: int = 1,
         checkpoint: Callable[[], None] | None = None,
@@ -158,7 +161,7 @@ class Ingestor:
         self.store = store
         self.embedder = embedder
         self._committed = committed  # the index catches up with what was just committed
-        self.max_pixels = max_pixels
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self.batch_size = max(1, batch_size)
         self.workers = max(0, workers)
         self._checkpoint = checkpoint
@@ -227,7 +230,7 @@ class Ingestor:
         preprocess = self.embedder.preprocess
         if self.workers == 0 or len(chunks) <= 1:
             for chunk in chunks:
-                decoded, seconds = _decode_chunk(chunk, preprocess, self.max_pixels)
+                decoded, seconds = _decode_chunk(chunk, preprocess, self.max_pixels, self.max_bytes)
                 tally.stages["decode"] += seconds
                 tally.stages["decode_wait"] += seconds
                 yield decoded
@@ -241,7 +244,8 @@ class Ingestor:
             try:
                 queue = iter(chunks)
                 for chunk in queue:  # bounded prefetch: a few chunks per worker in flight
-                    pending.append(pool.submit(_decode_chunk, chunk, preprocess, self.max_pixels))
+                    pending.append(pool.submit(_decode_chunk, chunk, preprocess, self.max_pixels,
+                                               self.max_bytes))
                     if len(pending) >= 2 * self.workers + 1:
                         break
                 while pending:
@@ -252,7 +256,8 @@ class Ingestor:
                     next_chunk = next(queue, None)
                     if next_chunk is not None:
                         pending.append(
-                            pool.submit(_decode_chunk, next_chunk, preprocess, self.max_pixels)
+                            pool.submit(_decode_chunk, next_chunk, preprocess, self.max_pixels,
+                                        self.max_bytes)
                         )
                     yield decoded
             finally:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..embedders import Embedder
 from ..errors import LookalikeError, MissingDependencyError, UsageError
-from ..imaging import Decoded, decode_file
+from ..imaging import MAX_FILE_BYTES, Decoded, decode_file
 from ..types import Preprocess
 from .local import Batch
 
@@ -61,10 +61,10 @@ class RayEngine:
                 raise UsageError(f"RayEngine {name} must be at least 1, got {value}.")
 
     def source(self, embedder: Embedder, *, batch_size: int, max_pixels: int,
-               cache_dir: str | None = None) -> RaySource:
+               max_bytes: int = MAX_FILE_BYTES, cache_dir: str | None = None) -> RaySource:
         """A batch source for :class:`~lookalike.ingest.Ingestor` that embeds like ``embedder``."""
         return RaySource(self, embedder, batch_size=batch_size, max_pixels=max_pixels,
-                         cache_dir=cache_dir)
+                         max_bytes=max_bytes, cache_dir=cache_dir)
 
 
 def engine_for(engine: str | RayEngine, address: str | None, actors: int | None) -> RayEngine:
@@ -95,10 +95,11 @@ class RaySource:
     """Decodes and embeds on Ray; yields ``(decoded, vectors)`` batches for the Ingestor."""
 
     def __init__(self, engine: RayEngine, embedder: Embedder, *, batch_size: int,
-                 max_pixels: int, cache_dir: str | None = None) -> None:
+                 max_pixels: int, max_bytes: int = MAX_FILE_BYTES,
+                 cache_dir: str | None = None) -> None:
         self.engine = engine
         self.batch_size = max(1, batch_size)
-        self.max_pixels = max_pixels
+        self._limits = {"max_pixels": max_pixels, "max_bytes": max_bytes}
         self.preprocess = embedder.preprocess
         runtime, precision = _cpu_runtime_of(embedder)
         # Pinned to what this process resolved, so every node embeds as the local engine would.
@@ -141,13 +142,13 @@ class RaySource:
             actors = min(self.engine.actors or int(gpus), blocks)
             decoded = dataset.map_batches(
                 _decode_batch, batch_size=None, batch_format="numpy", num_cpus=1,
-                fn_kwargs={"preprocess": self.preprocess, "max_pixels": self.max_pixels},
+                fn_kwargs={"preprocess": self.preprocess, **self._limits},
             )
             return decoded.map_batches(
                 EmbedActor, batch_size=None, batch_format="numpy",
                 compute=ActorPoolStrategy(size=actors), num_gpus=1, num_cpus=1,
                 fn_constructor_kwargs={"load": gpu_load, "preprocess": self.preprocess,
-                                       "max_pixels": self.max_pixels, "decode": False},
+                                       **self._limits, "decode": False},
             )
         if gpus >= 1:
             warnings.warn(f"The Ray cluster has GPUs but the model cannot run on them "
@@ -160,7 +161,7 @@ class RaySource:
             EmbedActor, batch_size=None, batch_format="numpy",
             compute=ActorPoolStrategy(size=actors), num_cpus=per_actor,
             fn_constructor_kwargs={"load": load, "preprocess": self.preprocess,
-                                   "max_pixels": self.max_pixels, "decode": True},
+                                   **self._limits, "decode": True},
         )
 
 
@@ -169,16 +170,16 @@ class EmbedActor:
     first when ``decode``, else taking the pixels a decoding task produced)."""
 
     def __init__(self, load: dict[str, Any], preprocess: Preprocess, max_pixels: int,
-                 decode: bool) -> None:
+                 max_bytes: int, decode: bool) -> None:
         self._embedder = Embedder.load(**load)
         self._preprocess = preprocess
-        self._max_pixels = max_pixels
+        self._max_pixels, self._max_bytes = max_pixels, max_bytes
         self._decode = decode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._decode:
             start = time.perf_counter()
-            decoded = [decode_file(str(u), self._preprocess, self._max_pixels)
+            decoded = [decode_file(str(u), self._preprocess, self._max_pixels, self._max_bytes)
                        for u in batch["uri"]]
             out = _pack(decoded, self._preprocess.size, with_pixels=False)
             out["decode_s"] = np.full(len(decoded), (time.perf_counter() - start) / len(decoded))
@@ -196,11 +197,11 @@ class EmbedActor:
         return out
 
 
-def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess,
-                  max_pixels: int) -> dict[str, np.ndarray]:
+def _decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess, max_pixels: int,
+                  max_bytes: int) -> dict[str, np.ndarray]:
     """A Ray Data task: decode a batch of files to model input (GPU clusters)."""
     start = time.perf_counter()
-    decoded = [decode_file(str(u), preprocess, max_pixels) for u in batch["uri"]]
+    decoded = [decode_file(str(u), preprocess, max_pixels, max_bytes) for u in batch["uri"]]
     out = _pack(decoded, preprocess.size, with_pixels=True)
     out["decode_s"] = np.full(len(decoded), (time.perf_counter() - start) / len(decoded))
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptCollectionError
+from ..errors import CorruptCollectionError, DiskWriteError
 from ..index import IndexSpec, VectorIndex, load_index, parse_spec
 from ..storage import Store
 from .contract import VerifyReport
@@ -40,12 +40,16 @@ class Generations:
 def save_index(index: VectorIndex, path: Path, held: Generations) -> None:
     """Save ``index`` with its footer, atomically (temporary file + rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.gen.tmp")
-    index.save(tmp)  # the engine's own atomic write, to our temporary name
-    with open(tmp, "ab") as fh:
-        fh.write(_FOOTER.pack(_MAGIC, held.generation, held.base))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        index.save(tmp)  # the engine's own atomic write, to our temporary name
+        with open(tmp, "ab") as fh:
+            fh.write(_FOOTER.pack(_MAGIC, held.generation, held.base))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # Faiss reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise DiskWriteError.writing(path, exc) from None
 
 
 def read_generations(path: Path) -> Generations | None:

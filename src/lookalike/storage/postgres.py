@@ -31,7 +31,7 @@ from ..errors import (
     UsageError,
 )
 from .migrations import migrate
-from .records import Changes, ImageRecord, NewImage, vector_chunks
+from .records import Changes, ImageRecord, NewImage, stored_uri, vector_chunks
 from .uri import PostgresURI
 
 POOL_MIN, POOL_MAX = 1, 4  # per process: searches take one connection for one round trip
@@ -99,20 +99,20 @@ class PostgresStore:
     def file_states(self) -> dict[str, ImageRecord]:
         """Every live (active or failed) row by uri: what an indexing run compares files with."""
         rows = self._read(f"SELECT {_COLUMNS} FROM {self._s}.images WHERE status <> 'removed'")
-        return {row[1]: ImageRecord(*row) for row in rows}
+        return {r.uri: r for r in map(ImageRecord.from_row, rows)}
 
     def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
         if not len(ids):
             return {}
         rows = self._read(f"SELECT {_COLUMNS} FROM {self._s}.images WHERE id = ANY(%s)",
                           ([int(i) for i in ids],))
-        return {row[0]: ImageRecord(*row) for row in rows}
+        return {row[0]: ImageRecord.from_row(row) for row in rows}
 
     def find_uri(self, uri: str) -> ImageRecord | None:
         # "status <> 'removed'" lets PostgreSQL use the partial unique index on live uris.
         rows = self._read(f"SELECT {_COLUMNS} FROM {self._s}.images "
-                          "WHERE uri = %s AND status <> 'removed'", (uri,))
-        record = ImageRecord(*rows[0]) if rows else None
+                          "WHERE uri = %s AND status <> 'removed'", (stored_uri(uri),))
+        record = ImageRecord.from_row(rows[0]) if rows else None
         return record if record and record.status == "active" else None
 
     def vector(self, image_id: int) -> np.ndarray | None:
@@ -225,7 +225,7 @@ class PostgresStore:
     def failures(self) -> list[ImageRecord]:
         rows = self._read(f"SELECT {_COLUMNS} FROM {self._s}.images WHERE status = 'failed' "
                           "ORDER BY uri COLLATE \"C\"")
-        return [ImageRecord(*row) for row in rows]
+        return [ImageRecord.from_row(row) for row in rows]
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -233,7 +233,7 @@ class PostgresStore:
         """Insert a batch in one transaction; a live row with the same uri is retired first."""
         batch = list(images)
         now = time.time()
-        last = {image.uri: n for n, image in enumerate(batch)}
+        last = {stored_uri(image.uri): n for n, image in enumerate(batch)}
         with self._transaction() as (cur, seq):
             if not batch:
                 return []
@@ -245,12 +245,14 @@ class PostgresStore:
                         (now, seq, list(last)))
             rows = []
             for n, (image_id, im) in enumerate(zip(ids, batch, strict=True)):
+                uri = stored_uri(im.uri)
                 # The same uri later in this batch retires this row at once, as a second
                 # write would.
-                retired = last[im.uri] != n
+                retired = last[uri] != n
                 status = "removed" if retired else "failed" if im.vector is None else "active"
-                rows.append((image_id, im.uri, im.size, im.mtime_ns, im.content_hash, im.width,
-                             im.height, status, im.error, now, now if retired else None, seq))
+                rows.append((image_id, uri, im.size, im.mtime_ns, im.content_hash, im.width,
+                             im.height, status, im.error and stored_uri(im.error), now,
+                             now if retired else None, seq))
             cur.executemany(
                 f"INSERT INTO {self._s}.images (id, uri, size, mtime_ns, content_hash, width, "
                 "height, status, error, added_at, removed_at, seq) "

@@ -3,11 +3,42 @@ write transactions changed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# File names are bytes; Python hands a name that is not valid UTF-8 over with each bad byte as a
+# lone surrogate (os.fsdecode), which no database text column takes. The store keeps such a
+# surrogate as this marker plus a character of plane 1, and the marker itself doubled: every
+# name round-trips, and a name that was valid UTF-8 (nearly all) is stored unchanged.
+# U+FDD0 is a Unicode noncharacter, reserved for internal use, so it never occurs in real text.
+_MARK = "\ufdd0"
+_TO_STORE = re.compile("[\ud800-\udfff\ufdd0]")
+_FROM_STORE = re.compile("\ufdd0(.)", re.DOTALL)
+_PLANE_1 = 0x10000 - 0xD800
+
+
+def stored_uri(uri: str) -> str:
+    """``uri`` as a store keeps it: valid Unicode, whatever the bytes of the file's name."""
+    return _TO_STORE.sub(_escape, uri)
+
+
+def loaded_uri(text: str) -> str:
+    """The uri :func:`stored_uri` stored as ``text``."""
+    return _FROM_STORE.sub(_unescape, text) if _MARK in text else text
+
+
+def _escape(found: re.Match[str]) -> str:
+    char = found.group()
+    return _MARK + (char if char == _MARK else chr(ord(char) + _PLANE_1))
+
+
+def _unescape(found: re.Match[str]) -> str:
+    char = found.group(1)
+    return char if char == _MARK else chr(ord(char) - _PLANE_1)
 
 
 @dataclass(frozen=True)
@@ -24,6 +55,14 @@ class ImageRecord:
     status: str
     error: str | None
     added_at: float = 0.0
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ImageRecord:
+        """From a store's (id, uri, size, mtime_ns, content_hash, width, height, status, error,
+        added_at) row."""
+        image_id, uri, size, mtime_ns, content_hash, width, height, status, error, added = row
+        return cls(image_id, loaded_uri(uri), size, mtime_ns, content_hash, width, height, status,
+                   error and loaded_uri(error), added)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ order ids were handed out in: that is how every live index catches up (see :meth
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -21,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptCollectionError
-from .records import Changes, ImageRecord, NewImage, vector_chunks
+from ..errors import CorruptCollectionError, DiskWriteError, ReadOnlyCollectionError
+from .records import Changes, ImageRecord, NewImage, stored_uri, vector_chunks
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -75,22 +76,31 @@ class SQLiteStore:
             )
         self.path = path
         self.dim = dim
+        # On a read-only disk or folder, SQLite can neither take WAL locks nor make the -shm
+        # file: open the file read-only, and unless a -wal file holds commits (a read-only
+        # open then uses it), as immutable: no locks, nothing written.
+        self.read_only = not create and not (os.access(path, os.W_OK)
+                                             and os.access(path.parent, os.W_OK))
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         try:
-            self._migrate(self._db)
+            self._migrate(self._db, None if self.read_only else path)
         except sqlite3.DatabaseError as exc:
             raise CorruptCollectionError(f"Metadata database {path} is unreadable: {exc}") from None
 
     @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
+    def _migrate(db: sqlite3.Connection, writable: Path | None) -> None:
         try:  # the common case, a read: already this version
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row and int(row[0]) == SCHEMA_VERSION:
                 return
         except sqlite3.OperationalError:
             pass  # no meta table yet: a new database
+        if writable is None:
+            raise ReadOnlyCollectionError(
+                "The metadata database is of an older version, and this one cannot upgrade it "
+                "where it is (read-only). Open the collection once where it can be written.")
         db.execute("BEGIN IMMEDIATE")  # two processes opening a new collection take turns
         try:
             db.execute("CREATE TABLE IF NOT EXISTS meta "
@@ -120,14 +130,23 @@ class SQLiteStore:
         # transaction, and each write transaction is its own.
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
-                                 check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed write survives an OS crash or power cut, not only a killed process.
-            db.execute("PRAGMA synchronous=FULL")
+            db = self._connect()
             self._local.db = db
             with self._connections_lock:
                 self._connections.append(db)
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            wal = self.path.with_name(self.path.name + "-wal")
+            mode = "mode=ro" if wal.is_file() and wal.stat().st_size else "immutable=1"
+            return sqlite3.connect(f"{self.path.absolute().as_uri()}?{mode}", uri=True,
+                                   timeout=30.0, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed write survives an OS crash or power cut, not only a killed process.
+        db.execute("PRAGMA synchronous=FULL")
         return db
 
     def close(self) -> None:
@@ -142,11 +161,11 @@ class SQLiteStore:
     def file_states(self) -> dict[str, ImageRecord]:
         """Every live (active or failed) row by uri: what an indexing run compares files with."""
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE status != 'removed'")
-        return {row[1]: ImageRecord(*row) for row in rows}
+        return {r.uri: r for r in map(ImageRecord.from_row, rows)}
 
     def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
         rows = self._by_ids(f"SELECT {_COLUMNS} FROM images WHERE id IN ", ids)
-        return {row[0]: ImageRecord(*row) for row in rows}
+        return {row[0]: ImageRecord.from_row(row) for row in rows}
 
     def _by_ids(self, query: str, ids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
         """Rows of ``query`` + ``(?, ?, ...)`` for ``ids``, 500 ids per statement."""
@@ -157,9 +176,10 @@ class SQLiteStore:
     def find_uri(self, uri: str) -> ImageRecord | None:
         # "status != 'removed'" lets SQLite use the partial unique index on live uris.
         row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM images WHERE uri = ? AND status != 'removed'", (uri,)
+            f"SELECT {_COLUMNS} FROM images WHERE uri = ? AND status != 'removed'",
+            (stored_uri(uri),)
         ).fetchone()
-        record = ImageRecord(*row) if row else None
+        record = ImageRecord.from_row(row) if row else None
         return record if record and record.status == "active" else None
 
     def vector(self, image_id: int) -> np.ndarray | None:
@@ -284,7 +304,7 @@ class SQLiteStore:
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM images WHERE status = 'failed' ORDER BY uri"
         )
-        return [ImageRecord(*row) for row in rows]
+        return [ImageRecord.from_row(row) for row in rows]
 
     # -- writing (the caller holds the collection's writer lock) ----------------------------
 
@@ -294,16 +314,17 @@ class SQLiteStore:
         ids: list[int] = []
         with self._transaction() as (db, seq):
             for image in images:
+                uri = stored_uri(image.uri)
                 db.execute(
                     "UPDATE images SET status = 'removed', removed_at = ?, seq = ? "
-                    "WHERE uri = ? AND status != 'removed'", (now, seq, image.uri)
+                    "WHERE uri = ? AND status != 'removed'", (now, seq, uri)
                 )
                 status = "failed" if image.vector is None else "active"
                 cursor = db.execute(
                     "INSERT INTO images (uri, size, mtime_ns, content_hash, width, height, status,"
                     " error, added_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (image.uri, image.size, image.mtime_ns, image.content_hash, image.width,
-                     image.height, status, image.error, now, seq),
+                    (uri, image.size, image.mtime_ns, image.content_hash, image.width,
+                     image.height, status, image.error and stored_uri(image.error), now, seq),
                 )
                 image_id = int(cursor.lastrowid or 0)
                 ids.append(image_id)
@@ -338,7 +359,7 @@ class SQLiteStore:
         return cursor.rowcount
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
 
     def _decode(self, blob: bytes) -> np.ndarray:
         return np.frombuffer(blob, dtype=np.float32).copy()
@@ -347,8 +368,8 @@ class SQLiteStore:
 class _Transaction:
     """A write transaction and the generation it commits as."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db, self._path = db, path
 
     def __enter__(self) -> tuple[sqlite3.Connection, int]:
         self._db.execute("BEGIN IMMEDIATE")
@@ -362,5 +383,19 @@ class _Transaction:
             raise
         return self._db, int(seq)
 
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: object, exc: BaseException | None, _: object) -> None:
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        except sqlite3.OperationalError as failed:
+            if exc is None and _disk_failed(failed):  # the commit could not be written
+                raise DiskWriteError.writing(self._path, failed) from None
+            if exc is None:
+                raise
+        if isinstance(exc, sqlite3.OperationalError) and _disk_failed(exc):
+            raise DiskWriteError.writing(self._path, exc) from None
+
+
+def _disk_failed(exc: sqlite3.OperationalError) -> bool:
+    """SQLite's errors for a full disk (SQLITE_FULL) or one that fails writes (SQLITE_IOERR)."""
+    primary = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes keep it in the low byte
+    return primary in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
