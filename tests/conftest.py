@@ -187,9 +187,9 @@ def malformed_exif_image(fmt: str = "JPEG", size: tuple[int, int] = (40, 30)) ->
 
 
 class CrashingDecoder(ImageFile.ImageFile):
-    """A format plugin whose decoder fails the way a buggy one does: not with an OSError."""
+    """A decoder that fails the way a buggy plugin does: not with an OSError."""
 
-    format = "CRASHING"
+    format = "PCX"  # a format lookalike reads, so that Image.open tries it
 
     def _open(self) -> None:
         self._size, self._mode = (8, 8), "RGB"
@@ -200,12 +200,13 @@ class CrashingDecoder(ImageFile.ImageFile):
 
 @pytest.fixture
 def crashing_plugin() -> Iterator[bytes]:
-    """The bytes of a file only :class:`CrashingDecoder` (registered meanwhile) claims."""
+    """The bytes of a file that :class:`CrashingDecoder` claims, standing in for the PCX
+    decoder meanwhile."""
+    real = Image.OPEN[CrashingDecoder.format]
     Image.register_open(CrashingDecoder.format, CrashingDecoder,
                         lambda prefix: prefix[:8] == b"CRASHING")
     yield b"CRASHING" + bytes(64)
-    Image.OPEN.pop(CrashingDecoder.format)
-    Image.ID.remove(CrashingDecoder.format)
+    Image.OPEN[CrashingDecoder.format] = real
 
 
 def free_port() -> int:

@@ -551,3 +551,12 @@ def test_reserve_is_entered_around_decoding_with_the_cost(tmp_path: Path) -> Non
 
     with pytest.raises(DecodeError, match="needs"):
         load_pixels(photo_jpeg((64, 48)), SQUASH, max_pixels=LIMIT, reserve=refuse)
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "QOI", "DDS"])
+def test_formats_lookalike_does_not_list_are_never_handed_to_their_plugin(fmt: str) -> None:
+    """Pillow recognises these by their bytes, whatever the name; EPS would run Ghostscript."""
+    payload = encode(Image.new("RGB", (16, 16), RED), fmt)
+    with pytest.raises(DecodeError, match="not an image") as info:
+        open_image(payload, max_pixels=LIMIT, name="photo.jpg")
+    assert info.value.reason == "not_image"

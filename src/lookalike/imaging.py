@@ -16,6 +16,7 @@ be reserved from a budget shared with other decodes first (``reserve``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -61,9 +62,24 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 ImageSource = str | os.PathLike[str] | bytes
 Reserve = Callable[[int], AbstractContextManager[object]]
 
-# open_image applies lookalike's own max_pixels guard (from the header, before any pixel is
-# decoded); Pillow's global limit would otherwise refuse images first and ignore max_pixels.
-Image.MAX_IMAGE_PIXELS = None
+
+
+@functools.cache
+def _formats() -> tuple[str, ...]:
+    """The Pillow formats of IMAGE_EXTENSIONS: bytes are only ever tried as one of these, so no
+    other plugin (EPS, which would run Ghostscript; BLP, DDS...) sees an upload."""
+    known = Image.registered_extensions()
+    return tuple(sorted({known[ext] for ext in IMAGE_EXTENSIONS if ext in known}))
+
+
+def _pillow_guard(max_pixels: int) -> None:
+    """Keep Pillow's own decompression-bomb check at least as high as ``max_pixels``: some
+    plugins (ICO entries, GIF frames) allocate inside ``Image.open``, before lookalike's check
+    can run, and only Pillow's stops them there. It refuses above twice its setting and only
+    warns above it (ignored: lookalike's check decides)."""
+    at_least = (max_pixels + 1) // 2
+    if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS < at_least:
+        Image.MAX_IMAGE_PIXELS = at_least
 
 
 @dataclass(frozen=True)
@@ -102,17 +118,14 @@ def open_image(
         name = "" if isinstance(source, bytes) else os.fspath(source)
     if not data:
         raise DecodeError("empty file (0 bytes)", "empty")
+    _pillow_guard(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_formats())
             width, height = image.size
             if width * height > max_pixels:
-                raise DecodeError(
-                    f"image is {width}x{height} = {width * height:,} pixels, over the limit "
-                    f"of {max_pixels:,} (decompression-bomb guard); raise LOOKALIKE_MAX_PIXELS "
-                    "to allow it", "too_many_pixels"
-                )
+                raise _too_many_pixels(max_pixels, f"{width}x{height} = {width * height:,} pixels")
             orientation = image.getexif().get(_ORIENTATION_TAG)
             if orientation in _TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
@@ -135,8 +148,8 @@ def open_image(
                 "needs_decoder",
             ) from None
         raise DecodeError("not an image (no decoder recognises these bytes)", "not_image") from None
-    except Image.DecompressionBombError as exc:
-        raise DecodeError(f"decompression bomb refused: {exc}", "too_many_pixels") from None
+    except Image.DecompressionBombError:  # Pillow's check, inside Image.open (_pillow_guard)
+        raise _too_many_pixels(max_pixels) from None
     except Exception as exc:  # the decode-safety boundary (module docstring)
         detail = str(exc) or type(exc).__name__
         raise DecodeError(f"corrupt or truncated image data: {detail}") from None
@@ -183,6 +196,12 @@ def _oriented(image: Image.Image, orientation: object) -> Image.Image:
     """``image`` turned as its EXIF orientation says (``ImageOps.exif_transpose``'s turns)."""
     method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
     return image if method is None else image.transpose(method)
+
+
+def _too_many_pixels(max_pixels: int, size: str | None = None) -> DecodeError:
+    return DecodeError(f"image is {size + ', ' if size else ''}over the limit of "
+                       f"{max_pixels:,} pixels (decompression-bomb guard); raise "
+                       "LOOKALIKE_MAX_PIXELS to allow it", "too_many_pixels")
 
 
 def original_size(image: Image.Image) -> tuple[int, int]:
