@@ -20,6 +20,7 @@ from PIL import Image, ImageFile
 
 from lookalike.demo import edited_copies, sample_photos
 from lookalike.embedders import Embedder, ModelSpec, register_model
+from lookalike.settings import SETTINGS
 from lookalike.types import Preprocess
 from pgserver import CannotStart, PostgresServer, connect_or_start
 
@@ -80,12 +81,8 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("XDG_DATA_HOME", str(home / "data"))
         mp.setenv("XDG_CONFIG_HOME", str(home / "config"))
         mp.setenv("TORCH_HOME", str(home / "torch"))
-        for name in ("LOOKALIKE_COLLECTION", "LOOKALIKE_CONFIG", "LOOKALIKE_MODEL",
-                     "LOOKALIKE_INDEX", "LOOKALIKE_DEBUG", "LOOKALIKE_WORKERS",
-                     "LOOKALIKE_API_KEY", "LOOKALIKE_WRITE_KEY", "LOOKALIKE_CORS_ORIGINS",
-                     "LOOKALIKE_MAX_UPLOAD_BYTES", "LOOKALIKE_COMPACT_MIN_DELTA",
-                     "LOOKALIKE_COMPACT_DELTA_FRACTION", "LOOKALIKE_COMPACT_TOMBSTONE_FRACTION",
-                     "LOOKALIKE_STORE"):
+        for name in ("LOOKALIKE_CONFIG", "LOOKALIKE_DEBUG",
+                     *(s.env for s in SETTINGS if s.name != "cache_dir")):
             mp.delenv(name, raising=False)
         yield home
 

@@ -346,3 +346,14 @@ def test_both_stores_answer_alike(tmp_path: Path, pg_uri: str) -> None:
     assert view(stores[0]) == view(stores[1])
     for opener in openers:
         opener.close()
+
+
+def test_retire_says_which_rows_it_retired(open_db: Opener) -> None:
+    store, other = open_db(), open_db()  # another process's connection to the same database
+    v = unit_vectors(3)
+    a, b, c = store.write([image(f"/{i}.jpg", v[i]) for i in range(3)])
+    [failed] = store.write([image("/bad.jpg")])
+    assert store.retire([b, a, a, 10_000]) == [a, b]  # ascending, once each, unknown ids left out
+    assert other.retire([a, b, c, failed]) == [c, failed]  # already retired: not reported again
+    assert store.retire([a, c]) == [] and store.retire([]) == []
+    assert store.counts() == {"active": 0, "failed": 0, "removed": 4}

@@ -118,3 +118,13 @@ class DiskWriteError(LookalikeError):
         reason = found.group(1) if found and len(reason) > 120 else reason
         return cls(f"Could not write {path}: {reason}. What was committed before is intact: "
                    "free some space (or fix the disk) and run the command again.")
+
+
+class ImageFileError(LookalikeError):
+    """An indexed image's file is no longer the file that was indexed (the message says how)."""
+
+    #: ``missing``: gone, or no longer a regular file; ``changed``: its size, modification time
+    #: or (through a symlink) content differ from what was indexed.
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

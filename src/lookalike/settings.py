@@ -105,14 +105,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("compact_tombstone_fraction", lambda: 0.1,
             "Compact automatically once removed images are this fraction of the index.", float),
     Setting("api_key", lambda: None,
-            "serve: every route but /healthz, /readyz and the web page's assets needs this key "
-            "(header X-API-Key or Authorization: Bearer)."),
+            "serve: every route but /healthz, /readyz, the web page and the API description "
+            "(/docs, /redoc, /openapi.json) needs this key (header X-API-Key or "
+            "Authorization: Bearer)."),
     Setting("write_key", lambda: None,
             "serve: uploads and deletes need this key (reads then accept either key)."),
     Setting("max_upload_bytes", lambda: 20 * 1024 * 1024,
             "serve: largest request body accepted, in bytes.", int),
     Setting("cors_origins", lambda: "",
             "serve: comma-separated origins allowed by CORS (empty: CORS off; * for any)."),
+    Setting("head_timeout", lambda: 10.0,
+            "serve: seconds a client has to send a request's line and headers, counted from its "
+            "first byte (or from connecting); then the connection is closed.", float),
+    Setting("body_timeout", lambda: 30.0,
+            "serve: seconds to wait for each further piece of a request body; then 408 "
+            "request_timeout and the connection is closed.", float),
+    Setting("max_connections", lambda: 1000,
+            "serve: most open connections per server process; past it a new one takes the "
+            "place of the one waiting longest for its headers, or is answered 503 busy when "
+            "none is. Kept under the open-file limit (`ulimit -n`), whose soft value is raised "
+            "toward the hard one to fit.", int),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -28,7 +28,16 @@ from ..ingest import Ingestor
 from ..live import DELTA_INDEX, MAIN_INDEX, CompactionReport, LiveIndex, VerifyReport, claim_index
 from ..storage import SQLITE_FILE, ImageRecord, NewImage, new_store, open_store
 from ..types import CollectionInfo, ImageDetails, IngestReport, ReduceReport, SearchHit
-from .files import is_upload, remove_quietly, thumbnail, upload_path, write_durably
+from .files import (
+    ImageFile,
+    is_upload,
+    open_indexed,
+    remove_quietly,
+    remove_stale_uploads,
+    thumbnail,
+    upload_path,
+    write_durably,
+)
 from .indexes import Indexes
 from .manifest import MANIFEST, Manifest, new_manifest, read_manifest, write_manifest
 from .searching import Searcher
@@ -58,6 +67,7 @@ class Collection:
         self.store = open_store(manifest.store, folder=path, dim=self.dim, given=store,
                                 setting=settings.resolve("store"))
         self._embedder: Embedder | None = None
+        self._uploads_swept = False
         self.indexes = Indexes(path, manifest, self.store)
         self._searcher = Searcher(self.store, self.indexes, self.embed)
 
@@ -227,7 +237,9 @@ class Collection:
 
     def remove(self, images: Iterable[int | str | os.PathLike[str]], *,
                wait: float = 0.0) -> list[int]:
-        """Remove images by id or path; gone from results at once. Returns the ids removed.
+        """Remove images by id or path; gone from results at once. Returns the ids this call
+        removed: one that another remover retired first (after the check that every image is
+        indexed) is left out, so of racing removals of one image exactly one reports it.
 
         Files uploaded into the collection are deleted too; indexed files elsewhere never are.
         """
@@ -238,16 +250,16 @@ class Collection:
             if record is None or record.status != "active":
                 raise ImageNotFoundError(f"No indexed image {image!r}.")
             records.append(record)
-        ids = [r.id for r in records]
         with self.writer(wait):
-            self.store.mark_removed(ids)
+            removed = set(self.store.retire([r.id for r in records]))
             self.indexes.committed()
             # Still the writer: an upload of the same bytes (one content-addressed file) cannot
             # be acknowledged between this check and the unlink.
             for record in records:
-                if is_upload(self.path, record.uri) and self.store.find_uri(record.uri) is None:
+                if (record.id in removed and is_upload(self.path, record.uri)
+                        and self.store.find_uri(record.uri) is None):
                     remove_quietly(Path(record.uri))
-        return ids
+        return [r.id for r in records if r.id in removed]
 
     def add_bytes(self, data: bytes, *, metadata: dict[str, Any] | None = None,
                   wait: float = 10.0) -> tuple[ImageDetails, bool]:
@@ -263,6 +275,9 @@ class Collection:
         assert decoded.pixels is not None  # decode_bytes raises DecodeError instead
         vector = self.embedder.embed_pixels(decoded.pixels[None])
         with self.writer(wait):
+            if not self._uploads_swept:  # once per process: an upload killed mid-write
+                remove_stale_uploads(self.path)
+                self._uploads_swept = True
             existing = self.store.find_uri(str(path))
             if existing is not None:
                 if meta is not None:
@@ -297,11 +312,24 @@ class Collection:
             raise ImageNotFoundError(f"The file of image {image_id} is gone: {path}.")
         return path
 
+    def open_file(self, image_id: int) -> ImageFile:
+        """The file of an indexed image, open, while it is still the file that was indexed:
+        never through a symlink pointed elsewhere (see :func:`.files.open_indexed`). The caller
+        closes it. Raises ImageFileError when the file is gone or has changed."""
+        return open_indexed(self._record(image_id))
+
     def thumbnail(self, image_id: int, side: int = 256) -> Path:
-        """A small cached JPEG of an indexed image."""
+        """A small cached JPEG of an indexed image, made from its file as :meth:`open_file`
+        opens it."""
+        record = self._record(image_id)
+
+        def read() -> bytes:
+            with open_indexed(record).file as fh:
+                return fh.read()
+
         try:
-            return thumbnail(self.path, image_id, str(self.file(image_id)), side=side,
-                             max_pixels=self.max_pixels)
+            return thumbnail(self.path, image_id, read, side=side, max_pixels=self.max_pixels,
+                             name=record.uri)
         except DecodeError as exc:
             raise ImageNotFoundError(f"Image {image_id} can no longer be read: {exc}.") from None
 

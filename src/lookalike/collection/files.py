@@ -1,7 +1,10 @@
-"""Files a collection keeps itself: uploaded images (content-addressed) and cached thumbnails.
+"""Files a collection keeps itself (uploaded images, content-addressed, and cached thumbnails),
+and the one way an indexed image's file is opened again.
 
 Paths are only ever built from a content hash or an image id, never from anything a user sent,
-so no request can name a file outside the collection.
+so no request can name a file outside the collection. An indexed file is read only while it is
+still the file that was indexed (:func:`open_indexed`), so whoever can write into an indexed
+folder cannot make the server read anything else through it.
 """
 
 from __future__ import annotations
@@ -9,11 +12,31 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from ..imaging import open_image
+from ..errors import ImageFileError
+from ..imaging import content_hash, open_image
+from ..live import remove_stale_temporaries
+from ..storage import ImageRecord
 
 UPLOADS, THUMBNAILS = "uploads", "thumbnails"
+# Non-blocking, so that a FIFO put in a file's place cannot hang the open; no effect on reads of
+# a regular file, the only kind ever read.
+_OPEN = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An indexed image's file, open and checked; the caller closes ``file``."""
+
+    file: BinaryIO
+    size: int
+    media_type: str
 
 
 def upload_path(folder: Path, digest: str, extension: str) -> Path:
@@ -46,13 +69,81 @@ def remove_quietly(path: Path) -> None:
         path.unlink()
 
 
-def thumbnail(folder: Path, image_id: int, source: str, *, side: int, max_pixels: int) -> Path:
-    """A cached JPEG of at most ``side`` pixels a side for image ``image_id`` (made on first use;
-    ids are never reused, so the cache never goes stale). Raises DecodeError for a bad source."""
+def remove_stale_uploads(folder: Path) -> None:
+    """Delete what uploads killed mid-write left in ``uploads/xx/`` (see write_durably)."""
+    for sub in sorted((folder / UPLOADS).glob("??")):
+        remove_stale_temporaries(sub)
+
+
+def open_indexed(record: ImageRecord) -> ImageFile:
+    """Open the file of an indexed image, only while it is still the file that was indexed: a
+    regular file with the stored size and modification time, opened without following a
+    symlink and checked on the open descriptor, so nothing can be swapped in between the check
+    and the read. A file indexed through a symlink (indexing follows them) is read through it
+    only while its bytes still have the stored content hash: a link pointed elsewhere gives
+    nothing away. Raises ImageFileError: ``missing`` or ``changed``."""
+    path = record.uri
+    again = ("Run `lookalike index` on its folder to bring the collection up to date (or "
+             "`lookalike remove` it).")
+    missing = ImageFileError(f"The file of image {record.id} is gone or is no longer a regular "
+                             f"file: {path}. {again}", "missing")
+    changed = ImageFileError(f"The file of image {record.id} has changed since it was indexed: "
+                             f"{path}. {again}", "changed")
+    linked = False
+    try:
+        fd = os.open(path, _OPEN | _NOFOLLOW)
+    except OSError:
+        linked = os.path.islink(path)
+        try:  # never open a device or FIFO a link points at: opening some has effects
+            if not (linked and stat.S_ISREG(os.stat(path).st_mode)):
+                raise missing from None
+            fd = os.open(path, _OPEN)
+        except OSError:
+            raise missing from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise missing
+        if ((record.size is not None and st.st_size != record.size)
+                or (record.mtime_ns is not None and st.st_mtime_ns != record.mtime_ns)):
+            raise changed
+    except BaseException:
+        os.close(fd)
+        raise
+    fh = os.fdopen(fd, "rb")
+    try:
+        if linked:
+            if record.content_hash is None or content_hash(fh.read()) != record.content_hash:
+                raise changed
+            fh.seek(0)
+        return ImageFile(fh, st.st_size, _media_type(fh))
+    except BaseException:
+        fh.close()
+        raise
+
+
+def _media_type(fh: BinaryIO) -> str:
+    """The MIME type of an open image file, sniffed from its first bytes; leaves it at 0."""
+    from PIL import Image
+
+    try:
+        with Image.open(fh) as image:  # a file object it was given, Pillow leaves open
+            kind = Image.MIME.get(image.format or "", "application/octet-stream")
+    except (OSError, SyntaxError, ValueError):
+        kind = "application/octet-stream"
+    fh.seek(0)
+    return kind
+
+
+def thumbnail(folder: Path, image_id: int, read: Callable[[], bytes], *, side: int,
+              max_pixels: int, name: str) -> Path:
+    """A cached JPEG of at most ``side`` pixels a side for image ``image_id``, made on first use
+    from the bytes ``read()`` returns (ids are never reused, so the cache never goes stale).
+    Raises DecodeError for a bad source."""
     path = folder / THUMBNAILS / str(side) / f"{image_id}.jpg"
     if path.is_file():
         return path
-    image = open_image(source, max_pixels=max_pixels, draft_to=side)
+    image = open_image(read(), max_pixels=max_pixels, draft_to=side, name=name)
     image.thumbnail((side, side))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=82, optimize=True)

@@ -10,20 +10,21 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import FastAPI, Query, Request
 from fastapi.middleware import Middleware
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..errors import ImageNotFoundError
-from ..imaging import load_pixels, media_type
+from ..imaging import load_pixels
 from ..types import MAX_IMAGE_ID, ImageDetails, SearchHit
 from .config import ServeConfig
 from .errors import ApiError, error_response, install_handlers
@@ -54,7 +55,9 @@ _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description} for status, description in (
         (400, "No file, an empty file, or a bad field"), (401, "Missing or wrong API key"),
-        (404, "No such image"), (413, "Upload over the size limit"),
+        (404, "No such image, or its file is gone"), (408, "The request body stalled"),
+        (409, "The image's file changed since it was indexed"),
+        (413, "Upload over the size limit"),
         (415, "Not an image"), (422, "Corrupt image, too many pixels, or a bad parameter"),
         (503, "Still loading, or the collection is busy"),
     )
@@ -78,7 +81,8 @@ def create_app(config: ServeConfig) -> FastAPI:
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         ))
     middleware += [Middleware(ApiKeys, api_key=config.api_key, write_key=config.write_key),
-                   Middleware(BodyLimit, limit=config.max_upload_bytes)]
+                   Middleware(BodyLimit, limit=config.max_upload_bytes,
+                              idle_timeout=config.body_timeout)]
     # FastAPIOffline serves /docs and /redoc with their scripts from this package, not a CDN.
     app = FastAPIOffline(
         title="lookalike", summary="Find images that look like this one.",
@@ -168,15 +172,19 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
     @app.delete("/images/{image_id}", response_model=DeleteResponse, tags=["images"])
     def delete(image_id: int) -> dict[str, Any]:
         """Remove an image: gone from results at once (an uploaded file is deleted too)."""
-        service.collection.remove([_known_id(image_id)], wait=config.write_wait)
+        if not service.collection.remove([_known_id(image_id)], wait=config.write_wait):
+            raise ImageNotFoundError(f"No indexed image has id {image_id}.")  # lost a race
         return {"deleted": image_id}
 
-    @app.get("/images/{image_id}/file", tags=["images"], response_class=FileResponse)
-    def image_file(image_id: int) -> FileResponse:
-        """The image file itself."""
-        path = service.collection.file(_known_id(image_id))
-        return FileResponse(path, media_type=media_type(path),
-                            headers={"Cache-Control": "private, max-age=3600"})
+    @app.get("/images/{image_id}/file", tags=["images"], response_class=StreamingResponse)
+    def image_file(image_id: int) -> StreamingResponse:
+        """The image file itself, while it is still the file that was indexed (else 404
+        file_missing or 409 file_changed)."""
+        found = service.collection.open_file(_known_id(image_id))
+        # Sent from the descriptor that was checked, never reopened by path.
+        return StreamingResponse(_chunks(found.file, found.size), media_type=found.media_type,
+                                 headers={"Content-Length": str(found.size),
+                                          "Cache-Control": "private, max-age=3600"})
 
     @app.get("/images/{image_id}/thumbnail", tags=["images"], response_class=FileResponse)
     def image_thumbnail(image_id: int, size: int = 256) -> FileResponse:
@@ -224,12 +232,22 @@ async def _read_upload(request: Request) -> tuple[bytes, dict[str, str]]:
         if not data:
             raise ApiError(400, "empty_file", "The uploaded file is empty (0 bytes).")
         return data, fields
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        raise missing
+    # Anything else is the raw image, whatever it is declared as: `curl --data-binary @x.jpg`
+    # declares application/x-www-form-urlencoded unless told otherwise. A real form (all ASCII,
+    # as no image file is) was sent without its file.
     data = await request.body()
-    if not data:
+    if not data or (content_type.startswith("application/x-www-form-urlencoded")
+                    and data.isascii()):
         raise missing
     return data, {}
+
+
+def _chunks(file: BinaryIO, size: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``file`` (what Content-Length promised), then closes it."""
+    with file:
+        while size > 0 and (data := file.read(min(chunk, size))):
+            size -= len(data)
+            yield data
 
 
 def _known_id(image_id: int) -> int:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import settings
+from ..errors import UsageError
 
 CONFIG_ENV = "LOOKALIKE_SERVE_CONFIG"  # how `serve --workers N` hands its config to each worker
 
@@ -25,13 +26,24 @@ class ServeConfig:
     batching: bool = True
     auto_compact: bool = True
     write_wait: float = 10.0  # seconds an upload or delete waits for another writer
+    head_timeout: float = 10.0  # seconds to send a request's head (see server/connections.py)
+    body_timeout: float = 30.0  # seconds to wait for each further piece of a body
+    max_connections: int = 1000  # open connections per server process
     background_load: bool = True  # False: load before accepting connections (serve --workers N)
     runtime: dict[str, Any] = field(default_factory=dict)  # Collection.open options
+
+    def __post_init__(self) -> None:
+        for name in ("head_timeout", "body_timeout", "max_connections"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}: set "
+                                 f"--{name.replace('_', '-')} or LOOKALIKE_{name.upper()}.")
 
     @classmethod
     def from_settings(cls, collection: str | None = None, *, api_key: str | None = None,
                       write_key: str | None = None, max_upload_bytes: int | None = None,
-                      cors_origins: tuple[str, ...] | None = None, **rest: Any) -> ServeConfig:
+                      cors_origins: tuple[str, ...] | None = None,
+                      head_timeout: float | None = None, body_timeout: float | None = None,
+                      max_connections: int | None = None, **rest: Any) -> ServeConfig:
         origins = cors_origins or tuple(
             o.strip() for o in settings.resolve("cors_origins").split(",") if o.strip()
         )
@@ -40,7 +52,10 @@ class ServeConfig:
             api_key=settings.resolve("api_key", api_key) or None,
             write_key=settings.resolve("write_key", write_key) or None,
             max_upload_bytes=settings.resolve("max_upload_bytes", max_upload_bytes),
-            cors_origins=origins, **rest,
+            cors_origins=origins,
+            head_timeout=settings.resolve("head_timeout", head_timeout),
+            body_timeout=settings.resolve("body_timeout", body_timeout),
+            max_connections=settings.resolve("max_connections", max_connections), **rest,
         )
 
     def to_env(self) -> str:

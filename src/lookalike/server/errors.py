@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import (
     CollectionLockedError,
     DecodeError,
+    ImageFileError,
     ImageNotFoundError,
     LookalikeError,
     PayloadTooLargeError,
@@ -68,6 +69,10 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(status, code, f"The upload is not a usable image: {message}.")
     if isinstance(exc, ImageNotFoundError):
         return ApiError(404, "not_found", message)
+    if isinstance(exc, ImageFileError):
+        if exc.reason == "changed":
+            return ApiError(409, "file_changed", message)
+        return ApiError(404, "file_missing", message)
     if isinstance(exc, PayloadTooLargeError):
         return ApiError(413, "payload_too_large", message)
     if isinstance(exc, CollectionLockedError):

@@ -6,6 +6,7 @@ application reads a byte of its body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import threading
@@ -17,7 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico", "/docs", "/openapi.json",
+# Open with an API key too: health, the web page, and the API description (which holds no data,
+# only what the README says). The README's security paragraph lists them; a test holds it to it.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/openapi.json",
                         "/docs/oauth2-redirect", "/redoc"})
 DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc scripts, served by the app
 READ_SECONDS = "lookalike.read_seconds"  # scope key: how long receiving the body took
@@ -95,7 +98,7 @@ class RequestTiming:
 class ApiKeys:
     """Checks ``X-API-Key`` (or ``Authorization: Bearer``) when keys are configured.
 
-    With ``api_key`` every route but health and the page's assets needs a key; with
+    With ``api_key`` every route but ``OPEN_PATHS`` and their assets needs a key; with
     ``write_key`` uploads and deletes need that one (reads accept either). Keys are compared as
     UTF-8 bytes, in constant time: a key may be any text, and a header is never decoded.
     """
@@ -145,14 +148,16 @@ def _presented_key(scope: Scope) -> bytes | None:
 
 
 class BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with a 413 before the app reads them.
+    """Refuses request bodies over ``limit`` bytes with a 413 before the app reads them, and
+    bodies that stall for ``idle_timeout`` seconds with a 408 (the connection is closed).
 
     A declared Content-Length over the limit is refused at once; otherwise the body is read up
-    to the limit (at most ``limit`` bytes in memory) and handed to the app in one piece.
+    to the limit (at most ``limit`` bytes in memory) and handed to the app in one piece, so no
+    route ever waits on the network.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, idle_timeout: float) -> None:
+        self.app, self.limit, self.idle_timeout = app, limit, idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -167,7 +172,14 @@ class BodyLimit:
         started = time.perf_counter()
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout)
+            except TimeoutError:
+                await _refuse(send, 408, "request_timeout",
+                              f"No more of the request body arrived for {self.idle_timeout:g} "
+                              "seconds; send the whole body without pausing.",
+                              {"Connection": "close"})
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

@@ -113,6 +113,11 @@ class Store(Protocol):
         """Retire rows that are not removed yet; how many were."""
         ...
 
+    def retire(self, ids: Iterable[int]) -> list[int]:
+        """Retire rows that are not removed yet, in one transaction; the ids that were, in
+        ascending order. Of writers racing to retire one row, exactly one is told it did."""
+        ...
+
     def drop_tombstoned_vectors(self, upto: int) -> int:
         """Delete the vectors of rows retired by generation ``upto`` or earlier."""
         ...

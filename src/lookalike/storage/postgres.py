@@ -276,12 +276,17 @@ class PostgresStore:
                         (image_id, metadata))
 
     def mark_removed(self, ids: Iterable[int]) -> int:
+        return len(self.retire(ids))
+
+    def retire(self, ids: Iterable[int]) -> list[int]:
         now = time.time()
         with self._transaction() as (cur, seq):
-            cur.execute(f"UPDATE {self._s}.images SET status = 'removed', removed_at = %s, "
-                        "seq = %s WHERE id = ANY(%s) AND status <> 'removed'",
-                        (now, seq, [int(i) for i in ids]))
-            return cur.rowcount
+            # The generation row is locked first, so a racing retire waits, then sees this one.
+            rows = cur.execute(f"UPDATE {self._s}.images SET status = 'removed', "
+                               "removed_at = %s, seq = %s WHERE id = ANY(%s) "
+                               "AND status <> 'removed' RETURNING id",
+                               (now, seq, [int(i) for i in ids])).fetchall()
+        return sorted(r[0] for r in rows)
 
     def drop_tombstoned_vectors(self, upto: int) -> int:
         """Forget the vectors of images retired by generation ``upto`` or earlier: an index

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS metadata (
 
 
 _COLUMNS = "id, uri, size, mtime_ns, content_hash, width, height, status, error, added_at"
+_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
 
 
 class SQLiteStore:
@@ -340,13 +341,21 @@ class SQLiteStore:
             db.execute("INSERT OR REPLACE INTO metadata VALUES (?, ?)", (image_id, metadata))
 
     def mark_removed(self, ids: Iterable[int]) -> int:
+        return len(self.retire(ids))
+
+    def retire(self, ids: Iterable[int]) -> list[int]:
         now = time.time()
+        wanted = sorted({int(i) for i in ids})
+        retired: list[int] = []
         with self._transaction() as (db, seq):
-            cursor = db.executemany(
-                "UPDATE images SET status = 'removed', removed_at = ?, seq = ? "
-                "WHERE id = ? AND status != 'removed'", ((now, seq, int(i)) for i in ids)
-            )
-        return cursor.rowcount
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start:start + _IN_CHUNK]
+                retired += (r[0] for r in db.execute(
+                    "UPDATE images SET status = 'removed', removed_at = ?, seq = ? WHERE id IN "
+                    f"({', '.join('?' * len(chunk))}) AND status != 'removed' RETURNING id",
+                    (now, seq, *chunk),
+                ))
+        return sorted(retired)
 
     def drop_tombstoned_vectors(self, upto: int) -> int:
         """Forget the vectors of images retired by generation ``upto`` or earlier: an index
