@@ -5,37 +5,44 @@ collection of the first N photos of ``photos-2000`` (benchmarks/photos.py), inde
 default model once and cached under ``benchmarks/out/hostile-N.lookalike`` (each run serves a
 scratch copy). Sections, each a function printing its own table:
 
+- ``memory``: 8 threads upload a 13,300 x 13,300 1-bit PNG each (37 KB, 177 MP) to
+  ``POST /images`` at once: the server's peak RSS and how each upload was answered.
+- ``fuzz``: tests/fuzzing's seeded mutants through the decoder: mutants a second, crashes.
 - ``stall``: normal requests (``GET /search/similar/{id}?k=10``, a new connection each, from a
   few client threads back to back) quietly, then while 300 connections stall: a third connect
   and send nothing, a third stop inside their headers, a third stop inside a declared body. The
   stallers are re-opened as the server closes them, so 300 stall throughout. The server starts
   with a soft open-file limit of 256 (macOS's default; ``--open-files``), the case that broke.
 
-    python benchmarks/bench_hostile.py                  # every section (about 1.5 min)
+    python benchmarks/bench_hostile.py                  # every section (about 3 min)
     python benchmarks/bench_hostile.py --only stall
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import resource
 import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from common import OUT, Meter, log, machine, percentile_ms, table
+from common import OUT, Meter, log, machine, percentile_ms, proc_sample, table
 from photos import ensure_photos
 
 TIMEOUT = 10.0  # seconds for one normal request: a refused or hung one counts as an error
@@ -60,9 +67,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def served(ctx: Context, *args: str) -> Iterator[str]:
+def served(ctx: Context, *args: str) -> Iterator[tuple[str, int]]:
     """`lookalike serve` over a scratch copy of the collection, with the soft open-file limit of
-    ``--open-files``; yields its URL once ready, stops it with SIGINT."""
+    ``--open-files``; yields its URL and pid once ready, stops it with SIGINT."""
     def limit() -> None:
         if ctx.args.open_files:
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -81,7 +88,7 @@ def served(ctx: Context, *args: str) -> Iterator[str]:
                 stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=limit)
         try:
             _wait_ready(url, proc, log_path)
-            yield url
+            yield url, proc.pid
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -230,7 +237,7 @@ def stall_section(ctx: Context) -> None:
     rows = []
     quiet_p99 = stalled_p99 = 0.0
     errors = 0
-    with served(ctx) as url:
+    with served(ctx) as (url, _):
         port = int(url.rsplit(":", 1)[1])
         normal_load(url, ids, args.clients, 2.0)  # warm-up
         for phase in ("quiet", "stalled"):
@@ -272,9 +279,135 @@ def stall_section(ctx: Context) -> None:
           f"({'met' if within else '**NOT met**'}).")
 
 
-#: name -> section; the memory (8 concurrent 13,300² 1-bit PNG uploads) and fuzz sections of
-#: issue 13 go here as they are written.
-SECTIONS: dict[str, Callable[[Context], None]] = {"stall": stall_section}
+# -- memory: huge images decoded at once --------------------------------------------------------
+
+
+def one_bit_png(side: int, offset: int) -> bytes:
+    """A complete side x side 1-bit PNG of stripes (``offset`` makes each one different): tens
+    of KB that decode to side² bytes."""
+    row = bytes((0x0F if i % 2 else 0xF0) for i in range((side + 7) // 8))
+    mark = offset.to_bytes(4, "big") + row[4:]
+    raw = zlib.compress(b"\0" + mark + b"".join(b"\0" + row for _ in range(side - 1)), 9)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw)
+            + chunk(b"IEND", b""))
+
+
+def memory_section(ctx: Context) -> None:
+    args = ctx.args
+    side, count = args.side, args.uploads
+    print(f"\n### {count} concurrent uploads of a {side:,} x {side:,} 1-bit PNG\n")
+    pngs = [one_bit_png(side, n) for n in range(count)]
+    answers: list[tuple[int, str, float]] = []
+    with served(ctx) as (url, pid):
+        httpx.post(f"{url}/search/visual", content=_small_jpeg(), timeout=60)  # warm
+        before = proc_sample(pid)[0]
+        peak = [before]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.01):
+                peak[0] = max(peak[0], proc_sample(pid)[0])
+
+        def upload(data: bytes) -> None:
+            started = time.perf_counter()
+            try:
+                response = httpx.post(f"{url}/images", files={"file": ("big.png", data)},
+                                      timeout=120)
+                code = response.json().get("error", {}).get("code", "") if (
+                    response.status_code >= 400) else ""
+                answers.append((response.status_code, code, time.perf_counter() - started))
+            except httpx.HTTPError as exc:
+                answers.append((0, type(exc).__name__, time.perf_counter() - started))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        with Meter() as meter:
+            started = time.perf_counter()
+            uploads = [threading.Thread(target=upload, args=(data,)) for data in pngs]
+            for thread in uploads:
+                thread.start()
+            for thread in uploads:
+                thread.join()
+            wall = time.perf_counter() - started
+        stop.set()
+        sampler.join()
+        high_water = _high_water(pid)
+    counts: dict[str, int] = {}
+    for status, code, _ in answers:
+        key = f"{status} {code}".strip()
+        counts[key] = counts.get(key, 0) + 1
+    print(f"`lookalike serve` (1 worker, default decode budget "
+          f"{_setting('decode_memory_bytes') // 2**20} MiB, decode wait "
+          f"{_setting('decode_wait'):g} s) over {ctx.photos} photos; {count} threads upload "
+          f"one PNG each ({len(pngs[0]) / 1024:.0f} KB, {side * side / 1e6:.0f} MP) to "
+          "`POST /images` at once. RSS sampled every 10 ms from /proc; the high-water mark is "
+          "the kernel's (VmHWM, which includes start-up).\n")
+    print(table(["uploads", "answers", "server RSS before", "peak RSS during", "VmHWM",
+                 "slowest answer s", "wall s", "other load (cores)"],
+                [[str(count), ", ".join(f"{k} ×{v}" for k, v in sorted(counts.items())),
+                  f"{before / 2**20:,.0f} MiB", f"{peak[0] / 2**20:,.0f} MiB",
+                  f"{high_water / 2**20:,.0f} MiB",
+                  f"{max(t for _, _, t in answers):.1f}", f"{wall:.1f}",
+                  f"{meter.other_cores:.2f}"]]))
+    bad = [s for s, _, _ in answers if s not in (200, 201, 422, 503)]
+    print(f"\n- Target: peak server RSS <= 1.5 GB: {peak[0] / 2**30:.2f} GB "
+          f"({'met' if peak[0] <= 1.5 * 2**30 else '**NOT met**'}).")
+    print(f"- Target: every upload answered 200/201, 422 or 503, no other 5xx: "
+          f"{'met' if not bad else f'**NOT met** ({bad})'}.")
+
+
+def _small_jpeg() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _high_water(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+
+
+def _setting(name: str) -> Any:
+    from lookalike import settings
+
+    return settings.resolve(name)
+
+
+# -- fuzz: mutants of every format through the decoder ------------------------------------------
+
+
+def fuzz_section(ctx: Context) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fuzzing import fuzz
+
+    seconds, seed = ctx.args.fuzz_seconds, ctx.args.fuzz_seed
+    print(f"\n### Fuzzing the decoder for {seconds:.0f} s (seed {seed})\n")
+    with Meter() as meter:
+        result = fuzz(seconds, seed, shrink=False)
+    print("tests/fuzzing: seeded mutants of small images in every format lookalike reads (and "
+          "of their EXIF, ICC and XMP blocks), decoded in a child process capped at 1 GB and "
+          "5 s a mutant, one core.\n")
+    print(table(["seconds", "mutants", "per second", "decoded", "refused", "kinds of crash",
+                 "other load (cores)"],
+                [[f"{result.seconds:.0f}", f"{result.executions:,}", f"{result.per_second:,.0f}",
+                  f"{result.decoded:,}", f"{result.refused:,}", str(len(result.crashers)),
+                  f"{meter.other_cores:.2f}"]]))
+    for crasher in result.crashers:
+        print(f"- crash: {crasher.signature} ({result.hits[crasher.signature]} mutants; first "
+              f"mutant {crasher.index} of {crasher.seed_name})")
+
+
+#: name -> section
+SECTIONS: dict[str, Callable[[Context], None]] = {
+    "stall": stall_section, "memory": memory_section, "fuzz": fuzz_section}
 
 
 # -- the collection ------------------------------------------------------------------------------
@@ -311,6 +444,13 @@ def main() -> None:
                         help="normal client threads (default 2)")
     parser.add_argument("--stalled", type=int, default=300,
                         help="stalled connections (default 300)")
+    parser.add_argument("--side", type=int, default=13_300,
+                        help="memory: side of the 1-bit PNGs (default 13,300: 177 MP)")
+    parser.add_argument("--uploads", type=int, default=8,
+                        help="memory: concurrent uploads (default 8)")
+    parser.add_argument("--fuzz-seconds", type=float, default=60.0,
+                        help="fuzz: seconds of fuzzing (default 60)")
+    parser.add_argument("--fuzz-seed", type=int, default=2026, help="fuzz: the run's seed")
     parser.add_argument("--open-files", type=int, default=256,
                         help="the server's soft open-file limit at start (0: this shell's; "
                              "default 256, macOS's default)")

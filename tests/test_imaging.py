@@ -7,6 +7,8 @@ import importlib.util
 import io
 import os
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from PIL import Image
 from skimage import data
 
 from conftest import malformed_exif_image
-from lookalike.errors import DecodeError
+from lookalike.errors import BusyError, DecodeError
 from lookalike.imaging import (
     Decoded,
     content_hash,
@@ -552,6 +554,12 @@ def test_reserve_is_entered_around_decoding_with_the_cost(tmp_path: Path) -> Non
     with pytest.raises(DecodeError, match="needs"):
         load_pixels(photo_jpeg((64, 48)), SQUASH, max_pixels=LIMIT, reserve=refuse)
 
+    def busy(cost: int) -> contextlib.AbstractContextManager[None]:
+        raise BusyError("full")
+
+    with pytest.raises(BusyError):  # not a DecodeError: the image may be fine
+        load_pixels(photo_jpeg((64, 48)), SQUASH, max_pixels=LIMIT, reserve=busy)
+
 
 @pytest.mark.parametrize("fmt", ["EPS", "QOI", "DDS"])
 def test_formats_lookalike_does_not_list_are_never_handed_to_their_plugin(fmt: str) -> None:
@@ -560,3 +568,32 @@ def test_formats_lookalike_does_not_list_are_never_handed_to_their_plugin(fmt: s
     with pytest.raises(DecodeError, match="not an image") as info:
         open_image(payload, max_pixels=LIMIT, name="photo.jpg")
     assert info.value.reason == "not_image"
+
+
+def test_nothing_is_decoded_before_the_reservation_is_granted() -> None:
+    """A PNG's EXIF may follow its pixels, so Pillow's getexif() decodes them: 177 MB taken
+    before the budget was asked, once. A refused reservation must cost next to nothing."""
+    script = f"""
+import resource, struct, zlib
+from lookalike.errors import BusyError, LookalikeError
+from lookalike.imaging import open_image
+def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+side = 13_300
+pixels = zlib.compress((b"\\0" + b"\\x55" * (side // 8 + 1)) * side)
+header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+png = (b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+       + chunk(b"IEND", b""))
+del pixels
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def refuse(cost):
+    raise BusyError("no room")
+try:
+    open_image(png, max_pixels={LIMIT * 2}, draft_to=224, reserve=refuse)
+except LookalikeError:  # BusyError (DecodeError before the boundary let it through)
+    pass
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    grown_mb = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                  check=True, timeout=120).stdout)
+    assert grown_mb < 50, f"{grown_mb} MB decoded before the reservation"

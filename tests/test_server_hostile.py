@@ -376,3 +376,83 @@ def test_an_upload_killed_mid_write_leaves_no_temporary_file_behind(library: Pat
     with Collection.open(col_path) as col:
         col.add_bytes(jpeg((9, 99, 199)))
     assert not left.exists() and alive.exists()
+
+
+# -- 4b: one decode memory budget for every request --------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def one_bit_png(side: int) -> bytes:
+    """A complete 1-bit PNG of side x side pixels: a few KB that decode to side^2 bytes."""
+    image = Image.new("1", (side, side))
+    image.paste(1, (0, 0, side // 2, side))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_huge_decodes_share_one_budget_wait_for_room_or_answer_busy(
+    library: Path, start_server: Callable[..., LiveServer], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # this test's budget alone
+    bomb = one_bit_png(8_000)  # 64 MP: 128 MB to decode (1-bit as bytes, then as grey)
+    assert len(bomb) < 20_000
+    url = start_server(library.parent / "library.lookalike", decode_memory_bytes=200 * MIB,
+                       decode_wait=0.3).url
+    with httpx.Client(timeout=60) as client:
+        answers: list[httpx.Response] = []
+        threads = [threading.Thread(target=lambda: answers.append(
+            client.post(f"{url}/search/visual", content=bomb))) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses.count(200) >= 1 and set(statuses) <= {200, 503}, [
+            r.text[:300] for r in answers if r.status_code != 200]
+        for busy in (r for r in answers if r.status_code == 503):
+            assert_error(busy, 503, "busy")
+            assert int(busy.headers["Retry-After"]) >= 1
+        assert statuses.count(503) >= 1, "six 128 MB decodes fitted a 200 MB budget at once"
+        assert client.post(f"{url}/search/visual", content=bomb).status_code == 200
+
+    small = start_server(library.parent / "library.lookalike", decode_memory_bytes=64 * MIB).url
+    refused = httpx.post(f"{small}/search/visual", content=bomb, timeout=60)
+    assert_error(refused, 422, "too_many_pixels")
+    assert "decode memory budget" in refused.json()["error"]["message"]
+    assert httpx.post(f"{small}/search/visual", content=jpeg((9, 9, 9)), timeout=60).is_success
+
+
+# -- 2, 11: names of any bytes, and parameters in plain digits ---------------------------------
+
+def test_names_that_are_not_utf8_are_served_escaped(
+    tmp_path: Path, sample_dir: Path, start_server: Callable[..., LiveServer]
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    raw = os.path.join(os.fsdecode(folder), os.fsdecode(b"caf\xe9\n.jpg"))
+    shutil.copy(sorted(sample_dir.glob("*.jpg"))[0], raw)
+    shutil.copy(sorted(sample_dir.glob("*.jpg"))[1], folder / "plain.jpg")
+    with Collection.create(tmp_path / "col", model=TINY) as col:
+        col.index([folder], workers=0)
+        image_id = col.find(raw)
+    url = start_server(tmp_path / "col").url
+    shown = str(folder) + "/caf\\xe9\n.jpg"
+    assert httpx.get(f"{url}/images/{image_id}").json()["uri"] == shown
+    hits = httpx.get(f"{url}/search/similar/{image_id + 1}?k=1").json()["results"]
+    assert [h["uri"] for h in hits] == [shown]
+    served = httpx.get(f"{url}/images/{image_id}/file")
+    assert served.status_code == 200 and served.content == Path(raw).read_bytes()
+
+
+def test_integers_are_plain_decimal_digits(library_server: LiveServer) -> None:
+    url = library_server.url
+    assert httpx.get(f"{url}/search/similar/1?k=10").status_code == 200
+    for query in ("k=1_0", "k=+10", "k=%2010", "qe=0_1", "ef=6_4"):
+        assert_error(httpx.get(f"{url}/search/similar/1?{query}"), 422, "invalid_parameter")
+    assert_error(httpx.get(f"{url}/images/1_0"), 422, "invalid_parameter")
+    assert_error(httpx.get(f"{url}/images/1/thumbnail?size=6_4"), 422, "invalid_parameter")
+    assert_error(httpx.post(f"{url}/search/visual", files={"file": ("a.jpg", jpeg((1, 2, 3)))},
+                            data={"k": "1_0"}), 422, "invalid_parameter")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DecodeError
+from .errors import DecodeError, LookalikeError
 from .types import Preprocess
 
 try:  # HEIC/AVIF are read when the optional `heif` extra is installed.
@@ -126,19 +126,20 @@ def open_image(
             width, height = image.size
             if width * height > max_pixels:
                 raise _too_many_pixels(max_pixels, f"{width}x{height} = {width * height:,} pixels")
-            orientation = image.getexif().get(_ORIENTATION_TAG)
-            if orientation in _TRANSPOSED_ORIENTATIONS:
-                width, height = height, width
             if draft_to and image.format == "JPEG":
                 image.draft("RGB", (draft_to, draft_to))
             with reserve(decode_cost(image, draft_to)) if reserve else contextlib.nullcontext():
                 image.load()
+                # Only now: a PNG's EXIF may follow its pixels, so reading it loads them.
+                orientation = image.getexif().get(_ORIENTATION_TAG)
                 image_format = image.format
                 rgb = _to_rgb(_oriented(_reduced(image, draft_to, squash), orientation))
+            if orientation in _TRANSPOSED_ORIENTATIONS:
+                width, height = height, width
             rgb.info["lookalike_size"] = (width, height)
             rgb.info["lookalike_format"] = image_format
             return rgb
-    except DecodeError:
+    except LookalikeError:  # ours: a DecodeError, or reserve() saying "busy"
         raise
     except UnidentifiedImageError:
         ext = Path(name).suffix.lower()

@@ -324,12 +324,16 @@ class Collection:
         record = self._record(image_id)
 
         def read() -> bytes:
-            with open_indexed(record).file as fh:
+            opened = open_indexed(record)
+            with opened.file as fh:
+                if opened.size > self.max_file_bytes:
+                    raise DecodeError(f"file is over the size limit of {self.max_file_bytes:,} "
+                                      "bytes", "too_large")
                 return fh.read()
 
         try:
             return thumbnail(self.path, image_id, read, side=side, max_pixels=self.max_pixels,
-                             name=record.uri)
+                             name=record.uri, reserve=self._reserve)
         except DecodeError as exc:
             raise ImageNotFoundError(f"Image {image_id} can no longer be read: {exc}.") from None
 
@@ -359,12 +363,14 @@ class Collection:
 
     def embed(self, images: Iterable[ImageSource | Any]) -> np.ndarray:
         """Embed images (paths, file bytes or PIL images) exactly as indexing does."""
-        pixels = [self._pixels(image) for image in images]
+        pixels = [self.model_input(image) for image in images]
         if not pixels:
             return np.zeros((0, self.dim), np.float32)
         return self.embedder.embed_pixels(np.stack(pixels))
 
-    def _pixels(self, image: ImageSource | Any) -> np.ndarray:
+    def model_input(self, image: ImageSource | Any) -> np.ndarray:
+        """``image`` (a path, file bytes or PIL image) decoded to the model's input, within this
+        collection's limits and decode budget."""
         preprocess = self.embedder.preprocess
         if isinstance(image, (str, os.PathLike, bytes)):
             return load_pixels(image, preprocess, max_pixels=self.max_pixels,

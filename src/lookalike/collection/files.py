@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ImageFileError
-from ..imaging import content_hash, open_image
+from ..imaging import Reserve, content_hash, open_image
 from ..live import remove_stale_temporaries
 from ..storage import ImageRecord
 
@@ -136,14 +136,14 @@ def _media_type(fh: BinaryIO) -> str:
 
 
 def thumbnail(folder: Path, image_id: int, read: Callable[[], bytes], *, side: int,
-              max_pixels: int, name: str) -> Path:
+              max_pixels: int, name: str, reserve: Reserve | None = None) -> Path:
     """A cached JPEG of at most ``side`` pixels a side for image ``image_id``, made on first use
     from the bytes ``read()`` returns (ids are never reused, so the cache never goes stale).
     Raises DecodeError for a bad source."""
     path = folder / THUMBNAILS / str(side) / f"{image_id}.jpg"
     if path.is_file():
         return path
-    image = open_image(read(), max_pixels=max_pixels, draft_to=side, name=name)
+    image = open_image(read(), max_pixels=max_pixels, draft_to=side, name=name, reserve=reserve)
     image.thumbnail((side, side))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=82, optimize=True)

@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import FastAPI, Query, Request
 from fastapi.middleware import Middleware
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
+from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..errors import ImageNotFoundError
-from ..imaging import load_pixels
-from ..types import MAX_IMAGE_ID, ImageDetails, SearchHit
+from ..types import MAX_IMAGE_ID, ImageDetails, SearchHit, shown_uri
 from .config import ServeConfig
 from .errors import ApiError, error_response, install_handlers
 from .middleware import DOCS_ASSETS, READ_SECONDS, ApiKeys, BodyLimit, RequestTiming
@@ -43,6 +44,7 @@ THUMBNAIL_SIDES = (64, 128, 256, 512)
 MAX_QE = 100
 QE_HELP = ("Query expansion: rank by the query blended with its N best matches (0: off) "
            "[default: the query_expansion setting, 2].")
+_DECIMAL = re.compile(r"-?[0-9]+")
 _ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -121,9 +123,9 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
               openapi_extra=_UPLOAD_BODY)
     async def search_visual(
         request: Request,
-        k: int | None = Query(None, description="Number of results [default 10]."),
-        ef: int | None = Query(None, description="HNSW efSearch for this query."),
-        qe: int | None = Query(None, description=QE_HELP),
+        k: Annotated[Integer | None, Query(description="Number of results [default 10].")] = None,
+        ef: Annotated[Integer | None, Query(description="HNSW efSearch for this query.")] = None,
+        qe: Annotated[Integer | None, Query(description=QE_HELP)] = None,
     ) -> dict[str, Any]:
         """Images most similar to the uploaded one (multipart field `file`, or the raw body)."""
         started = time.perf_counter()
@@ -138,8 +140,9 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
                 "took_ms": {stage: round(s * 1000.0, 2) for stage, s in took.items()}}
 
     @app.get("/search/similar/{image_id}", response_model=SimilarResponse, tags=["search"])
-    def search_similar(image_id: int, k: int | None = None, ef: int | None = None,
-                       qe: int | None = Query(None, description=QE_HELP)) -> dict[str, Any]:
+    def search_similar(image_id: Integer, k: Integer | None = None, ef: Integer | None = None,
+                       qe: Annotated[Integer | None, Query(description=QE_HELP)] = None,
+                       ) -> dict[str, Any]:
         """Look-alikes of an indexed image, from its stored vector (itself left out)."""
         started = time.perf_counter()
         image_id = _known_id(image_id)
@@ -165,19 +168,19 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
         return JSONResponse(body, status_code=201 if created else 200)
 
     @app.get("/images/{image_id}", response_model=ImageOut, tags=["images"])
-    def image(image_id: int) -> dict[str, Any]:
+    def image(image_id: Integer) -> dict[str, Any]:
         """An indexed image's location, size and metadata."""
         return _image(service.collection.details(_known_id(image_id)))
 
     @app.delete("/images/{image_id}", response_model=DeleteResponse, tags=["images"])
-    def delete(image_id: int) -> dict[str, Any]:
+    def delete(image_id: Integer) -> dict[str, Any]:
         """Remove an image: gone from results at once (an uploaded file is deleted too)."""
         if not service.collection.remove([_known_id(image_id)], wait=config.write_wait):
             raise ImageNotFoundError(f"No indexed image has id {image_id}.")  # lost a race
         return {"deleted": image_id}
 
     @app.get("/images/{image_id}/file", tags=["images"], response_class=StreamingResponse)
-    def image_file(image_id: int) -> StreamingResponse:
+    def image_file(image_id: Integer) -> StreamingResponse:
         """The image file itself, while it is still the file that was indexed (else 404
         file_missing or 409 file_changed)."""
         found = service.collection.open_file(_known_id(image_id))
@@ -187,7 +190,7 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
                                           "Cache-Control": "private, max-age=3600"})
 
     @app.get("/images/{image_id}/thumbnail", tags=["images"], response_class=FileResponse)
-    def image_thumbnail(image_id: int, size: int = 256) -> FileResponse:
+    def image_thumbnail(image_id: Integer, size: Integer = 256) -> FileResponse:
         """A small JPEG of the image (cached), at most `size` pixels a side."""
         if size not in THUMBNAIL_SIDES:
             raise ApiError(422, "invalid_parameter",
@@ -250,6 +253,17 @@ def _chunks(file: BinaryIO, size: int, chunk: int = 256 * 1024) -> Iterator[byte
             yield data
 
 
+def _decimal(value: Any) -> Any:
+    """``value``, refused when it is text but not an integer in plain decimal digits: Python
+    and pydantic would also take ``1_0``, `` 10`` or ``+10``."""
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+        raise ValueError(f"{value!r} is not an integer in decimal digits")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_decimal)]  # a query or path parameter
+
+
 def _known_id(image_id: int) -> int:
     """``image_id``, or a 404 when no image can have it (the store would overflow on it)."""
     if not 1 <= image_id <= MAX_IMAGE_ID:
@@ -261,7 +275,7 @@ def _bounded(name: str, raw: Any, default: int | None, low: int, high: int) -> A
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = int(_decimal(raw))
     except (TypeError, ValueError):
         raise ApiError(422, "invalid_parameter",
                        f"{name} must be an integer, got {raw!r}.") from None
@@ -309,7 +323,7 @@ def _search_bytes(service: Service, data: bytes, k: int, ef: int | None, qe: int
                   took: dict[str, float]) -> list[SearchHit]:
     col = service.collection
     started = time.perf_counter()
-    pixels = load_pixels(data, col.embedder.preprocess, max_pixels=col.max_pixels)
+    pixels = col.model_input(data)
     decoded = time.perf_counter()
     vector = col.embedder.embed_pixels(pixels[None])[0]
     embedded = time.perf_counter()
@@ -320,7 +334,7 @@ def _search_bytes(service: Service, data: bytes, k: int, ef: int | None, qe: int
 
 
 def _hit(hit: SearchHit) -> dict[str, Any]:
-    return {"image_id": hit.image_id, "uri": hit.uri, "score": round(hit.score, 6),
+    return {"image_id": hit.image_id, "uri": shown_uri(hit.uri), "score": round(hit.score, 6),
             "distance": round(hit.distance, 6), "width": hit.width, "height": hit.height,
             "thumbnail_url": f"/images/{hit.image_id}/thumbnail",
             "file_url": f"/images/{hit.image_id}/file"}

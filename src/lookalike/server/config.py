@@ -29,11 +29,14 @@ class ServeConfig:
     head_timeout: float = 10.0  # seconds to send a request's head (see server/connections.py)
     body_timeout: float = 30.0  # seconds to wait for each further piece of a body
     max_connections: int = 1000  # open connections per server process
+    decode_memory_bytes: int = 768 * 1024 * 1024  # all decodes at once, every worker together
+    decode_wait: float = 10.0  # seconds a decode waits for room in that budget
     background_load: bool = True  # False: load before accepting connections (serve --workers N)
     runtime: dict[str, Any] = field(default_factory=dict)  # Collection.open options
 
     def __post_init__(self) -> None:
-        for name in ("head_timeout", "body_timeout", "max_connections"):
+        for name in ("head_timeout", "body_timeout", "max_connections", "decode_memory_bytes",
+                     "decode_wait"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}: set "
                                  f"--{name.replace('_', '-')} or LOOKALIKE_{name.upper()}.")
@@ -55,7 +58,9 @@ class ServeConfig:
             cors_origins=origins,
             head_timeout=settings.resolve("head_timeout", head_timeout),
             body_timeout=settings.resolve("body_timeout", body_timeout),
-            max_connections=settings.resolve("max_connections", max_connections), **rest,
+            max_connections=settings.resolve("max_connections", max_connections),
+            decode_memory_bytes=settings.resolve("decode_memory_bytes"),
+            decode_wait=settings.resolve("decode_wait"), **rest,
         )
 
     def to_env(self) -> str:

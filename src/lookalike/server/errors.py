@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
+    BusyError,
     CollectionLockedError,
     DecodeError,
     ImageFileError,
@@ -34,6 +35,7 @@ _DECODE = {
     "too_many_pixels": (422, "too_many_pixels"),
     "corrupt": (422, "invalid_image"),
     "unreadable": (422, "invalid_image"),
+    "too_large": (413, "payload_too_large"),
 }
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
@@ -77,6 +79,8 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(413, "payload_too_large", message)
     if isinstance(exc, CollectionLockedError):
         return ApiError(503, "busy", message, {"Retry-After": "5"})
+    if isinstance(exc, BusyError):
+        return ApiError(503, "busy", message, {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, UsageError):
         return ApiError(400, "bad_request", message)
     if isinstance(exc, LookalikeError):
