@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,5 +105,7 @@ def test_second_writer_exits_1_with_locked_message(indexed: Path, sample_dir: Pa
     from filelock import FileLock
 
     with FileLock(str(indexed / ".lock")):
-        result = run("index", sample_dir, "-c", indexed, check=False)
+        started = time.monotonic()
+        result = run("index", sample_dir, "-c", indexed, "--wait", "0.5", check=False)
     assert result.returncode == 1 and "being written by another process" in result.stderr
+    assert time.monotonic() - started >= 0.5  # it waited for the other writer first

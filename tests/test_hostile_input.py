@@ -10,9 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -129,7 +131,7 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="mounting a read-only view o
 
 @needs_root
 def test_a_read_only_collection_is_searched_and_refuses_changes_clearly(
-    tiny_collection: Path, sample_dir: Path, tmp_path: Path
+    tiny_collection: Path, sample_dir: Path, tmp_path: Path, start_server: Callable[..., Any]
 ) -> None:
     view = tmp_path / "view"
     view.mkdir()
@@ -143,6 +145,13 @@ def test_a_read_only_collection_is_searched_and_refuses_changes_clearly(
                 col.remove([1])
         finally:
             col.close()
+        server = start_server(view)
+        hits = httpx.get(f"{server.url}/search/similar/1?k=2").json()["results"]
+        assert len(hits) == 2
+        refused = httpx.delete(f"{server.url}/images/1")
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "read_only"
+        assert not server.app.state.service.collection.indexes.save_delta()  # what stop does
+        server.stop()
         assert not list(view.glob("*-shm")) and not list(view.glob("*-wal"))
 
 

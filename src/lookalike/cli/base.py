@@ -26,6 +26,13 @@ _common_runtime = [
 ]
 
 
+#: How long a writing command waits for another process's write (an upload, a delete) to end.
+wait_option = click.option(
+    "--wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
+    help="Seconds to wait for another process that is writing to the collection (an upload, "
+         "a delete) before giving up.")
+
+
 def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_common_runtime):
         func = option(func)

@@ -10,7 +10,14 @@ from typing import Any
 import click
 
 from ..types import line_uri, shown_uri
-from .base import COLLECTION_HELP, cli, collection_path, known_id, runtime_options
+from .base import (
+    COLLECTION_HELP,
+    cli,
+    collection_path,
+    known_id,
+    runtime_options,
+    wait_option,
+)
 
 
 @cli.command("index")
@@ -44,11 +51,13 @@ from .base import COLLECTION_HELP, cli, collection_path, known_id, runtime_optio
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@wait_option
 @runtime_options
 def index_command(paths: Sequence[str], collection: str | None, model: str | None,
                   index_spec: str | None, store: str | None, batch_size: int | None,
                   workers: int | None, engine: str | None, ray_address: str | None,
-                  rebuild: bool, progress: bool | None, as_json: bool, **runtime: Any) -> None:
+                  rebuild: bool, progress: bool | None, as_json: bool, wait: float,
+                  **runtime: Any) -> None:
     """Index image files and folders (recursively) into a collection.
 
     Unchanged files are skipped, renamed or copied files reuse their vectors, files that
@@ -66,7 +75,7 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
     with Collection.open_or_create(collection_path(collection), model=model, index=index_spec,
                                    store=store, **runtime) as col:
         report = col.index(paths, batch_size=batch_size, workers=workers, show_progress=progress,
-                           engine=engine, ray_address=ray_address)
+                           engine=engine, ray_address=ray_address, wait=wait)
         if rebuild:
             col.rebuild()
     if as_json:

@@ -10,15 +10,23 @@ from typing import Any
 import click
 
 from ..types import line_uri, shown_uri
-from .base import COLLECTION_HELP, cli, collection_path, known_id, runtime_options
+from .base import (
+    COLLECTION_HELP,
+    cli,
+    collection_path,
+    known_id,
+    runtime_options,
+    wait_option,
+)
 
 
 @cli.command("add")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@wait_option
 @runtime_options
-def add_command(paths: Sequence[str], collection: str | None, as_json: bool,
+def add_command(paths: Sequence[str], collection: str | None, as_json: bool, wait: float,
                 **runtime: Any) -> None:
     """Add image files or folders; nothing else in the collection is removed.
 
@@ -30,7 +38,7 @@ def add_command(paths: Sequence[str], collection: str | None, as_json: bool,
     from ..collection import Collection
 
     with Collection.open_or_create(collection_path(collection), **runtime) as col:
-        report = col.add(paths, workers=0, show_progress=False)
+        report = col.add(paths, workers=0, show_progress=False, wait=wait)
         ids = {p: col.find(p) for p in paths}
     if as_json:
         shown = {shown_uri(path): image_id for path, image_id in ids.items()}
@@ -45,7 +53,8 @@ def add_command(paths: Sequence[str], collection: str | None, as_json: bool,
 @cli.command("remove")
 @click.argument("images", nargs=-1, required=True)
 @click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
-def remove_command(images: Sequence[str], collection: str | None) -> None:
+@wait_option
+def remove_command(images: Sequence[str], collection: str | None, wait: float) -> None:
     """Remove images by id or path; they disappear from results at once.
 
     \b
@@ -55,7 +64,7 @@ def remove_command(images: Sequence[str], collection: str | None) -> None:
 
     targets = [known_id(int(i)) if i.isdigit() else i for i in images]
     with Collection.open(collection_path(collection)) as col:
-        removed = col.remove(targets)
+        removed = col.remove(targets, wait=wait)
     click.echo(f"Removed {len(removed)} image(s): {', '.join(map(str, removed))}")
 
 

@@ -168,14 +168,15 @@ class Collection:
     def index(self, paths: Iterable[str | os.PathLike[str]], *, batch_size: int | None = None,
               workers: int | None = None, show_progress: bool | None = None,
               remove_missing: bool = True, engine: Any = None,
-              ray_address: str | None = None) -> IngestReport:
+              ray_address: str | None = None, wait: float = 0.0) -> IngestReport:
         """Bring the collection in step with image files and folders (incremental, resumable).
 
         Indexed files under ``paths`` that no longer exist are removed unless ``remove_missing``
         is false. Compacts at the end when the delta or the tombstones have grown large.
         ``engine="ray"`` (or a :class:`lookalike.ingest.ray.RayEngine`) decodes and embeds on
         the Ray cluster at ``ray_address`` (default: a local Ray started for the run), with
-        ``workers`` embedding actors; the vectors are the same as the local engine's.
+        ``workers`` embedding actors; the vectors are the same as the local engine's. ``wait``:
+        seconds to wait for another process's writer before CollectionLockedError.
         """
         paths = list(paths)
         for p in paths:
@@ -187,7 +188,7 @@ class Collection:
         return self._ingest(paths, batch_size=batch_size, workers=workers,
                             show_progress=show_progress, remove_missing=remove_missing,
                             engine=None if engine == "local" else engine,
-                            ray_address=ray_address)
+                            ray_address=ray_address, wait=wait)
 
     def sync(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
         """Bring these paths in step: index those that exist, remove those that are gone."""
@@ -196,7 +197,7 @@ class Collection:
     def _ingest(self, paths: list[str | os.PathLike[str]], *, batch_size: int | None = None,
                 workers: int | None = None, show_progress: bool | None = None,
                 remove_missing: bool = True, engine: Any = None,
-                ray_address: str | None = None) -> IngestReport:
+                ray_address: str | None = None, wait: float = 0.0) -> IngestReport:
         batch_size = settings.resolve("batch_size", batch_size)
         source = None
         if engine is not None:  # not this machine's processes: a Ray cluster
@@ -207,7 +208,7 @@ class Collection:
                                                 max_pixels=self.max_pixels,
                                                 max_bytes=self.max_file_bytes,
                                                 cache_dir=settings.resolve("cache_dir"))
-        with self.writer():
+        with self.writer(wait):
             ingestor = Ingestor(
                 self.store, self.embedder, self.indexes.committed, max_pixels=self.max_pixels,
                 max_bytes=self.max_file_bytes,

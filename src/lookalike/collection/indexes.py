@@ -191,12 +191,13 @@ class Indexes:
         return live.needs_compaction()
 
     def save_delta(self, wait: float = 0.0) -> bool:
-        """Cache the delta for the next process; False if another writer holds the lock."""
+        """Cache the delta for the next process; False if another writer holds the lock, or the
+        collection is read-only (the next process then catches up from the store)."""
         try:
             with self.writer(wait):
                 self.live.save_delta()
             return True
-        except CollectionLockedError:
+        except (CollectionLockedError, ReadOnlyCollectionError):
             return False
 
     # -- maintenance ------------------------------------------------------------------------

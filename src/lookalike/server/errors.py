@@ -22,6 +22,7 @@ from ..errors import (
     ImageNotFoundError,
     LookalikeError,
     PayloadTooLargeError,
+    ReadOnlyCollectionError,
     UsageError,
 )
 
@@ -79,6 +80,8 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(413, "payload_too_large", message)
     if isinstance(exc, CollectionLockedError):
         return ApiError(503, "busy", message, {"Retry-After": "5"})
+    if isinstance(exc, ReadOnlyCollectionError):
+        return ApiError(403, "read_only", message)
     if isinstance(exc, BusyError):
         return ApiError(503, "busy", message, {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, UsageError):
