@@ -233,6 +233,33 @@ def test_a_file_swapped_for_a_symlink_is_never_served(library: Path,
     assert_error(httpx.get(f"{url}/images/{ids['b.jpg']}/file"), 409, "file_changed")
 
 
+def test_a_folder_swapped_for_a_symlink_never_serves_a_planted_lookalike_of_another_file(
+        tmp_path: Path, start_server: Callable[..., LiveServer]) -> None:
+    """An image padded to another file's size and given its time, indexed, then the folder on
+    its path swapped for a link to where that file is: size and time match, the bytes do not."""
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir()
+    secret = secret_dir / "x.jpg"
+    secret.write_bytes(b"root:x:0:0:the secret\n" * 200)
+    sub = tmp_path / "photos" / "sub"
+    sub.mkdir(parents=True)
+    planted = jpeg((200, 40, 90))
+    (sub / "x.jpg").write_bytes(planted + b"\0" * (secret.stat().st_size - len(planted)))
+    times = secret.stat()
+    os.utime(sub / "x.jpg", ns=(times.st_atime_ns, times.st_mtime_ns))
+    with Collection.create(tmp_path / "col", model=TINY) as col:
+        col.index([tmp_path / "photos"], workers=0)
+        image_id = col.find(sub / "x.jpg")
+    url = start_server(tmp_path / "col").url
+    assert httpx.get(f"{url}/images/{image_id}/file").status_code == 200
+    sub.rename(tmp_path / "photos" / "sub.real")
+    sub.symlink_to(secret_dir)
+    assert (sub / "x.jpg").stat().st_size == (tmp_path / "photos/sub.real/x.jpg").stat().st_size
+    refused = httpx.get(f"{url}/images/{image_id}/file")
+    assert_error(refused, 409, "file_changed")
+    assert b"root:" not in refused.content
+
+
 def test_a_file_indexed_through_a_symlink_is_served_until_the_link_moves(
         library: Path, library_server: LiveServer) -> None:
     url, image_id = library_server.url, image_ids(library)["linked.jpg"]

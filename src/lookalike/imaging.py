@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -97,6 +98,14 @@ class Decoded:
 def content_hash(data: bytes) -> str:
     """A 128-bit BLAKE2b digest of the file's bytes, used to recognise renamed or copied files."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_hash(fh: BinaryIO) -> str:
+    """:func:`content_hash` of what is left to read in ``fh``, read in pieces."""
+    digest = hashlib.blake2b(digest_size=16)
+    while chunk := fh.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def open_image(

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ImageFileError
-from ..imaging import Reserve, content_hash, open_image
+from ..imaging import Reserve, file_hash, open_image
 from ..live import remove_stale_temporaries
 from ..storage import ImageRecord
+from ..types import shown_uri
 
 UPLOADS, THUMBNAILS = "uploads", "thumbnails"
 # Non-blocking, so that a FIFO put in a file's place cannot hang the open; no effect on reads of
@@ -77,25 +78,25 @@ def remove_stale_uploads(folder: Path) -> None:
 
 def open_indexed(record: ImageRecord) -> ImageFile:
     """Open the file of an indexed image, only while it is still the file that was indexed: a
-    regular file with the stored size and modification time, opened without following a
-    symlink and checked on the open descriptor, so nothing can be swapped in between the check
-    and the read. A file indexed through a symlink (indexing follows them) is read through it
-    only while its bytes still have the stored content hash: a link pointed elsewhere gives
-    nothing away. Raises ImageFileError: ``missing`` or ``changed``."""
+    regular file with the stored size and modification time whose bytes hash to the stored
+    content hash, checked on the open descriptor, so nothing can be swapped in between the check
+    and the read. Size and time alone would not do: whoever can write into an indexed folder can
+    plant an image of another file's size and time, then swap a folder on its path for a link to
+    where that file is. The last component is opened without following a symlink, unless the
+    file was indexed through one (indexing follows them), and then only to a regular file.
+    Raises ImageFileError: ``missing`` or ``changed``."""
     path = record.uri
     again = ("Run `lookalike index` on its folder to bring the collection up to date (or "
              "`lookalike remove` it).")
     missing = ImageFileError(f"The file of image {record.id} is gone or is no longer a regular "
-                             f"file: {path}. {again}", "missing")
+                             f"file: {shown_uri(path)}. {again}", "missing")
     changed = ImageFileError(f"The file of image {record.id} has changed since it was indexed: "
-                             f"{path}. {again}", "changed")
-    linked = False
+                             f"{shown_uri(path)}. {again}", "changed")
     try:
         fd = os.open(path, _OPEN | _NOFOLLOW)
     except OSError:
-        linked = os.path.islink(path)
         try:  # never open a device or FIFO a link points at: opening some has effects
-            if not (linked and stat.S_ISREG(os.stat(path).st_mode)):
+            if not (os.path.islink(path) and stat.S_ISREG(os.stat(path).st_mode)):
                 raise missing from None
             fd = os.open(path, _OPEN)
         except OSError:
@@ -112,10 +113,9 @@ def open_indexed(record: ImageRecord) -> ImageFile:
         raise
     fh = os.fdopen(fd, "rb")
     try:
-        if linked:
-            if record.content_hash is None or content_hash(fh.read()) != record.content_hash:
-                raise changed
-            fh.seek(0)
+        if record.content_hash is not None and file_hash(fh) != record.content_hash:
+            raise changed
+        fh.seek(0)
         return ImageFile(fh, st.st_size, _media_type(fh))
     except BaseException:
         fh.close()
