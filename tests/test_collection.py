@@ -4,6 +4,7 @@ apart)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -262,3 +263,22 @@ def test_query_expansion_ranks_by_the_expanded_query_and_scores_by_the_query(
         [h.image_id for h in plain]
     with pytest.raises(UsageError, match="Query expansion"):
         col.search_vector(query, k=3, qe=-1)
+
+
+def test_a_collection_opened_by_a_relative_path_stores_uploads_by_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server started in one folder stored uploads relative to it; another started elsewhere
+    could not find them (404 file_missing)."""
+    Collection.create(tmp_path / "col", model=TINY).close()
+    monkeypatch.chdir(tmp_path)
+    with Collection.open("col") as col:
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, "JPEG")
+        details, created = col.add_bytes(buffer.getvalue())
+        assert created and details.uri.startswith(str(tmp_path / "col" / "uploads"))
+        assert col.info().path == str(tmp_path / "col")
+    monkeypatch.chdir("/")
+    with Collection.open(tmp_path / "col") as col:
+        with col.open_file(details.image_id).file as fh:
+            assert fh.read() == buffer.getvalue()

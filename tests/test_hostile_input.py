@@ -76,6 +76,9 @@ def test_names_of_any_bytes_are_found_again_and_shown_escaped(messy: tuple[Path,
 
     removed = run("remove", raw, "-c", col).stdout
     assert removed.startswith("Removed 1 image(s)")
+    again = run("remove", raw, "-c", col, check=False)
+    assert again.returncode == 2 and "\\udc" not in again.stderr
+    assert "No indexed image '" + shown(folder, NAMES[1]) + "'" in again.stderr
     info = json.loads(run("info", "-c", col, "--json", "--failures").stdout)
     assert info["images"] == len(NAMES) - 1 and info["path"] == str(col)
     assert {f["uri"] for f in info["failures"]} == {str(folder.parent / "fifo.jpg"), "/dev/zero"}
@@ -95,19 +98,26 @@ def test_a_file_given_as_the_collection_is_misuse(tmp_path: Path) -> None:
         result = run("index", tmp_path / "p.jpg", "-c", tmp_path / where, check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "not a collection folder" in result.stderr or "Not a directory" in result.stderr
+    for command in (("info",), ("search", "--id", "1"), ("remove", "1")):
+        result = run(*command, "-c", tmp_path / "afile", check=False)
+        assert result.returncode == 2 and "is a file, not a collection folder" in result.stderr
 
 
 @pytest.mark.parametrize("damage, message", [
     (lambda m: [], "is not a lookalike manifest (not an object)"),
     (lambda m: {"format_version": 2}, "has no 'model' field"),
     (lambda m: {**m, "model": {**m["model"], "dim": 512}}, "makes 512-d vectors, but"),
+    (lambda m: {}, "its format_version is None, not a version number"),
+    (lambda m: {**m, "format_version": "2"}, "its format_version is '2', not a version number"),
+    (lambda m: "not json{", "is damaged (not JSON"),
 ])
 def test_a_damaged_manifest_is_one_clear_error(damage, message: str, sample_collection: Path,
                                                tmp_path: Path) -> None:
     col = tmp_path / "col"
     shutil.copytree(sample_collection, col)
     manifest = col / "manifest.json"
-    manifest.write_text(json.dumps(damage(json.loads(manifest.read_text()))))
+    damaged = damage(json.loads(manifest.read_text()))
+    manifest.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
     for args in (("info",), ("search", "--id", "1")):
         result = run(*args, "-c", col, check=False)
         assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -148,6 +158,8 @@ def test_a_read_only_collection_is_searched_and_refuses_changes_clearly(
         server = start_server(view)
         hits = httpx.get(f"{server.url}/search/similar/1?k=2").json()["results"]
         assert len(hits) == 2
+        thumbnail = httpx.get(f"{server.url}/images/1/thumbnail?size=128")  # made, not cached
+        assert thumbnail.status_code == 200 and thumbnail.content.startswith(b"\xff\xd8")
         refused = httpx.delete(f"{server.url}/images/1")
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "read_only"
         assert not server.app.state.service.collection.indexes.save_delta()  # what stop does
@@ -189,6 +201,12 @@ def test_a_full_disk_is_a_clear_error_and_indexing_resumes_once_space_is_freed(
                 col.store.write(failed)
             assert (col.store.generation(), col.store.counts()) == (generation, counts)
             filler.unlink()
+            col.close()  # SQLite drops its shared-memory file; opening makes it again
+            filler = fill(disk)
+            with pytest.raises(DiskWriteError, match="even a read needs a few KB"):
+                Collection.open(disk / "col", model=TINY)
+            filler.unlink()
+            col = Collection.open(disk / "col", model=TINY)
             report = col.index([more], workers=0)
             assert report.added == 40
             assert col.verify().ok

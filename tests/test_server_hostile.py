@@ -381,9 +381,13 @@ def test_a_raw_body_declared_as_a_form_is_taken_as_the_image(library_server: Liv
     assert found.json()["results"][0]["uri"] == str(library / "b.jpg")
     added = httpx.post(f"{url}/images", content=jpeg((5, 5, 250)), headers=form)
     assert added.status_code == 201, added.text
-    # A real form (all ASCII, as no image is) has no file in it.
+    # A real form of this API's fields has no file in it.
     assert_error(httpx.post(f"{url}/images", content=b"", headers=form), 400, "missing_file")
     assert_error(httpx.post(f"{url}/images", data={"k": "3"}), 400, "missing_file")
+    # Any other body is sniffed as an upload: a text file is not an image.
+    for text in (b"hello, this is not a picture\n", b"a=1&b=2"):
+        assert_error(httpx.post(f"{url}/search/visual", content=text, headers=form), 415,
+                     "unsupported_media_type")
 
 
 def test_an_upload_killed_mid_write_leaves_no_temporary_file_behind(library: Path) -> None:

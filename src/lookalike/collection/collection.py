@@ -27,7 +27,14 @@ from ..index import IndexSpec, parse_spec
 from ..ingest import Ingestor
 from ..live import DELTA_INDEX, MAIN_INDEX, CompactionReport, LiveIndex, VerifyReport, claim_index
 from ..storage import SQLITE_FILE, ImageRecord, NewImage, new_store, open_store
-from ..types import CollectionInfo, ImageDetails, IngestReport, ReduceReport, SearchHit
+from ..types import (
+    CollectionInfo,
+    ImageDetails,
+    IngestReport,
+    ReduceReport,
+    SearchHit,
+    shown_uri,
+)
 from .files import (
     ImageFile,
     is_upload,
@@ -79,7 +86,7 @@ class Collection:
                store: str | None = None, **options: Any) -> Collection:
         """Create an empty collection at ``path`` for ``model`` with index spec ``index``;
         ``store`` is ``sqlite`` (the default) or a ``postgresql://`` URI for its metadata."""
-        folder = Path(path).expanduser()
+        folder = Path(path).expanduser().absolute()  # uploads are stored by absolute path
         if (folder / MANIFEST).exists():
             raise CollectionExistsError(f"A collection already exists at {folder}.")
         weights = str(Path(weights).expanduser().resolve()) if weights else None
@@ -104,7 +111,7 @@ class Collection:
     def open(cls, path: str | os.PathLike[str], *, model: str | None = None,
              weights: str | None = None, **options: Any) -> Collection:
         """Open an existing collection; ``model``, if given, must be the one that built it."""
-        folder = Path(path).expanduser()
+        folder = Path(path).expanduser().absolute()  # uploads are stored by absolute path
         weights = str(Path(weights).expanduser().resolve()) if weights else None
         manifest = read_manifest(folder, model=model, weights=weights)
         return cls(folder, manifest, weights=weights, **options)
@@ -249,7 +256,8 @@ class Collection:
             image_id = image if isinstance(image, int) else self.find(image)
             record = self.store.get([image_id]).get(image_id) if image_id else None
             if record is None or record.status != "active":
-                raise ImageNotFoundError(f"No indexed image {image!r}.")
+                what = image if isinstance(image, int) else f"'{shown_uri(os.fspath(image))}'"
+                raise ImageNotFoundError(f"No indexed image {what}.")
             records.append(record)
         with self.writer(wait):
             removed = set(self.store.retire([r.id for r in records]))
@@ -319,9 +327,9 @@ class Collection:
         closes it. Raises ImageFileError when the file is gone or has changed."""
         return open_indexed(self._record(image_id))
 
-    def thumbnail(self, image_id: int, side: int = 256) -> Path:
-        """A small cached JPEG of an indexed image, made from its file as :meth:`open_file`
-        opens it."""
+    def thumbnail(self, image_id: int, side: int = 256) -> bytes:
+        """A small JPEG of an indexed image (cached in the collection where it can be), made
+        from its file as :meth:`open_file` opens it."""
         record = self._record(image_id)
 
         def read() -> bytes:
@@ -459,7 +467,7 @@ class Collection:
         live = self.live
         live.refresh()
         return CollectionInfo(
-            path=str(self.path.absolute()), model=self.model_name, dim=self.dim,
+            path=str(self.path), model=self.model_name, dim=self.dim,
             index_spec=self.spec.text, index_kind=live.main_kind,
             images=counts["active"], failed=counts["failed"], removed=counts["removed"],
             main_vectors=live.main_vectors, delta_vectors=live.delta_vectors,

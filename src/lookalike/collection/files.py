@@ -136,13 +136,27 @@ def _media_type(fh: BinaryIO) -> str:
 
 
 def thumbnail(folder: Path, image_id: int, read: Callable[[], bytes], *, side: int,
-              max_pixels: int, name: str, reserve: Reserve | None = None) -> Path:
-    """A cached JPEG of at most ``side`` pixels a side for image ``image_id``, made on first use
-    from the bytes ``read()`` returns (ids are never reused, so the cache never goes stale).
+              max_pixels: int, name: str, reserve: Reserve | None = None) -> bytes:
+    """A JPEG of at most ``side`` pixels a side of image ``image_id``, made on first use from
+    the bytes ``read()`` returns and cached in the collection (ids are never reused, so the
+    cache never goes stale); on a read-only or full disk it is made each time instead.
     Raises DecodeError for a bad source."""
     path = folder / THUMBNAILS / str(side) / f"{image_id}.jpg"
-    if path.is_file():
-        return path
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_bytes()
+    image = open_image(read(), max_pixels=max_pixels, draft_to=side, name=name, reserve=reserve)
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=82, optimize=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{id(buffer)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, path)  # a cache: atomic, but no fsync needed
+    except OSError:  # a read-only or full disk: not cached
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return buffer.getvalue()
     image = open_image(read(), max_pixels=max_pixels, draft_to=side, name=name, reserve=reserve)
     image.thumbnail((side, side))
     buffer = io.BytesIO()

@@ -342,8 +342,8 @@ def file_lock(path: Path, doing: str, wait: float = 0.0) -> Iterator[None]:
         lock.acquire(timeout=wait, poll_interval=0.02)
     except Timeout:
         raise CollectionLockedError(
-            f"{path.parent} is {doing} (lock file {path}). Wait for it to finish; searches "
-            "keep working meanwhile."
+            f"{path.parent} is {doing} (lock file {path}). Wait for it to finish (or give "
+            "`--wait SECONDS` to wait longer); searches keep working meanwhile."
         ) from None
     except OSError as exc:
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

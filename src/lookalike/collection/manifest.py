@@ -91,7 +91,12 @@ class Manifest:
         if not isinstance(data, dict):
             raise CorruptCollectionError(f"{where} is not a lookalike manifest (not an object); "
                                          "restore it from a backup.")
-        if data.get("format_version") not in READABLE_FORMATS:
+        version = data.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise CorruptCollectionError(
+                f"{where} is damaged: its format_version is {version!r}, not a version number; "
+                "restore it from a backup.")
+        if version not in READABLE_FORMATS:
             raise CorruptCollectionError(
                 f"{where.parent} has collection format {data.get('format_version')}, this "
                 f"lookalike reads formats {READABLE_FORMATS}; upgrade lookalike or rebuild the "
@@ -132,6 +137,9 @@ def new_manifest(model: str, weights: str | None, index: IndexSpec) -> Manifest:
 def load_manifest(folder: Path) -> Manifest:
     """The manifest of the collection in ``folder``, checked."""
     path = folder / MANIFEST
+    if folder.exists() and not folder.is_dir():
+        raise CollectionNotFoundError(f"{folder} is a file, not a collection folder; pass the "
+                                      "collection's folder to --collection.")
     if not path.is_file():
         raise CollectionNotFoundError(
             f"No collection at {folder}. Create one with `lookalike index PATH "
@@ -139,8 +147,11 @@ def load_manifest(folder: Path) -> Manifest:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CorruptCollectionError(f"Cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise CorruptCollectionError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+    except ValueError as exc:
+        raise CorruptCollectionError(f"{path} is damaged (not JSON: {exc}); restore it from a "
+                                     "backup.") from None
     return Manifest.from_dict(data, path)
 
 

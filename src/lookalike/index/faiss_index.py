@@ -126,8 +126,12 @@ class FaissIndex:
 
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            faiss.write_index(self._index, str(tmp))
-            with open(tmp, "rb") as fh:
+            with open(tmp, "wb") as fh:
+                # Through Python's file: a write error (a full disk) is an OSError, and Faiss's
+                # own writer does not also print "close error" to stderr.
+                writer = faiss.PyCallbackIOWriter(fh.write)  # type: ignore[attr-defined]
+                faiss.write_index(self._index, writer)
+                fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:

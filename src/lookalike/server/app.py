@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, BinaryIO
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Query, Request
 from fastapi.middleware import Middleware
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
@@ -45,6 +46,7 @@ MAX_QE = 100
 QE_HELP = ("Query expansion: rank by the query blended with its N best matches (0: off) "
            "[default: the query_expansion setting, 2].")
 _DECIMAL = re.compile(r"-?[0-9]+")
+_FORM_FIELDS = {"file", "metadata", "k", "ef", "qe"}
 _ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -189,16 +191,17 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
                                  headers={"Content-Length": str(found.size),
                                           "Cache-Control": "private, max-age=3600"})
 
-    @app.get("/images/{image_id}/thumbnail", tags=["images"], response_class=FileResponse)
-    def image_thumbnail(image_id: Integer, size: Integer = 256) -> FileResponse:
+    @app.get("/images/{image_id}/thumbnail", tags=["images"],
+             responses={200: {"content": {"image/jpeg": {}}}})
+    def image_thumbnail(image_id: Integer, size: Integer = 256) -> Response:
         """A small JPEG of the image (cached), at most `size` pixels a side."""
         if size not in THUMBNAIL_SIDES:
             raise ApiError(422, "invalid_parameter",
                            f"size must be one of {', '.join(map(str, THUMBNAIL_SIDES))}.")
-        path = service.collection.thumbnail(_known_id(image_id), size)
+        jpeg = service.collection.thumbnail(_known_id(image_id), size)
         # Ids are never reused, so a thumbnail never changes.
-        return FileResponse(path, media_type="image/jpeg",
-                            headers={"Cache-Control": "private, max-age=31536000, immutable"})
+        return Response(jpeg, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:
@@ -236,13 +239,21 @@ async def _read_upload(request: Request) -> tuple[bytes, dict[str, str]]:
             raise ApiError(400, "empty_file", "The uploaded file is empty (0 bytes).")
         return data, fields
     # Anything else is the raw image, whatever it is declared as: `curl --data-binary @x.jpg`
-    # declares application/x-www-form-urlencoded unless told otherwise. A real form (all ASCII,
-    # as no image file is) was sent without its file.
+    # declares application/x-www-form-urlencoded unless told otherwise. A real form (of this
+    # API's fields only) was sent without its file; anything else is sniffed like any upload.
     data = await request.body()
     if not data or (content_type.startswith("application/x-www-form-urlencoded")
-                    and data.isascii()):
+                    and _is_api_form(data)):
         raise missing
     return data, {}
+
+
+def _is_api_form(data: bytes) -> bool:
+    """Whether ``data`` is a URL-encoded form of this API's fields (``k=3&qe=0``)."""
+    if not data.isascii():
+        return False
+    fields = parse_qsl(data.decode("ascii"), keep_blank_values=True)
+    return bool(fields) and {name for name, _ in fields} <= _FORM_FIELDS
 
 
 def _chunks(file: BinaryIO, size: int, chunk: int = 256 * 1024) -> Iterator[bytes]:

@@ -88,6 +88,12 @@ class SQLiteStore:
         try:
             self._migrate(self._db, None if self.read_only else path)
         except sqlite3.DatabaseError as exc:
+            self.close()
+            if isinstance(exc, sqlite3.OperationalError) and _disk_failed(exc) and _full(path):
+                raise DiskWriteError(
+                    f"Cannot open {path}: even a read needs a few KB on its disk (SQLite's "
+                    f"shared-memory file, {path.name}-shm), and the disk is full. Free some space "
+                    "and run the command again; nothing is lost.") from None
             raise CorruptCollectionError(f"Metadata database {path} is unreadable: {exc}") from None
 
     @staticmethod
@@ -402,6 +408,15 @@ class _Transaction:
                 raise
         if isinstance(exc, sqlite3.OperationalError) and _disk_failed(exc):
             raise DiskWriteError.writing(self._path, exc) from None
+
+
+def _full(path: Path) -> bool:
+    """Whether the disk holding ``path`` has (next to) no space left."""
+    try:
+        disk = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return disk.f_bavail * disk.f_frsize < 64 * 1024
 
 
 def _disk_failed(exc: sqlite3.OperationalError) -> bool:
