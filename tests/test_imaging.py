@@ -597,3 +597,34 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     grown_mb = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                   check=True, timeout=120).stdout)
     assert grown_mb < 50, f"{grown_mb} MB decoded before the reservation"
+
+
+@pytest.mark.parametrize("colour_type, depth", [(6, 8), (6, 16), (4, 8), (2, 16), (0, 16)])
+def test_decode_cost_covers_what_decoding_takes(colour_type: int, depth: int) -> None:
+    """Measured in a fresh process: the peak memory that decoding a 64 MP PNG (RGBA, grey with
+    alpha, RGB, 16-bit grey) adds stays within decode_cost, what the server's budget reserves.
+    (Image.reduce premultiplies alpha in a full copy: RGBA once took twice its estimate.)"""
+    script = f"""
+import io, resource, struct, zlib
+from PIL import Image
+from lookalike.imaging import decode_cost, load_pixels
+from lookalike.types import Preprocess
+def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+side, depth, colour = 8000, {depth}, {colour_type}
+width = side * {{6: 4, 4: 2, 2: 3, 0: 1}}[colour] * depth // 8
+row = b"\\0" + (bytes(range(256)) * (width // 256 + 1))[:width]
+packer = zlib.compressobj(6)
+pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+header = struct.pack(">IIBBBBB", side, side, depth, colour, 0, 0, 0)
+data = (b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b""))
+del pixels
+cost = decode_cost(Image.open(io.BytesIO(data)), 224)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+load_pixels(data, Preprocess(224, "squash", (0.0,) * 3, (1.0,) * 3), max_pixels=10**8)
+print(cost, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+    cost, grew = map(int, subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                         text=True, check=True, timeout=120).stdout.split())
+    assert grew <= cost * 1.05 + 8 * 2**20, f"decoding took {grew:,} bytes, cost {cost:,}"
