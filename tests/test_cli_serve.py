@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -19,11 +20,22 @@ from PIL import Image
 from conftest import free_port, wait_ready
 
 
-def serve(collection: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+def serve(collection: Path, *args: str, open_files: int | None = None,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """`lookalike serve` in a subprocess, with ``env`` added to its environment;
+    ``open_files`` sets its soft open-file limit (the hard one stays), as a shell's
+    `ulimit -Sn` would: 256 is macOS's default."""
+    def limit() -> None:
+        if open_files is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
+
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "lookalike", "serve", "-c", str(collection), "--port", str(port),
-         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -25,8 +24,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import TINY, LiveServer, free_port, wait_ready
+from conftest import TINY, LiveServer
 from lookalike.collection import Collection
+from test_cli_serve import serve
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -45,32 +45,6 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 
 
 # -- stalled clients (4a): the real `lookalike serve` ------------------------------------------
-
-def serve(collection: Path, *args: str, open_files: int | None = None,
-          env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    """`lookalike serve` in a subprocess, with ``env`` added to its environment;
-    ``open_files`` sets its soft open-file limit (the hard one stays), as a shell's
-    `ulimit -Sn` would: 256 is macOS's default."""
-    def limit() -> None:
-        if open_files is not None:
-            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lookalike", "serve", "-c", str(collection), "--port", str(port),
-         "--no-auto-compact", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit,
-        env={**os.environ, **(env or {})},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, alive=lambda: process.poll() is None)
-    except (AssertionError, TimeoutError):
-        process.kill()
-        raise AssertionError(process.communicate()) from None
-    return process, url
-
 
 def stalled(port: int, kind: str) -> socket.socket:
     """A connection that stops: after connecting (``silent``), in its headers (``head``), or
@@ -113,8 +87,8 @@ def test_stalled_clients_are_closed_and_never_crowd_out_normal_requests(
         served_copy: Path) -> None:
     # 256 descriptors (macOS's default soft limit): at 0a6001a, 300 stalled clients made every
     # request fail; the server now raises its soft limit to fit its connection bound.
-    process, url = serve(served_copy, open_files=256, env={"LOOKALIKE_HEAD_TIMEOUT": "2",
-                                                           "LOOKALIKE_BODY_TIMEOUT": "3"})
+    process, url = serve(served_copy, "--no-auto-compact", open_files=256,
+                         env={"LOOKALIKE_HEAD_TIMEOUT": "2", "LOOKALIKE_BODY_TIMEOUT": "3"})
     port = int(url.rsplit(":", 1)[1])
     sockets: list[socket.socket] = []
     try:
@@ -146,8 +120,8 @@ def test_stalled_clients_are_closed_and_never_crowd_out_normal_requests(
 
 def test_past_the_connection_bound_stalled_heads_give_way_and_busy_ones_answer_503(
         served_copy: Path) -> None:
-    process, url = serve(served_copy, "--max-connections", "40", "--head-timeout", "60",
-                         "--body-timeout", "60")
+    process, url = serve(served_copy, "--no-auto-compact", "--max-connections", "40",
+                         "--head-timeout", "60", "--body-timeout", "60")
     port = int(url.rsplit(":", 1)[1])
     try:
         # Every connection is busy with a request (its body stalled): a new one is refused.
