@@ -133,7 +133,8 @@ def test_kill_9_during_uploads_and_deletes_loses_nothing_acknowledged(served_cop
                     assert not any(h.image_id == image_id for h in col.search(data, k=30))
                 else:
                     assert col.search(data, k=1)[0].image_id == image_id
-                    assert col.file(image_id).read_bytes() == data
+                    with col.open_file(image_id).file as fh:
+                        assert fh.read() == data
 
 
 def upload_unacknowledged(url: str, data: bytes) -> None:

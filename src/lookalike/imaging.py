@@ -65,7 +65,6 @@ ImageSource = str | os.PathLike[str] | bytes
 Reserve = Callable[[int], AbstractContextManager[object]]
 
 
-
 @functools.cache
 def _formats() -> tuple[str, ...]:
     """The Pillow formats of IMAGE_EXTENSIONS: bytes are only ever tried as one of these, so no
@@ -120,8 +119,7 @@ def open_image(
     says the image will be squashed to that square, so each side may shrink on its own.
     ``max_bytes`` caps the size of a file read from a path. ``reserve(cost)``, when given, is
     entered around decoding with :func:`decode_cost`; it may raise to refuse or to say "busy".
-    Raises
-    :class:`DecodeError` with the reason when the bytes are not a usable image.
+    Raises :class:`DecodeError` with the reason when the bytes are not a usable image.
     """
     data = source if isinstance(source, bytes) else _read(source, max_bytes)
     if name is None:
@@ -259,15 +257,6 @@ def extension_for(image_format: str | None) -> str:
     candidates = sorted(ext for ext, fmt in extensions.items() if fmt == image_format)
     preferred = {"JPEG": ".jpg", "TIFF": ".tif", "MPO": ".jpg", "HEIF": ".heic"}
     return preferred.get(image_format or "", candidates[0] if candidates else ".img")
-
-
-def media_type(path: str | os.PathLike[str]) -> str:
-    """The MIME type of an image file, sniffed from its first bytes."""
-    try:
-        with Image.open(path) as image:
-            return Image.MIME.get(image.format or "", "application/octet-stream")
-    except (OSError, SyntaxError, ValueError):
-        return "application/octet-stream"
 
 
 def _read(path: str | os.PathLike[str], max_bytes: int) -> bytes:

@@ -314,13 +314,6 @@ class Collection:
             json.loads(meta) if meta else None,
         )
 
-    def file(self, image_id: int) -> Path:
-        """The image file of an indexed image (raises ImageNotFoundError if it is gone)."""
-        path = Path(self._record(image_id).uri)
-        if not path.is_file():
-            raise ImageNotFoundError(f"The file of image {image_id} is gone: {path}.")
-        return path
-
     def open_file(self, image_id: int) -> ImageFile:
         """The file of an indexed image, open, while it is still the file that was indexed:
         never through a symlink pointed elsewhere (see :func:`.files.open_indexed`). The caller
