@@ -5,11 +5,13 @@ collection, a full disk. Each gets one clear message, and nothing committed is l
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -132,7 +134,13 @@ def mounted(*args: str) -> Iterator[None]:
     try:
         yield
     finally:
-        subprocess.run(["umount", target], check=True, capture_output=True)
+        gc.collect()  # a failed test's traceback may still hold files open on it
+        for _ in range(20):
+            if subprocess.run(["umount", target], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.25)
+        else:  # still busy: detach it now, the kernel frees it once the last file closes
+            subprocess.run(["umount", "--lazy", target], check=True, capture_output=True)
 
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="mounting a read-only view or a small "
