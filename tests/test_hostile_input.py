@@ -93,6 +93,18 @@ def test_info_shows_the_collection_as_an_absolute_path(messy: tuple[Path, Path])
     assert json.loads(result.stdout)["path"] == str(col)
 
 
+def test_integers_on_the_command_line_are_plain_decimal_digits(
+    messy: tuple[Path, Path]
+) -> None:
+    folder, col = messy
+    plain = folder / "plain.jpg"
+    assert run("search", plain, "-c", col, "-k", "2").returncode == 0
+    for option in (["-k", "1_0"], ["-k", "+2"], ["--qe", " 1"], ["--id", "0x1"]):
+        args = option if option[0] == "--id" else [plain, *option]
+        result = run("search", *args, "-c", col, check=False)
+        assert result.returncode == 2 and "is not an integer in decimal digits" in result.stderr
+
+
 def test_a_file_given_as_the_collection_is_misuse(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("not a folder")
     photo(tmp_path / "p.jpg", 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,17 @@ wait_option = click.option(
     "--wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
     help="Seconds to wait for another process that is writing to the collection (an upload, "
          "a delete) before giving up.")
+
+
+class Decimal(click.IntRange):
+    """An integer option in plain decimal digits: ``int()`` (and so click) also takes ``1_0``,
+    `` 10`` and ``+10``, which the HTTP API refuses."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not re.fullmatch(r"-?[0-9]+", value):
+            self.fail(f"{value!r} is not an integer in decimal digits.", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:

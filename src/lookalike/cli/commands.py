@@ -12,6 +12,7 @@ import click
 from ..types import line_uri, shown_uri
 from .base import (
     COLLECTION_HELP,
+    Decimal,
     cli,
     collection_path,
     known_id,
@@ -93,13 +94,14 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
 
 @cli.command("search")
 @click.argument("image", required=False)
-@click.option("--id", "image_id", type=int, default=None, help="Search by an indexed image's id.")
+@click.option("--id", "image_id", type=Decimal(), default=None,
+              help="Search by an indexed image's id.")
 @click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
-@click.option("-k", type=click.IntRange(1, 10_000), default=10, show_default=True,
+@click.option("-k", type=Decimal(1, 10_000), default=10, show_default=True,
               help="Number of results.")
-@click.option("--ef", type=click.IntRange(1, 100_000), default=None,
+@click.option("--ef", type=Decimal(1, 100_000), default=None,
               help="HNSW efSearch for this query (higher: more accurate, slower).")
-@click.option("--qe", type=click.IntRange(0, 100), default=None,
+@click.option("--qe", type=Decimal(0, 100), default=None,
               help="Query expansion: re-rank with the query plus its N best matches "
                    "(0: off) [default 2, setting query_expansion].")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
