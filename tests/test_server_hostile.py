@@ -457,6 +457,8 @@ def test_integers_are_plain_decimal_digits(library_server: LiveServer) -> None:
     assert httpx.get(f"{url}/search/similar/1?k=10").status_code == 200
     for query in ("k=1_0", "k=+10", "k=%2010", "qe=0_1", "ef=6_4"):
         assert_error(httpx.get(f"{url}/search/similar/1?{query}"), 422, "invalid_parameter")
+    refused = httpx.get(f"{url}/search/similar/1?k=1_0").json()["error"]["message"]
+    assert refused == "k: '1_0' is not an integer in decimal digits"  # the name the client used
     assert_error(httpx.get(f"{url}/images/1_0"), 422, "invalid_parameter")
     assert_error(httpx.get(f"{url}/images/1/thumbnail?size=6_4"), 422, "invalid_parameter")
     assert_error(httpx.post(f"{url}/search/visual", files={"file": ("a.jpg", jpeg((1, 2, 3)))},

@@ -311,9 +311,10 @@ def _metadata(raw: str | None) -> dict[str, Any] | None:
         raise ApiError(400, "invalid_metadata",
                        "metadata is nested too deeply; send a flatter JSON object.") from None
     except (ValueError, UnicodeError) as exc:  # NaN, a huge integer, a lone surrogate
+        reason = str(exc).split("; use sys.set_int_max_str_digits")[0]  # advice for Python code
         raise ApiError(400, "invalid_metadata",
-                       f"metadata is not strict JSON ({exc}); send finite numbers, integers of "
-                       "at most 4,300 digits and text without lone surrogates.") from None
+                       f"metadata is not strict JSON ({reason}); send finite numbers, integers "
+                       "of at most 4,300 digits and text without lone surrogates.") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_metadata", "metadata must be a JSON object.")
     return value

@@ -102,8 +102,11 @@ def install_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         problems = []
         for item in cast(RequestValidationError, exc).errors():
-            where = ".".join(str(part) for part in item.get("loc", ()) if part != "path")
-            problems.append(f"{where}: {item.get('msg', 'invalid')}")
+            loc = [str(part) for part in item.get("loc", ())]
+            if loc and loc[0] in ("query", "path", "header", "cookie"):
+                loc = loc[1:]  # "k", not "query.k": the client named it
+            message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(f"{'.'.join(loc)}: {message}" if loc else message)
         return error_response(422, "invalid_parameter", "; ".join(problems) or "Invalid request.")
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
