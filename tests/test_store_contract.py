@@ -115,6 +115,15 @@ def test_find_uri_sees_only_the_active_row(store: Store) -> None:
     assert store.get([failed])[failed].status == "failed"
 
 
+def test_ids_no_image_can_have_are_simply_not_found(store: Store) -> None:
+    """Past 64 bits the drivers overflow (SQLite: OverflowError; psycopg: out of range)."""
+    [image_id] = store.write([image("/a.jpg", unit_vectors(1)[0])])
+    for never in (0, -1, 2**63, 10**30):
+        assert store.get([never, image_id]).keys() == {image_id}
+        assert store.vector(never) is None and store.metadata(never) is None
+        assert store.vectors([never]) == {}
+
+
 def test_file_names_of_any_bytes_round_trip(store: Store) -> None:
     """Names that are not UTF-8 reach Python as lone surrogates (os.fsdecode); the store keeps
     every one apart, finds it again, and gives back exactly the name it was given."""

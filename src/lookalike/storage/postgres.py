@@ -31,7 +31,15 @@ from ..errors import (
     UsageError,
 )
 from .migrations import migrate
-from .records import Changes, ImageRecord, NewImage, stored_uri, vector_chunks
+from .records import (
+    Changes,
+    ImageRecord,
+    NewImage,
+    storable,
+    storable_ids,
+    stored_uri,
+    vector_chunks,
+)
 from .uri import PostgresURI
 
 POOL_MIN, POOL_MAX = 1, 4  # per process: searches take one connection for one round trip
@@ -102,10 +110,11 @@ class PostgresStore:
         return {r.uri: r for r in map(ImageRecord.from_row, rows)}
 
     def get(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
-        if not len(ids):
+        wanted = storable_ids(ids)
+        if not wanted:
             return {}
         rows = self._read(f"SELECT {_COLUMNS} FROM {self._s}.images WHERE id = ANY(%s)",
-                          ([int(i) for i in ids],))
+                          (wanted,))
         return {row[0]: ImageRecord.from_row(row) for row in rows}
 
     def find_uri(self, uri: str) -> ImageRecord | None:
@@ -116,17 +125,21 @@ class PostgresStore:
         return record if record and record.status == "active" else None
 
     def vector(self, image_id: int) -> np.ndarray | None:
+        if not storable(image_id):
+            return None
         rows = self._read(f"SELECT vector FROM {self._s}.vectors WHERE image_id = %s",
                           (image_id,), binary=True)
         return self._decode(rows[0][0]) if rows else None
 
     def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         rows = self._read(f"SELECT image_id, vector FROM {self._s}.vectors "
-                          "WHERE image_id = ANY(%s)", ([int(i) for i in ids],), binary=True)
+                          "WHERE image_id = ANY(%s)", (storable_ids(ids),), binary=True)
         return {int(image_id): self._decode(blob) for image_id, blob in rows}
 
     def metadata(self, image_id: int) -> str | None:
         """The JSON metadata stored with an image, if any (jsonb: keys in PostgreSQL's order)."""
+        if not storable(image_id):
+            return None
         rows = self._read(f"SELECT json::text FROM {self._s}.metadata WHERE image_id = %s",
                           (image_id,))
         return rows[0][0] if rows else None

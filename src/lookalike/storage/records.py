@@ -4,11 +4,13 @@ write transactions changed."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..types import MAX_IMAGE_ID
 
 # File names are bytes; Python hands a name that is not valid UTF-8 over with each bad byte as a
 # lone surrogate (os.fsdecode), which no database text column takes. The store keeps such a
@@ -19,6 +21,17 @@ _MARK = "\ufdd0"
 _TO_STORE = re.compile("[\ud800-\udfff\ufdd0]")
 _FROM_STORE = re.compile("\ufdd0(.)", re.DOTALL)
 _PLANE_1 = 0x10000 - 0xD800
+
+
+def storable(image_id: int) -> bool:
+    """Whether a store can hold ``image_id`` at all: keys are positive signed 64-bit integers,
+    and a larger one would overflow the database driver instead of simply not being found."""
+    return 1 <= image_id <= MAX_IMAGE_ID
+
+
+def storable_ids(ids: Iterable[int]) -> list[int]:
+    """``ids`` less those no image can have (:func:`storable`)."""
+    return [int(i) for i in ids if storable(int(i))]
 
 
 def stored_uri(uri: str) -> str:

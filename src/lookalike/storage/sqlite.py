@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptCollectionError, DiskWriteError, ReadOnlyCollectionError
-from .records import Changes, ImageRecord, NewImage, stored_uri, vector_chunks
+from .records import (
+    Changes,
+    ImageRecord,
+    NewImage,
+    storable,
+    storable_ids,
+    stored_uri,
+    vector_chunks,
+)
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -176,8 +184,9 @@ class SQLiteStore:
 
     def _by_ids(self, query: str, ids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
         """Rows of ``query`` + ``(?, ?, ...)`` for ``ids``, 500 ids per statement."""
-        for start in range(0, len(ids), 500):
-            chunk = [int(i) for i in ids[start:start + 500]]
+        wanted = storable_ids(ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
             yield from self._db.execute(query + f"({','.join('?' * len(chunk))})", chunk)
 
     def find_uri(self, uri: str) -> ImageRecord | None:
@@ -190,6 +199,8 @@ class SQLiteStore:
         return record if record and record.status == "active" else None
 
     def vector(self, image_id: int) -> np.ndarray | None:
+        if not storable(image_id):
+            return None
         row = self._db.execute(
             "SELECT vector FROM vectors WHERE image_id = ?", (image_id,)
         ).fetchone()
@@ -201,6 +212,8 @@ class SQLiteStore:
 
     def metadata(self, image_id: int) -> str | None:
         """The JSON metadata stored with an image, if any."""
+        if not storable(image_id):
+            return None
         row = self._db.execute(
             "SELECT json FROM metadata WHERE image_id = ?", (image_id,)
         ).fetchone()
