@@ -39,6 +39,7 @@ from .files import (
     ImageFile,
     is_upload,
     open_indexed,
+    read_indexed,
     remove_quietly,
     remove_stale_uploads,
     thumbnail,
@@ -324,18 +325,10 @@ class Collection:
         """A small JPEG of an indexed image (cached in the collection where it can be), made
         from its file as :meth:`open_file` opens it."""
         record = self._record(image_id)
-
-        def read() -> bytes:
-            opened = open_indexed(record)
-            with opened.file as fh:
-                if opened.size > self.max_file_bytes:
-                    raise DecodeError(f"file is over the size limit of {self.max_file_bytes:,} "
-                                      "bytes", "too_large")
-                return fh.read()
-
         try:
-            return thumbnail(self.path, image_id, read, side=side, max_pixels=self.max_pixels,
-                             name=record.uri, reserve=self._reserve)
+            return thumbnail(self.path, image_id,
+                             lambda: read_indexed(record, self.max_file_bytes), side=side,
+                             max_pixels=self.max_pixels, name=record.uri, reserve=self._reserve)
         except DecodeError as exc:
             raise ImageNotFoundError(f"Image {image_id} can no longer be read: {exc}.") from None
 

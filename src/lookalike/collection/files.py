@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ImageFileError
-from ..imaging import Reserve, file_hash, open_image
+from ..errors import DecodeError, ImageFileError
+from ..imaging import Reserve, content_hash, file_hash, open_image
 from ..live import remove_stale_temporaries
 from ..storage import ImageRecord
 from ..types import shown_uri
@@ -29,6 +29,8 @@ UPLOADS, THUMBNAILS = "uploads", "thumbnails"
 # a regular file, the only kind ever read.
 _OPEN = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_AGAIN = ("Run `lookalike index` on its folder to bring the collection up to date (or "
+          "`lookalike remove` it).")
 
 
 @dataclass(frozen=True)
@@ -85,13 +87,36 @@ def open_indexed(record: ImageRecord) -> ImageFile:
     where that file is. The last component is opened without following a symlink, unless the
     file was indexed through one (indexing follows them), and then only to a regular file.
     Raises ImageFileError: ``missing`` or ``changed``."""
+    fh, size = _open_unchanged(record)
+    try:
+        if record.content_hash is not None and file_hash(fh) != record.content_hash:
+            raise _changed(record)
+        fh.seek(0)
+        return ImageFile(fh, size, _media_type(fh))
+    except BaseException:
+        fh.close()
+        raise
+
+
+def read_indexed(record: ImageRecord, max_bytes: int) -> bytes:
+    """The bytes of an indexed image's file, read once, on the terms of :func:`open_indexed`;
+    DecodeError (``too_large``) for a file over ``max_bytes``."""
+    fh, size = _open_unchanged(record)
+    with fh:
+        if size > max_bytes:
+            raise DecodeError(f"file is over the size limit of {max_bytes:,} bytes", "too_large")
+        data = fh.read()
+    if record.content_hash is not None and content_hash(data) != record.content_hash:
+        raise _changed(record)
+    return data
+
+
+def _open_unchanged(record: ImageRecord) -> tuple[BinaryIO, int]:
+    """The open file of ``record`` and its size, while it is a regular file of the stored size
+    and modification time (the content hash is the caller's to check)."""
     path = record.uri
-    again = ("Run `lookalike index` on its folder to bring the collection up to date (or "
-             "`lookalike remove` it).")
     missing = ImageFileError(f"The file of image {record.id} is gone or is no longer a regular "
-                             f"file: {shown_uri(path)}. {again}", "missing")
-    changed = ImageFileError(f"The file of image {record.id} has changed since it was indexed: "
-                             f"{shown_uri(path)}. {again}", "changed")
+                             f"file: {shown_uri(path)}. {_AGAIN}", "missing")
     try:
         fd = os.open(path, _OPEN | _NOFOLLOW)
     except OSError:
@@ -107,19 +132,16 @@ def open_indexed(record: ImageRecord) -> ImageFile:
             raise missing
         if ((record.size is not None and st.st_size != record.size)
                 or (record.mtime_ns is not None and st.st_mtime_ns != record.mtime_ns)):
-            raise changed
+            raise _changed(record)
     except BaseException:
         os.close(fd)
         raise
-    fh = os.fdopen(fd, "rb")
-    try:
-        if record.content_hash is not None and file_hash(fh) != record.content_hash:
-            raise changed
-        fh.seek(0)
-        return ImageFile(fh, st.st_size, _media_type(fh))
-    except BaseException:
-        fh.close()
-        raise
+    return os.fdopen(fd, "rb"), st.st_size
+
+
+def _changed(record: ImageRecord) -> ImageFileError:
+    return ImageFileError(f"The file of image {record.id} has changed since it was indexed: "
+                          f"{shown_uri(record.uri)}. {_AGAIN}", "changed")
 
 
 def _media_type(fh: BinaryIO) -> str:
