@@ -53,8 +53,8 @@ _ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_1
                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
                  6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                  8: Image.Transpose.ROTATE_90}
-# Modes Image.reduce cannot take, and the mode each is reduced in instead.
-_REDUCED_AS = {"1": "L", "P": "RGBA", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
+# Modes Image.reduce cannot take, and the mode each is reduced in instead (P: see _reduced_mode).
+_REDUCED_AS = {"1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
 # The bytes a pixel takes in Pillow's memory: one 8-bit band is one byte, 16-bit two, and every
 # other mode, from RGB up, a 32-bit word per pixel.
 _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
@@ -200,10 +200,8 @@ def _reduced(image: Image.Image, draft_to: int | None, squash: bool) -> Image.Im
     factor = _reduction(image, draft_to, squash)
     if factor == (1, 1):
         return image
-    mode = image.mode
-    if mode in _REDUCED_AS:
-        image = image.convert(_reduced_mode(image))
-    reduced = image.reduce(factor)
+    mode, reduced_as = image.mode, _reduced_mode(image)
+    reduced = (image if reduced_as == mode else image.convert(reduced_as)).reduce(factor)
     return reduced.convert("I;16") if mode.startswith("I;16") else reduced  # still 16-bit
 
 
