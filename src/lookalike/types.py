@@ -11,6 +11,13 @@ ResizeMode = Literal["squash", "center-crop"]
 #: Image ids are positive signed 64-bit integers: SQLite and PostgreSQL keys, Faiss labels.
 MAX_IMAGE_ID = 2**63 - 1
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_DECIMAL = re.compile("-?[0-9]+")
+
+
+def is_decimal(text: str) -> bool:
+    """Whether ``text`` is an integer in plain decimal digits: ``int()`` also takes ``1_0``,
+    `` 10`` and ``+10``, which neither the CLI nor the HTTP API accepts."""
+    return _DECIMAL.fullmatch(text) is not None
 
 
 def shown_uri(uri: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -35,12 +34,14 @@ wait_option = click.option(
 
 
 class Decimal(click.IntRange):
-    """An integer option in plain decimal digits: ``int()`` (and so click) also takes ``1_0``,
-    `` 10`` and ``+10``, which the HTTP API refuses."""
+    """An integer option in plain decimal digits (:func:`lookalike.types.is_decimal`), as the
+    HTTP API takes them."""
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not re.fullmatch(r"-?[0-9]+", value):
+        from ..types import is_decimal
+
+        if isinstance(value, str) and not is_decimal(value):
             self.fail(f"{value!r} is not an integer in decimal digits.", param, ctx)
         return super().convert(value, param, ctx)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..errors import ImageNotFoundError
-from ..types import MAX_IMAGE_ID, ImageDetails, SearchHit, shown_uri
+from ..types import MAX_IMAGE_ID, ImageDetails, SearchHit, is_decimal, shown_uri
 from .config import ServeConfig
 from .errors import ApiError, error_response, install_handlers
 from .middleware import DOCS_ASSETS, READ_SECONDS, ApiKeys, BodyLimit, RequestTiming
@@ -45,7 +44,6 @@ THUMBNAIL_SIDES = (64, 128, 256, 512)
 MAX_QE = 100
 QE_HELP = ("Query expansion: rank by the query blended with its N best matches (0: off) "
            "[default: the query_expansion setting, 2].")
-_DECIMAL = re.compile(r"-?[0-9]+")
 _FORM_FIELDS = {"file", "metadata", "k", "ef", "qe"}
 _ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
 _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -267,7 +265,7 @@ def _chunks(file: BinaryIO, size: int, chunk: int = 256 * 1024) -> Iterator[byte
 def _decimal(value: Any) -> Any:
     """``value``, refused when it is text but not an integer in plain decimal digits: Python
     and pydantic would also take ``1_0``, `` 10`` or ``+10``."""
-    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+    if isinstance(value, str) and not is_decimal(value):
         raise ValueError(f"{value!r} is not an integer in decimal digits")
     return value
 
