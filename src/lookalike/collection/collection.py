@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,31 +20,15 @@ import numpy as np
 from .. import settings
 from ..budget import DecodeBudget
 from ..embedders import Embedder
-from ..errors import CollectionExistsError, DecodeError, ImageNotFoundError, UsageError
-from ..imaging import ImageSource, decode_bytes, load_pixels, to_model_input
+from ..errors import CollectionExistsError, UsageError
+from ..imaging import ImageSource
 from ..index import IndexSpec, parse_spec
 from ..ingest import Ingestor
 from ..live import DELTA_INDEX, MAIN_INDEX, CompactionReport, LiveIndex, VerifyReport, claim_index
-from ..storage import SQLITE_FILE, ImageRecord, NewImage, new_store, open_store
-from ..types import (
-    CollectionInfo,
-    ImageDetails,
-    IngestReport,
-    ReduceReport,
-    SearchHit,
-    shown_uri,
-)
-from .files import (
-    ImageFile,
-    is_upload,
-    open_indexed,
-    read_indexed,
-    remove_quietly,
-    remove_stale_uploads,
-    thumbnail,
-    upload_path,
-    write_durably,
-)
+from ..storage import SQLITE_FILE, new_store, open_store
+from ..types import CollectionInfo, ImageDetails, IngestReport, ReduceReport, SearchHit
+from .files import ImageFile
+from .images import DecodeLimits, Images
 from .indexes import Indexes
 from .manifest import MANIFEST, Manifest, new_manifest, read_manifest, write_manifest
 from .searching import Searcher
@@ -67,16 +50,16 @@ class Collection:
         self._device = settings.resolve("device", device)
         self._threads = settings.resolve("threads", threads)
         self._precision = settings.resolve("precision", precision)
-        self.max_pixels: int = settings.resolve("max_pixels", max_pixels)
-        self.max_file_bytes: int = settings.resolve("max_file_bytes", max_file_bytes)
-        # Decodes of this process's requests take their memory from it first (a server's).
-        self._reserve = decode_budget.reserve if decode_budget is not None else None
+        # A server's decodes take their memory from its budget first.
+        self.limits = DecodeLimits(settings.resolve("max_pixels", max_pixels),
+                                   settings.resolve("max_file_bytes", max_file_bytes),
+                                   decode_budget.reserve if decode_budget else None)
         # The manifest says which store; ``store`` (a URI) may move it or carry its password.
         self.store = open_store(manifest.store, folder=path, dim=self.dim, given=store,
                                 setting=settings.resolve("store"))
         self._embedder: Embedder | None = None
-        self._uploads_swept = False
         self.indexes = Indexes(path, manifest, self.store)
+        self.images = Images(path, self.store, self.indexes, self.limits, lambda: self.embedder)
         self._searcher = Searcher(self.store, self.indexes, self.embed)
 
     # -- opening --------------------------------------------------------------------------
@@ -213,13 +196,13 @@ class Collection:
 
             source = engine_for(engine, settings.resolve("ray_address", ray_address),
                                 workers).source(self.embedder, batch_size=batch_size,
-                                                max_pixels=self.max_pixels,
-                                                max_bytes=self.max_file_bytes,
+                                                max_pixels=self.limits.max_pixels,
+                                                max_bytes=self.limits.max_file_bytes,
                                                 cache_dir=settings.resolve("cache_dir"))
         with self.writer(wait):
             ingestor = Ingestor(
-                self.store, self.embedder, self.indexes.committed, max_pixels=self.max_pixels,
-                max_bytes=self.max_file_bytes,
+                self.store, self.embedder, self.indexes.committed,
+                max_pixels=self.limits.max_pixels, max_bytes=self.limits.max_file_bytes,
                 batch_size=batch_size, workers=settings.resolve("workers", workers),
                 checkpoint=self._checkpoint, source=source,
             )
@@ -252,24 +235,7 @@ class Collection:
 
         Files uploaded into the collection are deleted too; indexed files elsewhere never are.
         """
-        records = []
-        for image in images:
-            image_id = image if isinstance(image, int) else self.find(image)
-            record = self.store.get([image_id]).get(image_id) if image_id else None
-            if record is None or record.status != "active":
-                what = image if isinstance(image, int) else f"'{shown_uri(os.fspath(image))}'"
-                raise ImageNotFoundError(f"No indexed image {what}.")
-            records.append(record)
-        with self.writer(wait):
-            removed = set(self.store.retire([r.id for r in records]))
-            self.indexes.committed()
-            # Still the writer: an upload of the same bytes (one content-addressed file) cannot
-            # be acknowledged between this check and the unlink.
-            for record in records:
-                if (record.id in removed and is_upload(self.path, record.uri)
-                        and self.store.find_uri(record.uri) is None):
-                    remove_quietly(Path(record.uri))
-        return [r.id for r in records if r.id in removed]
+        return self.images.remove(images, wait=wait)
 
     def add_bytes(self, data: bytes, *, metadata: dict[str, Any] | None = None,
                   wait: float = 10.0) -> tuple[ImageDetails, bool]:
@@ -279,64 +245,22 @@ class Collection:
         image (with ``metadata`` replacing its old metadata, if given). The image is durable and
         searchable when this returns. Raises DecodeError for bytes that are not a usable image.
         """
-        decoded = decode_bytes(data, self.embedder.preprocess, self.max_pixels, self._reserve)
-        path = upload_path(self.path, decoded.content_hash, decoded.uri)
-        meta = json.dumps(metadata, ensure_ascii=False) if metadata is not None else None
-        assert decoded.pixels is not None  # decode_bytes raises DecodeError instead
-        vector = self.embedder.embed_pixels(decoded.pixels[None])
-        with self.writer(wait):
-            if not self._uploads_swept:  # once per process: an upload killed mid-write
-                remove_stale_uploads(self.path)
-                self._uploads_swept = True
-            existing = self.store.find_uri(str(path))
-            if existing is not None:
-                if meta is not None:
-                    self.store.set_metadata(existing.id, meta)
-                image_id, created = existing.id, False
-            else:
-                write_durably(path, data)  # the file first: a row never points at nothing
-                stat = path.stat()
-                [image_id] = self.store.write([NewImage(
-                    str(path), stat.st_size, stat.st_mtime_ns, decoded.content_hash,
-                    decoded.width, decoded.height, vector[0], metadata=meta,
-                )])
-                self.indexes.committed()
-                created = True
-            # Still the writer: a removal cannot land between the write and this answer.
-            return self.details(image_id), created
+        return self.images.add_bytes(data, metadata=metadata, wait=wait)
 
     def details(self, image_id: int) -> ImageDetails:
         """An indexed image's location, size and metadata."""
-        record = self._record(image_id)
-        meta = self.store.metadata(image_id)
-        return ImageDetails(
-            record.id, record.uri, record.status, record.width, record.height, record.size,
-            record.content_hash, record.added_at, is_upload(self.path, record.uri),
-            json.loads(meta) if meta else None,
-        )
+        return self.images.details(image_id)
 
     def open_file(self, image_id: int) -> ImageFile:
         """The file of an indexed image, open, while it is still the file that was indexed:
         never through a symlink pointed elsewhere (see :func:`.files.open_indexed`). The caller
         closes it. Raises ImageFileError when the file is gone or has changed."""
-        return open_indexed(self._record(image_id))
+        return self.images.open_file(image_id)
 
     def thumbnail(self, image_id: int, side: int = 256) -> bytes:
         """A small JPEG of an indexed image (cached in the collection where it can be), made
         from its file as :meth:`open_file` opens it."""
-        record = self._record(image_id)
-        try:
-            return thumbnail(self.path, image_id,
-                             lambda: read_indexed(record, self.max_file_bytes), side=side,
-                             max_pixels=self.max_pixels, name=record.uri, reserve=self._reserve)
-        except DecodeError as exc:
-            raise ImageNotFoundError(f"Image {image_id} can no longer be read: {exc}.") from None
-
-    def _record(self, image_id: int) -> ImageRecord:
-        record = self.store.get([image_id]).get(image_id)
-        if record is None or record.status != "active":
-            raise ImageNotFoundError(f"No indexed image has id {image_id}.")
-        return record
+        return self.images.thumbnail(image_id, side)
 
     # -- searching --------------------------------------------------------------------------
 
@@ -366,20 +290,11 @@ class Collection:
     def model_input(self, image: ImageSource | Any) -> np.ndarray:
         """``image`` (a path, file bytes or PIL image) decoded to the model's input, within this
         collection's limits and decode budget."""
-        preprocess = self.embedder.preprocess
-        if isinstance(image, (str, os.PathLike, bytes)):
-            return load_pixels(image, preprocess, max_pixels=self.max_pixels,
-                               max_bytes=self.max_file_bytes, reserve=self._reserve)
-        from PIL import Image
-
-        if isinstance(image, Image.Image):
-            return to_model_input(image.convert("RGB"), preprocess)
-        raise UsageError(f"Cannot search by a {type(image).__name__}; pass a path, bytes or image.")
+        return self.images.model_input(image)
 
     def find(self, uri: str | os.PathLike[str]) -> int | None:
         """The id of the indexed image at this path, if there is one."""
-        record = self.store.find_uri(os.path.abspath(os.fspath(uri)))
-        return record.id if record else None
+        return self.images.find(uri)
 
     # -- the index ----------------------------------------------------------------------------
 
