@@ -144,13 +144,15 @@ def test_a_collection_written_before_generations_opens_complete(
     col.add(added, workers=0, show_progress=False)  # some in main.index, some in the delta
     ids = [int(i) for chunk, _ in col.store.iter_vectors() for i in chunk]
     col.close()
-    # Make it look like the previous version wrote it: no footers, no seq column.
+    # Make it look like version 1 wrote it: no footers, no seq or etag column.
     for name in ("main.index", "delta.index"):
         path = col.path / name
         path.write_bytes(path.read_bytes()[:-32])
     with sqlite3.connect(col.path / "lookalike.db") as db:
         db.execute("DROP INDEX images_seq")
         db.execute("ALTER TABLE images DROP COLUMN seq")
+        db.execute("ALTER TABLE images DROP COLUMN etag")
+        db.execute("DROP TABLE event_positions")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     with Collection.open(col.path) as old:
         assert sorted(old.live.live_ids().tolist()) == sorted(ids)  # each once

@@ -24,7 +24,8 @@ from lookalike.errors import (
     StoreUnavailableError,
     UsageError,
 )
-from lookalike.storage import NewImage, open_store
+from lookalike.storage import EventWrite, NewImage, open_store
+from lookalike.storage.migrations import STEPS
 from lookalike.storage.postgres import PostgresStore
 from lookalike.storage.uri import PostgresURI, connection_uri
 from pgserver import PASSWORD, PostgresServer
@@ -211,7 +212,7 @@ def test_migrations_race_safely_and_refuse_what_they_cannot_open(
         store.close()
     with postgres.admin() as conn:
         meta = dict(conn.execute(f'SELECT key, value FROM "{uri.schema}".meta').fetchall())
-    assert meta == {"schema_version": "2", "dim": "8", "generation": "1"}
+    assert meta == {"schema_version": str(len(STEPS)), "dim": "8", "generation": "1"}
 
     with pytest.raises(CorruptCollectionError, match="8-d vectors"):
         PostgresStore(uri, 16)
@@ -225,6 +226,24 @@ def test_migrations_race_safely_and_refuse_what_they_cannot_open(
                      "WHERE key = 'schema_version'")
     with pytest.raises(CorruptCollectionError, match="Upgrade lookalike"):
         PostgresStore(uri, 8)
+
+
+def test_a_version_2_schema_is_upgraded_in_place(postgres: PostgresServer, pg_uri: str) -> None:
+    uri = PostgresURI.parse(pg_uri)
+    store = PostgresStore(uri, 8, create=True)
+    [kept] = store.write([NewImage("/a.jpg", 1, 1, "h", vector=np.ones(8, np.float32) / 8 ** 0.5)])
+    store.close()
+    with postgres.admin() as conn:  # as version 2 left it: no etags, no event positions
+        conn.execute(f'ALTER TABLE "{uri.schema}".images DROP COLUMN etag')
+        conn.execute(f'DROP TABLE "{uri.schema}".event_positions')
+        conn.execute(f"UPDATE \"{uri.schema}\".meta SET value = '2' WHERE key = 'schema_version'")
+    store = PostgresStore(uri, 8)
+    try:
+        assert store.get([kept])[kept].etag is None and store.event_positions(["/a.jpg"]) == {}
+        store.apply_events(EventWrite(positions={"/a.jpg": "01"}))
+        assert store.event_positions(["/a.jpg"]) == {"/a.jpg": "01"}
+    finally:
+        store.close()
 
 
 def test_metadata_postgres_cannot_hold_is_a_usage_error_and_writes_nothing(pg_uri: str) -> None:

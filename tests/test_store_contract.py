@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike.storage import NewImage, Store, new_store, open_store
+from lookalike.storage import EventWrite, NewImage, Store, new_store, open_store
 
 DIM = 8
 
@@ -292,6 +292,35 @@ def test_metadata(store: Store) -> None:
     store.set_metadata(b, '{"first": 1}')
     store.set_metadata(b, '{"second": 2}')  # replaces
     assert json.loads(store.metadata(b) or "") == {"second": 2}
+
+
+def test_event_batches_commit_whole_with_their_positions(open_db: Opener) -> None:
+    store, other = open_db(), open_db()
+    vectors = unit_vectors(3)
+    [a, b] = store.write([image("s3://b/a.jpg", vectors[0]), image("/b.jpg", vectors[1])])
+    generation = store.generation()
+    new = dataclasses.replace(image("s3://b/c é.jpg", vectors[2]), etag="9f0e")
+    ids, retired = store.apply_events(EventWrite(
+        images=[new], retire=[b, 999_999], metadata={a: '{"sku": "A-1"}'},
+        positions={"s3://b/c é.jpg": "0A", "/b.jpg": "0B", "s3://b/gone.jpg": "0C"}))
+    assert retired == [b] and store.generation() == generation + 1  # one transaction
+    assert other.event_positions(["s3://b/c é.jpg", "/b.jpg", "s3://b/gone.jpg", "/x"]) == {
+        "s3://b/c é.jpg": "0A", "/b.jpg": "0B", "s3://b/gone.jpg": "0C"}
+    assert json.loads(other.metadata(a) or "") == {"sku": "A-1"}
+    live = other.live_rows(["s3://b/a.jpg", "/b.jpg", "s3://b/c é.jpg"])
+    assert set(live) == {"s3://b/a.jpg", "s3://b/c é.jpg"} and live["s3://b/c é.jpg"].id == ids[0]
+    assert live["s3://b/c é.jpg"].etag == "9f0e" and live["s3://b/a.jpg"].etag is None
+    changes = other.changes(generation, other.generation())
+    assert changes.ids.tolist() == ids and changes.removed.tolist() == [b]
+    # Positions move on; nothing else needs to change with them.
+    store.apply_events(EventWrite(positions={"/b.jpg": "0D"}))
+    assert other.event_positions(["/b.jpg"]) == {"/b.jpg": "0D"}
+    # A batch that fails part way (here: a vector that is not numbers) leaves nothing behind.
+    with pytest.raises(ValueError):
+        store.apply_events(EventWrite(images=[image("/d.jpg", np.array(["x"] * DIM))],
+                                      retire=[a], positions={"/d.jpg": "01"}))
+    assert other.find_uri("/d.jpg") is None and other.event_positions(["/d.jpg"]) == {}
+    assert other.find_uri("s3://b/a.jpg") is not None
 
 
 def test_vector_by_hash(store: Store) -> None:

@@ -15,14 +15,14 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import UsageError
-from .records import Changes, ImageRecord, NewImage
+from .records import Changes, EventWrite, ImageRecord, NewImage
 from .sqlite import SQLiteStore
 from .uri import SQLITE, PostgresURI, connection_uri, is_postgres, new_schema_name, redact
 
 SQLITE_FILE = "lookalike.db"
 
-__all__ = ["SQLITE_FILE", "Changes", "ImageRecord", "NewImage", "SQLiteStore", "Store",
-           "new_store", "open_store"]
+__all__ = ["SQLITE_FILE", "Changes", "EventWrite", "ImageRecord", "NewImage", "SQLiteStore",
+           "Store", "new_store", "open_store"]
 
 
 class Store(Protocol):
@@ -46,6 +46,10 @@ class Store(Protocol):
 
     def find_uri(self, uri: str) -> ImageRecord | None:
         """The active row for ``uri``, if any."""
+        ...
+
+    def live_rows(self, uris: Sequence[str]) -> dict[str, ImageRecord]:
+        """The live (active or failed) rows of ``uris`` that have one, by uri."""
         ...
 
     def vector(self, image_id: int) -> np.ndarray | None: ...
@@ -120,6 +124,15 @@ class Store(Protocol):
 
     def drop_tombstoned_vectors(self, upto: int) -> int:
         """Delete the vectors of rows retired by generation ``upto`` or earlier."""
+        ...
+
+    def event_positions(self, uris: Sequence[str]) -> dict[str, str]:
+        """The position of the newest stream event applied to each of ``uris`` that has one."""
+        ...
+
+    def apply_events(self, batch: EventWrite) -> tuple[list[int], list[int]]:
+        """Do what a batch of stream events does, in one transaction (see :class:`EventWrite`);
+        the new ids and the ids this call retired."""
         ...
 
 

@@ -51,6 +51,10 @@ STEPS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE {s}.images ADD COLUMN seq bigint NOT NULL DEFAULT 0",
         "CREATE INDEX images_seq ON {s}.images (seq, id)",
     ),
+    (  # 3: objects' ETags, and the newest stream event applied to each uri
+        "ALTER TABLE {s}.images ADD COLUMN etag text",
+        "CREATE TABLE {s}.event_positions (uri text PRIMARY KEY, position text NOT NULL)",
+    ),
 )
 
 

@@ -33,8 +33,10 @@ from ..errors import (
 from .migrations import migrate
 from .records import (
     Changes,
+    EventWrite,
     ImageRecord,
     NewImage,
+    loaded_uri,
     storable,
     storable_ids,
     stored_uri,
@@ -43,7 +45,8 @@ from .records import (
 from .uri import PostgresURI
 
 POOL_MIN, POOL_MAX = 1, 4  # per process: searches take one connection for one round trip
-_COLUMNS = "id, uri, size, mtime_ns, content_hash, width, height, status, error, added_at"
+_COLUMNS = ("id, uri, size, mtime_ns, content_hash, width, height, status, error, added_at, "
+            "etag")
 
 
 def _import() -> tuple[Any, Any]:
@@ -123,6 +126,11 @@ class PostgresStore:
                           "WHERE uri = %s AND status <> 'removed'", (stored_uri(uri),))
         record = ImageRecord.from_row(rows[0]) if rows else None
         return record if record and record.status == "active" else None
+
+    def live_rows(self, uris: Sequence[str]) -> dict[str, ImageRecord]:
+        rows = self._read(f"SELECT {_COLUMNS} FROM {self._s}.images WHERE status <> 'removed' "
+                          "AND uri = ANY(%s)", ([stored_uri(u) for u in uris],))
+        return {r.uri: r for r in map(ImageRecord.from_row, rows)}
 
     def vector(self, image_id: int) -> np.ndarray | None:
         if not storable(image_id):
@@ -244,42 +252,63 @@ class PostgresStore:
 
     def write(self, images: Iterable[NewImage]) -> list[int]:
         """Insert a batch in one transaction; a live row with the same uri is retired first."""
-        batch = list(images)
-        now = time.time()
-        last = {stored_uri(image.uri): n for n, image in enumerate(batch)}
         with self._transaction() as (cur, seq):
-            if not batch:
-                return []
-            ids = sorted(r[0] for r in cur.execute(
-                "SELECT nextval(%s) FROM generate_series(1, %s)", (self._sequence, len(batch))
-            ).fetchall())
-            cur.execute(f"UPDATE {self._s}.images SET status = 'removed', removed_at = %s, "
-                        "seq = %s WHERE uri = ANY(%s) AND status <> 'removed'",
-                        (now, seq, list(last)))
-            rows = []
-            for n, (image_id, im) in enumerate(zip(ids, batch, strict=True)):
-                uri = stored_uri(im.uri)
-                # The same uri later in this batch retires this row at once, as a second
-                # write would.
-                retired = last[uri] != n
-                status = "removed" if retired else "failed" if im.vector is None else "active"
-                rows.append((image_id, uri, im.size, im.mtime_ns, im.content_hash, im.width,
-                             im.height, status, im.error and stored_uri(im.error), now,
-                             now if retired else None, seq))
-            cur.executemany(
-                f"INSERT INTO {self._s}.images (id, uri, size, mtime_ns, content_hash, width, "
-                "height, status, error, added_at, removed_at, seq) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows,
-            )
-            vectors = [(i, self._encode(im.vector)) for i, im in zip(ids, batch, strict=True)
-                       if im.vector is not None]
-            if vectors:
-                cur.executemany(f"INSERT INTO {self._s}.vectors VALUES (%s, %b)", vectors)
-            metadata = [(i, im.metadata) for i, im in zip(ids, batch, strict=True)
-                        if im.metadata is not None]
-            if metadata:
-                cur.executemany(f"INSERT INTO {self._s}.metadata VALUES (%s, %s::jsonb)",
-                                metadata)
+            return self._insert(cur, seq, time.time(), list(images))
+
+    def event_positions(self, uris: Sequence[str]) -> dict[str, str]:
+        rows = self._read(f"SELECT uri, position FROM {self._s}.event_positions "
+                          "WHERE uri = ANY(%s)", ([stored_uri(u) for u in uris],))
+        return {loaded_uri(u): p for u, p in rows}
+
+    def apply_events(self, batch: EventWrite) -> tuple[list[int], list[int]]:
+        now = time.time()
+        with self._transaction() as (cur, seq):
+            retired = self._retire(cur, seq, now, batch.retire)
+            ids = self._insert(cur, seq, now, list(batch.images))
+            if batch.metadata:
+                cur.executemany(f"INSERT INTO {self._s}.metadata VALUES (%s, %s::jsonb) "
+                                "ON CONFLICT (image_id) DO UPDATE SET json = EXCLUDED.json",
+                                list(batch.metadata.items()))
+            if batch.positions:
+                cur.executemany(f"INSERT INTO {self._s}.event_positions VALUES (%s, %s) "
+                                "ON CONFLICT (uri) DO UPDATE SET position = EXCLUDED.position",
+                                [(stored_uri(u), p) for u, p in batch.positions.items()])
+        return ids, retired
+
+    def _insert(self, cur: Any, seq: int, now: float, batch: list[NewImage]) -> list[int]:
+        if not batch:
+            return []
+        last = {stored_uri(image.uri): n for n, image in enumerate(batch)}
+        ids = sorted(r[0] for r in cur.execute(
+            "SELECT nextval(%s) FROM generate_series(1, %s)", (self._sequence, len(batch))
+        ).fetchall())
+        cur.execute(f"UPDATE {self._s}.images SET status = 'removed', removed_at = %s, "
+                    "seq = %s WHERE uri = ANY(%s) AND status <> 'removed'",
+                    (now, seq, list(last)))
+        rows = []
+        for n, (image_id, im) in enumerate(zip(ids, batch, strict=True)):
+            uri = stored_uri(im.uri)
+            # The same uri later in this batch retires this row at once, as a second
+            # write would.
+            retired = last[uri] != n
+            status = "removed" if retired else "failed" if im.vector is None else "active"
+            rows.append((image_id, uri, im.size, im.mtime_ns, im.content_hash, im.width,
+                         im.height, status, im.error and stored_uri(im.error), now,
+                         now if retired else None, seq, im.etag))
+        cur.executemany(
+            f"INSERT INTO {self._s}.images (id, uri, size, mtime_ns, content_hash, width, "
+            "height, status, error, added_at, removed_at, seq, etag) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows,
+        )
+        vectors = [(i, self._encode(im.vector)) for i, im in zip(ids, batch, strict=True)
+                   if im.vector is not None]
+        if vectors:
+            cur.executemany(f"INSERT INTO {self._s}.vectors VALUES (%s, %b)", vectors)
+        metadata = [(i, im.metadata) for i, im in zip(ids, batch, strict=True)
+                    if im.metadata is not None]
+        if metadata:
+            cur.executemany(f"INSERT INTO {self._s}.metadata VALUES (%s, %s::jsonb)",
+                            metadata)
         return ids
 
     def set_metadata(self, image_id: int, metadata: str) -> None:
@@ -292,13 +321,17 @@ class PostgresStore:
         return len(self.retire(ids))
 
     def retire(self, ids: Iterable[int]) -> list[int]:
-        now = time.time()
         with self._transaction() as (cur, seq):
-            # The generation row is locked first, so a racing retire waits, then sees this one.
-            rows = cur.execute(f"UPDATE {self._s}.images SET status = 'removed', "
-                               "removed_at = %s, seq = %s WHERE id = ANY(%s) "
-                               "AND status <> 'removed' RETURNING id",
-                               (now, seq, [int(i) for i in ids])).fetchall()
+            return self._retire(cur, seq, time.time(), ids)
+
+    def _retire(self, cur: Any, seq: int, now: float, ids: Iterable[int]) -> list[int]:
+        wanted = storable_ids(ids)
+        if not wanted:
+            return []
+        # The generation row is locked first, so a racing retire waits, then sees this one.
+        rows = cur.execute(f"UPDATE {self._s}.images SET status = 'removed', "
+                           "removed_at = %s, seq = %s WHERE id = ANY(%s) "
+                           "AND status <> 'removed' RETURNING id", (now, seq, wanted)).fetchall()
         return sorted(r[0] for r in rows)
 
     def drop_tombstoned_vectors(self, upto: int) -> int:

@@ -4,8 +4,8 @@ write transactions changed."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -68,14 +68,16 @@ class ImageRecord:
     status: str
     error: str | None
     added_at: float = 0.0
+    etag: str | None = None  # an object's ETag (s3:// uris), which says whether it changed
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> ImageRecord:
         """From a store's (id, uri, size, mtime_ns, content_hash, width, height, status, error,
-        added_at) row."""
-        image_id, uri, size, mtime_ns, content_hash, width, height, status, error, added = row
+        added_at, etag) row."""
+        (image_id, uri, size, mtime_ns, content_hash, width, height, status, error, added,
+         etag) = row
         return cls(image_id, loaded_uri(uri), size, mtime_ns, content_hash, width, height, status,
-                   error and loaded_uri(error), added)
+                   error and loaded_uri(error), added, etag)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,20 @@ class NewImage:
     vector: np.ndarray | None = None
     error: str | None = None
     metadata: str | None = None  # a JSON object, for images uploaded with metadata
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    """What a batch of stream events does to a store, in one transaction: images written (a live
+    row with the same uri retired first), rows retired, metadata replaced, and for each uri the
+    position of the newest event applied to it, which a redelivered or late older event is
+    checked against (see ``lookalike.stream``)."""
+
+    images: Sequence[NewImage] = ()
+    retire: Sequence[int] = ()
+    metadata: Mapping[int, str] = field(default_factory=dict)
+    positions: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

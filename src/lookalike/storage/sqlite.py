@@ -25,15 +25,17 @@ import numpy as np
 from ..errors import CorruptCollectionError, DiskWriteError, ReadOnlyCollectionError
 from .records import (
     Changes,
+    EventWrite,
     ImageRecord,
     NewImage,
+    loaded_uri,
     storable,
     storable_ids,
     stored_uri,
     vector_chunks,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -47,7 +49,8 @@ CREATE TABLE IF NOT EXISTS images (
     error TEXT,
     added_at REAL NOT NULL,
     removed_at REAL,
-    seq INTEGER NOT NULL DEFAULT 0  -- the generation that inserted or last retired the row
+    seq INTEGER NOT NULL DEFAULT 0,  -- the generation that inserted or last retired the row
+    etag TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS images_live_uri ON images(uri) WHERE status != 'removed';
 CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
@@ -63,10 +66,13 @@ CREATE TABLE IF NOT EXISTS metadata (
     image_id INTEGER PRIMARY KEY REFERENCES images(id),
     json TEXT NOT NULL
 );
+-- The position of the newest stream event applied to each uri (lookalike.stream).
+CREATE TABLE IF NOT EXISTS event_positions (uri TEXT PRIMARY KEY, position TEXT NOT NULL);
 """
 
 
-_COLUMNS = "id, uri, size, mtime_ns, content_hash, width, height, status, error, added_at"
+_COLUMNS = ("id, uri, size, mtime_ns, content_hash, width, height, status, error, added_at, "
+            "etag")
 _IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
 
 
@@ -126,8 +132,11 @@ class SQLiteStore:
                 raise CorruptCollectionError(
                     f"This collection's store has version {version}; this lookalike knows "
                     f"versions up to {SCHEMA_VERSION}. Upgrade lookalike.")
-            if version == 1:  # rows written before generations were stamped count as 0
+            columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
+            if columns and "seq" not in columns:  # version 1: rows written before generations
                 db.execute("ALTER TABLE images ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+            if columns and "etag" not in columns:  # versions 1 and 2
+                db.execute("ALTER TABLE images ADD COLUMN etag TEXT")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -197,6 +206,16 @@ class SQLiteStore:
         ).fetchone()
         record = ImageRecord.from_row(row) if row else None
         return record if record and record.status == "active" else None
+
+    def live_rows(self, uris: Sequence[str]) -> dict[str, ImageRecord]:
+        found: dict[str, ImageRecord] = {}
+        wanted = [stored_uri(u) for u in uris]
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start:start + _IN_CHUNK]
+            found.update((r.uri, r) for r in map(ImageRecord.from_row, self._db.execute(
+                f"SELECT {_COLUMNS} FROM images WHERE status != 'removed' AND uri IN "
+                f"({','.join('?' * len(chunk))})", chunk)))
+        return found
 
     def vector(self, image_id: int) -> np.ndarray | None:
         if not storable(image_id):
@@ -330,30 +349,29 @@ class SQLiteStore:
 
     def write(self, images: Iterable[NewImage]) -> list[int]:
         """Insert a batch in one transaction; a live row with the same uri is retired first."""
-        now = time.time()
-        ids: list[int] = []
         with self._transaction() as (db, seq):
-            for image in images:
-                uri = stored_uri(image.uri)
-                db.execute(
-                    "UPDATE images SET status = 'removed', removed_at = ?, seq = ? "
-                    "WHERE uri = ? AND status != 'removed'", (now, seq, uri)
-                )
-                status = "failed" if image.vector is None else "active"
-                cursor = db.execute(
-                    "INSERT INTO images (uri, size, mtime_ns, content_hash, width, height, status,"
-                    " error, added_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (uri, image.size, image.mtime_ns, image.content_hash, image.width,
-                     image.height, status, image.error and stored_uri(image.error), now, seq),
-                )
-                image_id = int(cursor.lastrowid or 0)
-                ids.append(image_id)
-                if image.vector is not None:
-                    blob = np.ascontiguousarray(image.vector, dtype=np.float32).tobytes()
-                    db.execute("INSERT INTO vectors VALUES (?, ?)", (image_id, blob))
-                if image.metadata is not None:
-                    db.execute("INSERT INTO metadata VALUES (?, ?)", (image_id, image.metadata))
-        return ids
+            return _insert(db, seq, time.time(), images)
+
+    def event_positions(self, uris: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        wanted = [stored_uri(u) for u in uris]
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start:start + _IN_CHUNK]
+            found.update((loaded_uri(u), p) for u, p in self._db.execute(
+                "SELECT uri, position FROM event_positions WHERE uri IN "
+                f"({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def apply_events(self, batch: EventWrite) -> tuple[list[int], list[int]]:
+        now = time.time()
+        with self._transaction() as (db, seq):
+            retired = _retire(db, seq, now, batch.retire)
+            ids = _insert(db, seq, now, batch.images)
+            db.executemany("INSERT OR REPLACE INTO metadata VALUES (?, ?)",
+                           batch.metadata.items())
+            db.executemany("INSERT OR REPLACE INTO event_positions VALUES (?, ?)",
+                           ((stored_uri(u), p) for u, p in batch.positions.items()))
+        return ids, retired
 
     def set_metadata(self, image_id: int, metadata: str) -> None:
         with self._transaction() as (db, _):
@@ -363,18 +381,8 @@ class SQLiteStore:
         return len(self.retire(ids))
 
     def retire(self, ids: Iterable[int]) -> list[int]:
-        now = time.time()
-        wanted = sorted({int(i) for i in ids})
-        retired: list[int] = []
         with self._transaction() as (db, seq):
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[start:start + _IN_CHUNK]
-                retired += (r[0] for r in db.execute(
-                    "UPDATE images SET status = 'removed', removed_at = ?, seq = ? WHERE id IN "
-                    f"({', '.join('?' * len(chunk))}) AND status != 'removed' RETURNING id",
-                    (now, seq, *chunk),
-                ))
-        return sorted(retired)
+            return _retire(db, seq, time.time(), ids)
 
     def drop_tombstoned_vectors(self, upto: int) -> int:
         """Forget the vectors of images retired by generation ``upto`` or earlier: an index
@@ -421,6 +429,45 @@ class _Transaction:
                 raise
         if isinstance(exc, sqlite3.OperationalError) and _disk_failed(exc):
             raise DiskWriteError.writing(self._path, exc) from None
+
+
+def _insert(db: sqlite3.Connection, seq: int, now: float, images: Iterable[NewImage]) -> list[int]:
+    ids: list[int] = []
+    for image in images:
+        uri = stored_uri(image.uri)
+        db.execute(
+            "UPDATE images SET status = 'removed', removed_at = ?, seq = ? "
+            "WHERE uri = ? AND status != 'removed'", (now, seq, uri)
+        )
+        status = "failed" if image.vector is None else "active"
+        cursor = db.execute(
+            "INSERT INTO images (uri, size, mtime_ns, content_hash, width, height, status,"
+            " error, added_at, seq, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (uri, image.size, image.mtime_ns, image.content_hash, image.width,
+             image.height, status, image.error and stored_uri(image.error), now, seq,
+             image.etag),
+        )
+        image_id = int(cursor.lastrowid or 0)
+        ids.append(image_id)
+        if image.vector is not None:
+            blob = np.ascontiguousarray(image.vector, dtype=np.float32).tobytes()
+            db.execute("INSERT INTO vectors VALUES (?, ?)", (image_id, blob))
+        if image.metadata is not None:
+            db.execute("INSERT INTO metadata VALUES (?, ?)", (image_id, image.metadata))
+    return ids
+
+
+def _retire(db: sqlite3.Connection, seq: int, now: float, ids: Iterable[int]) -> list[int]:
+    wanted = sorted({int(i) for i in ids})
+    retired: list[int] = []
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start:start + _IN_CHUNK]
+        retired += (r[0] for r in db.execute(
+            "UPDATE images SET status = 'removed', removed_at = ?, seq = ? WHERE id IN "
+            f"({', '.join('?' * len(chunk))}) AND status != 'removed' RETURNING id",
+            (now, seq, *chunk),
+        ))
+    return sorted(retired)
 
 
 def _full(path: Path) -> bool:
