@@ -27,6 +27,8 @@ from pgserver import CannotStart, PostgresServer, connect_or_start
 if TYPE_CHECKING:
     import torch
 
+    from cloud import KafkaBroker, MotoServer
+
 #: The test model's name; collections built with it record it like any other model.
 TINY = "test-tiny"
 _TINY_SIZE, _TINY_DIM = 32, 64
@@ -156,6 +158,38 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(f"No PostgreSQL server could be started: {exc}")
     yield server
     server.stop()
+
+
+def _cloud_server(start: Callable[[], Any], what: str) -> Iterator[Any]:
+    """A server from cloud.py for a fixture: without it a test skips, saying why; under CI, where
+    `make test` installs everything, that is a failure."""
+    import cloud
+
+    try:
+        server = start()
+    except cloud.CannotStart as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"No {what} could be started under CI: {exc}")
+        pytest.skip(f"No {what} could be started: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """A real S3 (and SQS) server for the session: moto's, on loopback (see cloud.py). A test
+    puts each variable of ``moto.env`` in its environment (``monkeypatch.setenv``)."""
+    import cloud
+
+    yield from _cloud_server(cloud.start_moto, "moto server")
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaBroker]:
+    """A real Kafka-protocol broker for the session: Tansu, on loopback (see cloud.py)."""
+    import cloud
+
+    yield from _cloud_server(cloud.start_kafka, "Kafka broker")
 
 
 @pytest.fixture

@@ -128,3 +128,21 @@ class ImageFileError(LookalikeError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ObjectStoreError(LookalikeError):
+    """An object store (S3 or compatible) cannot be reached, or refuses a request."""
+
+    #: ``missing`` (no such object or bucket), ``denied``, ``changed`` (not the version asked
+    #: for), ``too_large``, ``unreachable`` or ``failed``: the last two may pass if retried.
+    def __init__(self, message: str, reason: str = "failed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    @property
+    def transient(self) -> bool:
+        return self.reason in ("unreachable", "failed")
+
+
+class QueueError(LookalikeError):
+    """A message queue (SQS, Kafka) cannot be reached, or refuses a request."""

@@ -31,8 +31,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DecodeError, LookalikeError
-from .types import Preprocess
+from . import objects
+from .errors import DecodeError, LookalikeError, ObjectStoreError
+from .types import IMAGE_EXTENSIONS, Preprocess
 
 try:  # HEIC/AVIF are read when the optional `heif` extra is installed.
     import pillow_heif
@@ -42,10 +43,6 @@ try:  # HEIC/AVIF are read when the optional `heif` extra is installed.
 except ImportError:  # pragma: no cover - depends on the environment
     HEIF_AVAILABLE = False
 
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .gif .bmp .dib .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico "
-    ".jp2 .j2k .psd .pcx .sgi .heic .heif .avif".split()
-)
 _HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".avif"})
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
@@ -258,8 +255,10 @@ def extension_for(image_format: str | None) -> str:
 
 
 def _read(path: str | os.PathLike[str], max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``: never waits on a FIFO, never reads
-    a device or a file that grows without end."""
+    """The bytes of a regular file (or an ``s3://`` object) of at most ``max_bytes``: never
+    waits on a FIFO, never reads a device or a file that grows without end."""
+    if objects.is_object_uri(path):
+        return _read_object(str(path), max_bytes)
     try:
         # O_NONBLOCK: opening a FIFO does not wait for a writer (regular files ignore it).
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -279,6 +278,23 @@ def _read(path: str | os.PathLike[str], max_bytes: int) -> bytes:
         os.close(fd)
     if info.st_size > max_bytes or len(data) > max_bytes:
         raise DecodeError(f"file is over the size limit of {max_bytes:,} bytes; raise "
+                          "LOOKALIKE_MAX_FILE_BYTES to allow it", "too_large")
+    return data
+
+
+def _read_object(uri: str, max_bytes: int) -> bytes:
+    """The bytes of an object; what is wrong with this object (gone, denied, too large) is a
+    DecodeError like a bad file's, while an ObjectStoreError that may pass on a retry (the store
+    unreachable) is raised as it is: it says nothing about the image."""
+    try:
+        data, _ = objects.read(uri, max_bytes)
+    except ObjectStoreError as exc:
+        if exc.transient:
+            raise
+        raise DecodeError(f"cannot read object: {exc}",
+                          "too_large" if exc.reason == "too_large" else "unreadable") from None
+    if len(data) > max_bytes:  # it grew between the size check and the read
+        raise DecodeError(f"object is over the size limit of {max_bytes:,} bytes; raise "
                           "LOOKALIKE_MAX_FILE_BYTES to allow it", "too_large")
     return data
 
@@ -350,7 +366,8 @@ def load_pixels(source: ImageSource, preprocess: Preprocess, *, max_pixels: int,
 
 def decode_file(uri: str, preprocess: Preprocess, max_pixels: int,
                 max_bytes: int = MAX_FILE_BYTES) -> Decoded:
-    """Read, hash and decode one file; never raises for a bad file (worker-process entry point)."""
+    """Read, hash and decode one file or object; never raises for a bad one (worker-process
+    entry point), only ObjectStoreError for an object store that cannot be reached."""
     try:
         data = _read(uri, max_bytes)
     except DecodeError as exc:

@@ -8,6 +8,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ResizeMode = Literal["squash", "center-crop"]
+#: The file name extensions of images: what a folder (or a prefix of objects) is listed for.
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .gif .bmp .dib .tif .tiff .webp .ppm .pgm .pbm .pnm .tga .ico "
+    ".jp2 .j2k .psd .pcx .sgi .heic .heif .avif".split()
+)
 #: Image ids are positive signed 64-bit integers: SQLite and PostgreSQL keys, Faiss labels.
 MAX_IMAGE_ID = 2**63 - 1
 _CONTROL = re.compile("[\x00-\x1f\x7f]")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..objects import is_object_uri
 from ..types import line_uri, shown_uri
 from .base import (
     COLLECTION_HELP,
@@ -61,17 +62,19 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
                   **runtime: Any) -> None:
     """Index image files and folders (recursively) into a collection.
 
+    PATHS may also be S3 objects and prefixes (s3://bucket/key, s3://bucket/prefix/).
     Unchanged files are skipped, renamed or copied files reuse their vectors, files that
     disappeared are removed, and an interrupted run resumes where it stopped.
 
     \b
     Example:  lookalike index ~/Pictures --collection photos.lookalike
+    From S3:  lookalike index s3://media/photos/ -c photos.lookalike
     On Ray:   lookalike index /shared/photos -c photos.lookalike --engine ray
     """
     from ..collection import Collection
 
     for path in paths:
-        if not os.path.exists(path):
+        if not is_object_uri(path) and not os.path.exists(path):
             raise click.BadParameter(f"{path} does not exist.", param_hint="PATHS")
     with Collection.open_or_create(collection_path(collection), model=model, index=index_spec,
                                    store=store, **runtime) as col:
@@ -110,8 +113,8 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
                    ef: int | None, qe: int | None, as_json: bool, **runtime: Any) -> None:
     """Find the indexed images most similar to IMAGE.
 
-    IMAGE is an image file, or the path or id of an indexed image (then its stored vector is
-    used and the image itself is left out of the results).
+    IMAGE is an image file or S3 object (s3://bucket/key), or the path, URI or id of an indexed
+    image (then its stored vector is used and the image itself is left out of the results).
 
     \b
     Example:  lookalike search holiday.jpg -k 5
@@ -122,7 +125,10 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
         raise click.UsageError("Give either IMAGE or --id, not both.")
     with Collection.open(collection_path(collection), **runtime) as col:
         if image is not None and image_id is None:
-            image_id = col.find(image) if os.path.isfile(image) else _as_id(image)
+            if is_object_uri(image) or os.path.isfile(image):
+                image_id = col.find(image)
+            else:
+                image_id = _as_id(image)
         if image_id is not None:
             hits = col.search_similar(known_id(image_id), k, ef=ef, qe=qe)
         else:

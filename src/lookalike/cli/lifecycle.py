@@ -4,11 +4,13 @@ compact, rebuild, reduce, verify. Registered on the `lookalike` group when impor
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
+from ..objects import is_object_uri
 from ..types import line_uri, shown_uri
 from .base import (
     COLLECTION_HELP,
@@ -21,14 +23,15 @@ from .base import (
 
 
 @cli.command("add")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @wait_option
 @runtime_options
 def add_command(paths: Sequence[str], collection: str | None, as_json: bool, wait: float,
                 **runtime: Any) -> None:
-    """Add image files or folders; nothing else in the collection is removed.
+    """Add image files or folders (or S3 objects and prefixes, s3://...); nothing else in the
+    collection is removed.
 
     Each image is searchable when the command returns (it is in the delta index).
 
@@ -37,6 +40,9 @@ def add_command(paths: Sequence[str], collection: str | None, as_json: bool, wai
     """
     from ..collection import Collection
 
+    for path in paths:
+        if not is_object_uri(path) and not os.path.exists(path):
+            raise click.BadParameter(f"Path '{path}' does not exist.", param_hint="PATHS")
     with Collection.open_or_create(collection_path(collection), **runtime) as col:
         report = col.add(paths, workers=0, show_progress=False, wait=wait)
         ids = {p: col.find(p) for p in paths}
@@ -55,7 +61,7 @@ def add_command(paths: Sequence[str], collection: str | None, as_json: bool, wai
 @click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
 @wait_option
 def remove_command(images: Sequence[str], collection: str | None, wait: float) -> None:
-    """Remove images by id or path; they disappear from results at once.
+    """Remove images by id, path or s3:// URI; they disappear from results at once.
 
     \b
     Example:  lookalike remove 17 ~/Pictures/blurry.jpg -c photos.lookalike

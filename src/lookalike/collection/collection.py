@@ -23,15 +23,25 @@ from ..embedders import Embedder
 from ..errors import CollectionExistsError, UsageError
 from ..imaging import ImageSource
 from ..index import IndexSpec, parse_spec
-from ..ingest import Ingestor
+from ..ingest import Ingestor, exists
 from ..live import DELTA_INDEX, MAIN_INDEX, CompactionReport, LiveIndex, VerifyReport, claim_index
-from ..storage import SQLITE_FILE, new_store, open_store
+from ..objects import ObjectURI, is_object_uri
+from ..storage import SQLITE_FILE, EventWrite, new_store, open_store
 from ..types import CollectionInfo, ImageDetails, IngestReport, ReduceReport, SearchHit
 from .files import ImageFile
 from .images import DecodeLimits, Images
 from .indexes import Indexes
 from .manifest import MANIFEST, Manifest, new_manifest, read_manifest, write_manifest
 from .searching import Searcher
+
+
+def _missing(path: str | os.PathLike[str]) -> str:
+    if not is_object_uri(path):
+        return f"Path {path} does not exist."
+    if ObjectURI.parse(str(path)).is_prefix:
+        return f"There is no object under {path}: check the bucket and prefix."
+    return (f"There is no object {path}; for the objects under it as a prefix, end it with a "
+            f"slash: {path}/")
 
 
 class Collection:
@@ -162,8 +172,11 @@ class Collection:
               ray_address: str | None = None, wait: float = 0.0) -> IngestReport:
         """Bring the collection in step with image files and folders (incremental, resumable).
 
-        Indexed files under ``paths`` that no longer exist are removed unless ``remove_missing``
-        is false. Compacts at the end when the delta or the tombstones have grown large.
+        ``paths`` may also be objects and prefixes in S3 (``s3://bucket/key``,
+        ``s3://bucket/prefix/``), known by ETag and size as files are by time and size.
+        Indexed files under ``paths`` that no longer exist are removed unless
+        ``remove_missing`` is false. Compacts at the end when the delta or the tombstones have
+        grown large.
         ``engine="ray"`` (or a :class:`lookalike.ingest.ray.RayEngine`) decodes and embeds on
         the Ray cluster at ``ray_address`` (default: a local Ray started for the run), with
         ``workers`` embedding actors; the vectors are the same as the local engine's. ``wait``:
@@ -171,8 +184,8 @@ class Collection:
         """
         paths = list(paths)
         for p in paths:
-            if not os.path.exists(p):
-                raise UsageError(f"Path {p} does not exist.")
+            if not exists(p):
+                raise UsageError(_missing(p))
         engine = settings.resolve("engine", engine)
         if engine == "local" and ray_address:
             raise UsageError("ray_address (--ray-address) needs engine='ray' (--engine ray).")
@@ -237,6 +250,13 @@ class Collection:
         """
         return self.images.remove(images, wait=wait)
 
+    def apply_events(self, batch: EventWrite) -> tuple[list[int], list[int]]:
+        """Commit what a batch of stream events does (the caller holds :meth:`writer`) and bring
+        the live index in step: searchable when this returns. The new ids and those retired."""
+        written = self.store.apply_events(batch)
+        self.indexes.committed()
+        return written
+
     def add_bytes(self, data: bytes, *, metadata: dict[str, Any] | None = None,
                   wait: float = 10.0) -> tuple[ImageDetails, bool]:
         """Store an uploaded image inside the collection, embed it and make it searchable.
@@ -266,7 +286,8 @@ class Collection:
 
     def search(self, image: ImageSource | Any, k: int = 10, *, ef: int | None = None,
                qe: int | None = None) -> list[SearchHit]:
-        """The ``k`` indexed images most similar to ``image`` (a path, file bytes or PIL image)."""
+        """The ``k`` indexed images most similar to ``image`` (a path, an ``s3://`` URI, file
+        bytes or a PIL image)."""
         return self._searcher.search(image, k, ef=ef, qe=qe)
 
     def search_similar(self, image_id: int, k: int = 10, *, ef: int | None = None,

@@ -4,7 +4,8 @@ and the one way an indexed image's file is opened again.
 Paths are only ever built from a content hash or an image id, never from anything a user sent,
 so no request can name a file outside the collection. An indexed file is read only while it is
 still the file that was indexed (:func:`open_indexed`), so whoever can write into an indexed
-folder cannot make the server read anything else through it.
+folder cannot make the server read anything else through it. An indexed object (``s3://``) is
+read only in the version that was indexed: its ETag is sent as ``If-Match``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import contextlib
 import io
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import DecodeError, ImageFileError
+from .. import objects
+from ..errors import DecodeError, ImageFileError, ObjectStoreError
 from ..imaging import Reserve, content_hash, file_hash, open_image
 from ..live import remove_stale_temporaries
 from ..storage import ImageRecord
@@ -86,7 +88,13 @@ def open_indexed(record: ImageRecord) -> ImageFile:
     plant an image of another file's size and time, then swap a folder on its path for a link to
     where that file is. The last component is opened without following a symlink, unless the
     file was indexed through one (indexing follows them), and then only to a regular file.
-    Raises ImageFileError: ``missing`` or ``changed``."""
+    Raises ImageFileError: ``missing`` or ``changed``.
+
+    An object is streamed from the store in the version indexed (its ETag, as ``If-Match``),
+    with the media type its key's extension says; ObjectStoreError when the store cannot be
+    reached or refuses."""
+    if objects.is_object_uri(record.uri):
+        return _open_object(record)
     fh, size = _open_unchanged(record)
     try:
         if record.content_hash is not None and file_hash(fh) != record.content_hash:
@@ -101,14 +109,55 @@ def open_indexed(record: ImageRecord) -> ImageFile:
 def read_indexed(record: ImageRecord, max_bytes: int) -> bytes:
     """The bytes of an indexed image's file, read once, on the terms of :func:`open_indexed`;
     DecodeError (``too_large``) for a file over ``max_bytes``."""
+    if objects.is_object_uri(record.uri):
+        data = _read_object(record, max_bytes)
+    else:
+        data = _read_file(record, max_bytes)
+    if record.content_hash is not None and content_hash(data) != record.content_hash:
+        raise _changed(record)
+    return data
+
+
+def _read_file(record: ImageRecord, max_bytes: int) -> bytes:
     fh, size = _open_unchanged(record)
     with fh:
         if size > max_bytes:
             raise DecodeError(f"file is over the size limit of {max_bytes:,} bytes", "too_large")
-        data = fh.read()
-    if record.content_hash is not None and content_hash(data) != record.content_hash:
+        return fh.read()
+
+
+def _open_object(record: ImageRecord) -> ImageFile:
+    with _object_errors(record):
+        body, info = objects.open_object(record.uri, etag=record.etag)
+    if record.size is not None and info.size != record.size:
+        body.close()
+        raise _changed(record)
+    return ImageFile(body, info.size, _media_type_of_name(record.uri))
+
+
+def _read_object(record: ImageRecord, max_bytes: int) -> bytes:
+    with _object_errors(record):
+        data, info = objects.read(record.uri, max_bytes, etag=record.etag)
+    if record.size is not None and info.size != record.size:
         raise _changed(record)
     return data
+
+
+@contextlib.contextmanager
+def _object_errors(record: ImageRecord) -> Iterator[None]:
+    """An object gone or changed is what a file gone or changed is (ImageFileError); one too
+    large, a DecodeError; the rest (unreachable, denied) stay ObjectStoreError."""
+    try:
+        yield
+    except ObjectStoreError as exc:
+        if exc.reason == "missing":
+            raise ImageFileError(f"The object of image {record.id} is gone: "
+                                 f"{shown_uri(record.uri)}. {_AGAIN}", "missing") from None
+        if exc.reason == "changed":
+            raise _changed(record) from None
+        if exc.reason == "too_large":
+            raise DecodeError(str(exc), "too_large") from None
+        raise
 
 
 def _open_unchanged(record: ImageRecord) -> tuple[BinaryIO, int]:
@@ -142,6 +191,15 @@ def _open_unchanged(record: ImageRecord) -> tuple[BinaryIO, int]:
 def _changed(record: ImageRecord) -> ImageFileError:
     return ImageFileError(f"The file of image {record.id} has changed since it was indexed: "
                           f"{shown_uri(record.uri)}. {_AGAIN}", "changed")
+
+
+def _media_type_of_name(name: str) -> str:
+    """The MIME type of an image format with the extension ``name`` has (only image types:
+    an object named ``.html`` is never served as a page), else ``application/octet-stream``."""
+    from PIL import Image
+
+    image_format = Image.registered_extensions().get(os.path.splitext(name)[1].lower())
+    return Image.MIME.get(image_format or "", "application/octet-stream")
 
 
 def _media_type(fh: BinaryIO) -> str:

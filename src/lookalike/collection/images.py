@@ -20,6 +20,7 @@ import numpy as np
 from ..embedders import Embedder
 from ..errors import DecodeError, ImageNotFoundError, UsageError
 from ..imaging import ImageSource, Reserve, decode_bytes, load_pixels, to_model_input
+from ..objects import is_object_uri
 from ..storage import ImageRecord, NewImage, Store
 from ..types import ImageDetails, shown_uri
 from .files import (
@@ -63,7 +64,9 @@ class Images:
         return record
 
     def find(self, uri: str | os.PathLike[str]) -> int | None:
-        record = self.store.find_uri(os.path.abspath(os.fspath(uri)))
+        """The id of the active image at a path (made absolute) or an ``s3://`` URI."""
+        key = str(uri) if is_object_uri(uri) else os.path.abspath(os.fspath(uri))
+        record = self.store.find_uri(key)
         return record.id if record else None
 
     def details(self, image_id: int) -> ImageDetails:

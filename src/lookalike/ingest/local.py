@@ -2,9 +2,11 @@
 
 Every batch is committed to the store as one transaction, so an interrupted run loses at most the
 batch in flight and the next run carries on from there. A bad file becomes a ``failed`` row with its
-reason; it never stops the run. Decoding (and embedding) can come from elsewhere: a
-:class:`BatchSource` such as ``ingest.ray.RaySource`` replaces the local decoding workers, and
-everything else (listing, skipping, reuse by content hash, writing) stays the same.
+reason; it never stops the run. An object store that cannot be reached does stop it (an
+ObjectStoreError, raised before that batch is written: no image is recorded as failed for it),
+and a rerun carries on. Decoding (and embedding) can come from elsewhere: a :class:`BatchSource`
+such as ``ingest.ray.RaySource`` replaces the local decoding workers, and everything else
+(listing, skipping, reuse by content hash, writing) stays the same.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import Protocol
 
 import numpy as np
 
+from .. import objects
 from ..embedders import Embedder
 from ..imaging import IMAGE_EXTENSIONS, MAX_FILE_BYTES, Decoded, decode_file
-from ..storage import NewImage, Store
+from ..storage import ImageRecord, NewImage, Store
 from ..types import FailedFile, IngestReport, Preprocess
 
 #: A batch of decoded files, and the vectors of those already embedded where they were decoded.
@@ -44,21 +47,49 @@ class BatchSource(Protocol):
 
 @dataclass(frozen=True)
 class FileEntry:
+    """A file, or an object (which also has an ETag), as listed: what says whether it changed."""
+
     uri: str
     size: int
     mtime_ns: int
+    etag: str | None = None
+
+    def unchanged(self, record: ImageRecord) -> bool:
+        """Whether ``record`` stored this version: same size and ETag for an object (its time is
+        when it was written, kept for display), same size and modification time for a file."""
+        if self.etag is not None:
+            return record.size == self.size and record.etag == self.etag
+        return record.size == self.size and record.mtime_ns == self.mtime_ns
+
+
+def exists(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names something to index: a file or folder, an object, or a prefix with
+    any object under it (see :func:`lookalike.objects.exists`)."""
+    if objects.is_object_uri(path):
+        return objects.exists(str(path))
+    return os.path.exists(path)
 
 
 def walk(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[FileEntry], list[str], list[str]]:
-    """Image files under ``paths`` (recursive, symlinks followed, loops skipped).
+    """Image files under ``paths`` (recursive, symlinks followed, loops skipped), and image
+    objects under ``s3://`` prefixes.
 
-    Returns the files sorted by uri, the absolute paths that were listed, and the absolute paths
+    Returns the files sorted by uri, the absolute paths (and URIs) that were listed, and those
     that do not exist. Hidden files and folders are skipped.
     """
     files: dict[str, FileEntry] = {}
     roots: list[str] = []
     missing: list[str] = []
     for raw in paths:
+        if objects.is_object_uri(raw):
+            uri = str(raw)
+            if not exists(uri):
+                missing.append(uri)
+                continue
+            roots.append(uri)
+            for item in objects.listing(uri):
+                files[item.uri] = FileEntry(item.uri, item.size, item.mtime_ns, item.etag)
+            continue
         root = os.path.abspath(os.fspath(raw))
         try:
             st = os.stat(root)
@@ -104,7 +135,13 @@ def _walk_dir(root: str) -> Iterator[FileEntry]:
 
 
 def _under(uri: str, roots: Sequence[str]) -> bool:
-    return any(uri == r or uri.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+    return any(uri == r or (_is_folder(r) and uri.startswith(r.rstrip(os.sep) + os.sep))
+               for r in roots)
+
+
+def _is_folder(root: str) -> bool:
+    # An object's key can also be a prefix of others; naming the object names only it.
+    return not objects.is_object_uri(root) or objects.ObjectURI.parse(root).is_prefix
 
 
 def _init_worker() -> None:
@@ -182,7 +219,7 @@ class Ingestor:
         unchanged = 0
         for entry in files:
             record = known.get(entry.uri)
-            if record and record.size == entry.size and record.mtime_ns == entry.mtime_ns:
+            if record and entry.unchanged(record):
                 unchanged += 1
             else:
                 todo.append(entry)
@@ -295,6 +332,7 @@ class Ingestor:
                 uri=item.uri, size=entry.size, mtime_ns=entry.mtime_ns,
                 content_hash=item.content_hash or None, width=item.width or None,
                 height=item.height or None, vector=vectors.get(item.uri), error=item.error,
+                etag=entry.etag,
             ))
             if item.error:
                 tally.failed.append(FailedFile(item.uri, item.error))

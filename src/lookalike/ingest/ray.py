@@ -12,6 +12,8 @@ row with the reason and is recorded as a failure, as locally.
 
 The workers open the files at the paths this process listed: on a cluster, the images must be on a
 filesystem every node mounts at the same path, and lookalike must be installed on every node.
+Objects (``s3://``) are read by the workers too, so every node needs the AWS credentials (and
+``LOOKALIKE_S3_ENDPOINT_URL``, if set); a local Ray's workers inherit this process's environment.
 
 >>> col.index(["/shared/photos"], engine="ray", ray_address="ray://head:10001")
 >>> col.index(["/shared/photos"], engine=RayEngine(actors=8, cpus_per_actor=2))

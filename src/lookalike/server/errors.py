@@ -21,6 +21,7 @@ from ..errors import (
     ImageFileError,
     ImageNotFoundError,
     LookalikeError,
+    ObjectStoreError,
     PayloadTooLargeError,
     ReadOnlyCollectionError,
     UsageError,
@@ -78,6 +79,9 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(404, "file_missing", message)
     if isinstance(exc, PayloadTooLargeError):
         return ApiError(413, "payload_too_large", message)
+    if isinstance(exc, ObjectStoreError):  # the image's object store: unreachable or refusing
+        return ApiError(503, "object_store_unavailable", message,
+                        {"Retry-After": "5"} if exc.transient else None)
     if isinstance(exc, CollectionLockedError):
         return ApiError(503, "busy", message, {"Retry-After": "5"})
     if isinstance(exc, ReadOnlyCollectionError):
