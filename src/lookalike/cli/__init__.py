@@ -13,6 +13,7 @@ from ..types import shown_uri
 from . import (  # noqa: F401  (importing registers their commands)
     bench,
     commands,
+    consume,
     evaluate,
     lifecycle,
     serve,

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .base import COLLECTION_HELP, cli, runtime_options
+from .consume import consume_options
 
 
 @cli.command("serve")
@@ -43,12 +44,17 @@ from .base import COLLECTION_HELP, cli, runtime_options
               help="Run concurrent queries through the model together.")
 @click.option("--auto-compact/--no-auto-compact", default=True, show_default=True,
               help="Merge the delta into the main index in the background when it grows.")
+@click.option("--consume", "consume", default=None, metavar="SOURCE",
+              help="Also apply this queue's image events to the collection, in this process "
+                   "(see `lookalike consume --help`; with --workers N, each worker consumes).")
+@consume_options
 @runtime_options
 def serve_command(collection: str | None, host: str, port: int, workers: int,
                   api_key: str | None, write_key: str | None, max_upload_bytes: int | None,
                   cors_origins: tuple[str, ...], head_timeout: float | None,
                   body_timeout: float | None, max_connections: int | None, max_k: int,
-                  batching: bool, auto_compact: bool, **runtime: Any) -> None:
+                  batching: bool, auto_compact: bool, consume: str | None, batch_size: int,
+                  max_attempts: int, **runtime: Any) -> None:
     """Serve the HTTP API and the web page over a collection.
 
     Open http://HOST:PORT/ for the web page and /docs for the API. The collection must exist
@@ -56,6 +62,7 @@ def serve_command(collection: str | None, host: str, port: int, workers: int,
 
     \b
     Example:  lookalike serve -c photos.lookalike --port 8000
+              lookalike serve -c photos.lookalike --consume sqs://photos-events
     """
     import uvicorn
 
@@ -70,7 +77,8 @@ def serve_command(collection: str | None, host: str, port: int, workers: int,
         body_timeout=body_timeout, max_connections=max_connections, max_k=max_k,
         batching=batching,
         auto_compact=auto_compact, runtime={k: v for k, v in runtime.items() if v is not None},
-        background_load=workers == 1,
+        background_load=workers == 1, consume=consume, consume_batch_size=batch_size,
+        consume_max_attempts=max_attempts,
     )
     Collection.open(config.collection).close()  # fail now, with the CLI's message, if missing
     if host not in ("127.0.0.1", "localhost", "::1") and not (config.api_key or config.write_key):

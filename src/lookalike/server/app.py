@@ -32,6 +32,7 @@ from .errors import ApiError, error_response, install_handlers
 from .middleware import DOCS_ASSETS, READ_SECONDS, ApiKeys, BodyLimit, RequestTiming
 from .models import (
     DeleteResponse,
+    EmbedResponse,
     ErrorResponse,
     ImageOut,
     SearchResponse,
@@ -61,7 +62,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (409, "The image's file changed since it was indexed"),
         (413, "Upload over the size limit"),
         (415, "Not an image"), (422, "Corrupt image, too many pixels, or a bad parameter"),
-        (503, "Still loading, or the collection is busy"),
+        (503, "Still loading, the collection is busy, or the image's object store is "
+              "unreachable"),
     )
 }
 
@@ -139,6 +141,20 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
         return {"results": [_hit(h) for h in hits],
                 "took_ms": {stage: round(s * 1000.0, 2) for stage, s in took.items()}}
 
+    @app.post("/embed", response_model=EmbedResponse, tags=["search"],
+              openapi_extra=_UPLOAD_BODY)
+    async def embed(request: Request) -> dict[str, Any]:
+        """The uploaded image's embedding (multipart field `file`, or the raw body): the vector
+        this collection stores for those bytes, and the model's fingerprint."""
+        started = time.perf_counter()
+        data, _ = await _read_upload(request)
+        read = request.scope.get(READ_SECONDS, 0.0) + time.perf_counter() - started
+        result = await run_in_threadpool(service.embed, data)
+        total = request.scope.get(READ_SECONDS, 0.0) + time.perf_counter() - started
+        return {**result.to_dict(), "took_ms": {"read": round(read * 1000.0, 2),
+                                                **result.timings_ms,
+                                                "total": round(total * 1000.0, 2)}}
+
     @app.get("/search/similar/{image_id}", response_model=SimilarResponse, tags=["search"])
     def search_similar(image_id: Integer, k: Integer | None = None, ef: Integer | None = None,
                        qe: Annotated[Integer | None, Query(description=QE_HELP)] = None,
@@ -182,7 +198,8 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
     @app.get("/images/{image_id}/file", tags=["images"], response_class=StreamingResponse)
     def image_file(image_id: Integer) -> StreamingResponse:
         """The image file itself, while it is still the file that was indexed (else 404
-        file_missing or 409 file_changed)."""
+        file_missing or 409 file_changed). An S3 object is streamed through the server, in the
+        version indexed (its ETag sent as If-Match)."""
         found = service.collection.open_file(_known_id(image_id))
         # Sent from the descriptor that was checked, never reopened by path.
         return StreamingResponse(_chunks(found.file, found.size), media_type=found.media_type,

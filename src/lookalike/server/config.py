@@ -32,6 +32,9 @@ class ServeConfig:
     decode_memory_bytes: int = 768 * 1024 * 1024  # all decodes at once, every worker together
     decode_wait: float = 10.0  # seconds a decode waits for room in that budget
     background_load: bool = True  # False: load before accepting connections (serve --workers N)
+    consume: str | None = None  # a queue this process also consumes (see lookalike.queues)
+    consume_batch_size: int = 32
+    consume_max_attempts: int = 5
     runtime: dict[str, Any] = field(default_factory=dict)  # Collection.open options
 
     def __post_init__(self) -> None:

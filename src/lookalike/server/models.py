@@ -52,6 +52,18 @@ class DeleteResponse(BaseModel):
     deleted: int
 
 
+class EmbedResponse(BaseModel):
+    vector: list[float] = Field(description="The embedding: L2-normalised, the model's "
+                                            "dimension (exact as float32).")
+    model: str
+    fingerprint: str = Field(description="What decides the vector (model, weights, graph, "
+                                         "pooling): the one a collection's manifest records.")
+    width: int
+    height: int
+    content_hash: str
+    took_ms: dict[str, float] = Field(description="Time per stage: read, decode, embed, total.")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -24,6 +24,10 @@ import numpy as np
 
 from ..budget import DecodeBudget
 from ..collection import Collection
+from ..errors import LookalikeError
+from ..queues import open_source
+from ..serverless import EmbedResult, embed_bytes
+from ..stream import Consumer
 from .batching import QueryBatcher
 from .config import ServeConfig
 from .errors import ApiError
@@ -48,6 +52,8 @@ class Service:
         self._stop = threading.Event()
         self._compactor: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
+        self._consumer: Consumer | None = None
+        self.consume_error: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -83,6 +89,11 @@ class Service:
         upkeep = threading.Thread(target=self._upkeep, name="lookalike-upkeep", daemon=True)
         upkeep.start()
         self._threads.append(upkeep)
+        if self.config.consume:
+            consume = threading.Thread(target=self._consume, args=(col, self.config.consume),
+                                       name="lookalike-consume", daemon=True)
+            consume.start()
+            self._threads.append(consume)
 
     @staticmethod
     def _input_shape(embedder: Any) -> tuple[int, int, int]:
@@ -108,6 +119,39 @@ class Service:
                        else "The server is still loading the model and index; retry shortly.")
             raise ApiError(503, "not_ready", message, {"Retry-After": "2"})
         return self._collection
+
+    def embed(self, data: bytes) -> EmbedResult:
+        """The embedding of an uploaded image by the served model, decoded within the budget
+        and batched with the searches' model calls."""
+        col = self.collection
+        return embed_bytes(data, col.embedder, max_pixels=col.limits.max_pixels,
+                           reserve=col.limits.reserve)
+
+    # -- consuming a queue (serve --consume) -------------------------------------------------
+
+    def _consume(self, col: Collection, spec: str) -> None:
+        """Open the queue (retrying while it cannot be reached: searches go on meanwhile) and
+        consume it until the server stops; the upkeep thread saves the delta and compacts."""
+        wait = 1.0
+        while not self._stop.is_set():
+            try:
+                source = open_source(spec)
+                break
+            except LookalikeError as exc:
+                self.consume_error = str(exc)
+                log.warning("Cannot consume %s (retrying in %.0f s): %s", spec, wait, exc)
+                self._stop.wait(wait)
+                wait = min(wait * 2, 30.0)
+        else:
+            return
+        self.consume_error = None
+        self._consumer = Consumer(col, source, batch_size=self.config.consume_batch_size,
+                                  max_attempts=self.config.consume_max_attempts,
+                                  upkeep_seconds=None, log=log.warning)
+        try:
+            self._consumer.run(self._stop)
+        finally:
+            source.close()
 
     # -- upkeep -------------------------------------------------------------------------------
 
@@ -163,6 +207,8 @@ class Service:
             "uptime_s": round(time.time() - self.started, 1), "pid": os.getpid(),
             "load_s": round(self.load_seconds or 0.0, 2),
             "requests": self.latencies.summary(),
+            "consumer": self._consumer.stats.as_dict() if self._consumer
+            else {"error": self.consume_error} if self.config.consume else None,
         }
 
 
