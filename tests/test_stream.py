@@ -26,7 +26,7 @@ import cloud
 from conftest import TINY
 from lookalike import Collection
 from lookalike.queues import open_source
-from lookalike.stream import Consumer, PoisonMessage, parse
+from lookalike.stream import Consumer, PoisonMessage, consume_in_thread, fetching, parse
 
 HERE = Path(__file__).parent
 
@@ -171,7 +171,7 @@ def test_s3_notifications_keep_a_collection_in_step(aws: cloud.MotoServer,
         put(aws, bucket, key, photo(n))
     put(aws, bucket, "in/broken.jpg", b"not an image")
     aws.client("s3").delete_object(Bucket=bucket, Key="in/gone.jpg")
-    consumer = Consumer(col, open_source(bus.spec), batch_size=4, wait=1.0)
+    consumer = Consumer(col, open_source(bus.spec), batch_size=4, wait=1.0, workers=1)
     expected = {f"s3://{bucket}/{k}" for k in keys[:3]}
     drain(consumer, lambda: set(active(col)) == expected and consumer.stats.failed == 1)
     [failed] = col.store.failures()
@@ -197,7 +197,7 @@ def test_an_object_deleted_before_its_event_is_consumed_is_skipped(
     put(aws, bucket, "late.jpg", photo(3))
     aws.client("s3").delete_object(Bucket=bucket, Key="late.jpg")
     bus.send([s3_event("upsert", bucket, "late.jpg")])
-    consumer = Consumer(col, open_source(bus.spec), wait=1.0)
+    consumer = Consumer(col, open_source(bus.spec), wait=1.0, workers=0)
     drain(consumer, lambda: consumer.stats.skipped == 1)
     assert active(col) == {} and col.store.failures() == []
     assert consumer.stats.dead_lettered == consumer.stats.retried == 0
@@ -216,7 +216,7 @@ def test_duplicates_and_out_of_order_events_apply_once(bus: Bus, aws: cloud.Moto
               s3_event("upsert", bucket, "k0.jpg", "0A"),
               s3_event("delete", bucket, "k1.jpg", "0C"),
               s3_event("upsert", bucket, "k2.jpg", "0E")])
-    consumer = Consumer(col, open_source(bus.spec), batch_size=2, wait=1.0)
+    consumer = Consumer(col, open_source(bus.spec), batch_size=2, wait=1.0, workers=0)
     drain(consumer, lambda: consumer.stats.messages >= 4)
     first = active(col)
     assert set(first) == {f"s3://{bucket}/k0.jpg", f"s3://{bucket}/k2.jpg"}
@@ -245,7 +245,7 @@ def test_poison_and_foreign_vectors_go_to_dead_letters(bus: Bus, aws: cloud.Moto
             "metadata": {"sku": "A-1"}}
     bus.send([b"{not json", json.dumps(foreign).encode(), s3_event("upsert", bucket, "good.jpg"),
               json.dumps(mine).encode()])
-    consumer = Consumer(col, open_source(bus.spec), wait=1.0)
+    consumer = Consumer(col, open_source(bus.spec), wait=1.0, workers=0)
     drain(consumer, lambda: consumer.stats.messages >= 4)
     assert set(active(col)) == {f"s3://{bucket}/good.jpg", f"s3://{bucket}/mine.jpg"}
     image_id = active(col)[f"s3://{bucket}/mine.jpg"]
@@ -258,22 +258,117 @@ def test_poison_and_foreign_vectors_go_to_dead_letters(bus: Bus, aws: cloud.Moto
     assert consumer.stats.dead_lettered == 2
 
 
+def denied_for(monkeypatch: pytest.MonkeyPatch, uri: str, times: int) -> dict[str, int]:
+    """Make reading ``uri`` fail as access denied does, ``times`` times: what moto cannot
+    produce (it checks no permissions). The consumer's fetching runs in threads here."""
+    real, left = fetching.fetch, {"left": times}
+
+    def flaky(fetched: str, *args: Any) -> fetching.Fetched:
+        if fetched == uri and left["left"]:
+            left["left"] -= 1
+            return fetching.Fetched(retry=f"{uri}: access denied (AccessDenied)")
+        return real(fetched, *args)
+
+    monkeypatch.setattr(fetching, "fetch", flaky)
+    return left
+
+
 def test_a_failure_that_may_pass_is_retried_then_dead_lettered(
         bus: Bus, aws: cloud.MotoServer, col: Collection,
         monkeypatch: pytest.MonkeyPatch) -> None:
     bucket = aws.bucket()
     put(aws, bucket, "far.jpg", photo(40))
+    denied_for(monkeypatch, f"s3://{bucket}/far.jpg", 10)
     mine = {"op": "upsert", "uri": "s3://elsewhere/near.jpg", "content_hash": "cd" * 16,
             "vector": [1.0] + [0.0] * (col.dim - 1), "fingerprint": col.manifest.model.fingerprint}
     bus.send([s3_event("upsert", bucket, "far.jpg"), json.dumps(mine).encode()])
-    # The object store is down (nothing listens there); the queue is not.
-    monkeypatch.setenv("LOOKALIKE_S3_ENDPOINT_URL", f"http://127.0.0.1:{cloud.free_port()}")
-    consumer = Consumer(col, open_source(bus.spec), wait=1.0, max_attempts=2)
+    consumer = Consumer(col, open_source(bus.spec), wait=1.0, max_attempts=2, workers=0)
     drain(consumer, lambda: consumer.stats.dead_lettered == 1)
     assert set(active(col)) == {"s3://elsewhere/near.jpg"}  # the stream went on
     [(body, reason)] = bus.dead(1)
-    assert b"far.jpg" in body and "failed 2 times" in reason and "cannot reach" in reason
+    assert b"far.jpg" in body and "failed 2 times" in reason and "AccessDenied" in reason
     assert consumer.stats.retried >= 1
+
+
+def test_an_object_store_outage_pauses_consuming_and_dead_letters_nothing(
+        bus: Bus, aws: cloud.MotoServer, col: Collection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = aws.bucket()
+    put(aws, bucket, "later.jpg", photo(41))
+    bus.send([s3_event("upsert", bucket, "later.jpg")])
+    # The object store is down (nothing listens there); the queue is not.
+    monkeypatch.setenv("LOOKALIKE_S3_ENDPOINT_URL", f"http://127.0.0.1:{cloud.free_port()}")
+    consumer = Consumer(col, open_source(bus.spec), wait=0.5, max_attempts=2, workers=0)
+    thread, stop = consume_in_thread(consumer)
+    try:
+        deadline = time.monotonic() + 30
+        while "cannot reach the object store" not in (consumer.stats.last_error or ""):
+            assert time.monotonic() < deadline and thread.is_alive(), consumer.stats.as_dict()
+            time.sleep(0.2)
+        time.sleep(3.0)  # down for longer than max_attempts deliveries would take
+        assert consumer.stats.dead_lettered == 0 and active(col) == {}
+        monkeypatch.setenv("LOOKALIKE_S3_ENDPOINT_URL", aws.url)  # back
+        while set(active(col)) != {f"s3://{bucket}/later.jpg"}:
+            assert time.monotonic() < deadline + 30, consumer.stats.as_dict()
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert consumer.stats.dead_lettered == 0 and col.store.counts()["active"] == 1
+
+
+def test_local_paths_are_read_only_under_the_folders_allowed(
+        aws: cloud.MotoServer, col: Collection, tmp_path: Path) -> None:
+    allowed = tmp_path / "shared"
+    allowed.mkdir()
+    (allowed / "ok.jpg").write_bytes(photo(42))
+    (tmp_path / "secret.jpg").write_bytes(photo(43))
+    (allowed / "link.jpg").symlink_to(tmp_path / "secret.jpg")  # out of the folder
+    bus = _sqs_bus(aws)
+    named = [str(allowed / "ok.jpg"), str(tmp_path / "secret.jpg"), str(allowed / "link.jpg"),
+             f"{allowed}/../secret.jpg", "relative/x.jpg"]
+    bus.send([json.dumps({"op": "upsert", "uri": uri}).encode() for uri in named])
+    consumer = Consumer(col, open_source(bus.spec), wait=1.0, workers=0, allow_paths=[allowed])
+    drain(consumer, lambda: consumer.stats.messages >= len(named))
+    assert set(active(col)) == {str(allowed / "ok.jpg")}
+    letters = bus.dead(4)
+    assert len(letters) == 4 and all("--allow-path" in reason for _, reason in letters)
+    # Without --allow-path no local file is read at all.
+    other = _sqs_bus(aws)
+    other.send([json.dumps({"op": "upsert", "uri": str(allowed / "ok.jpg")}).encode()])
+    closed = Consumer(col, open_source(other.spec), wait=1.0, workers=0)
+    drain(closed, lambda: closed.stats.dead_lettered == 1)
+
+
+def test_a_retry_on_kafka_keeps_the_order_of_what_follows(
+        kafka: cloud.KafkaBroker, aws: cloud.MotoServer, col: Collection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a batch is committed the next one is already received: when the first must be
+    retried, the partition is rewound and the second, received too early, is not applied."""
+    bucket = aws.bucket()
+    uris = [f"s3://{bucket}/r{n}.jpg" for n in range(4)]
+    for n in range(4):
+        put(aws, bucket, f"r{n}.jpg", photo(60 + n))
+    failures = denied_for(monkeypatch, uris[1], 2)
+    bus = _kafka_bus(kafka)
+    op = {"op": "delete", "uri": uris[1]}  # no sequencer: arrival order decides
+    bus.send([s3_event("upsert", bucket, "r0.jpg"), s3_event("upsert", bucket, "r1.jpg"),
+              s3_event("upsert", bucket, "r2.jpg"), json.dumps(op).encode(),
+              s3_event("upsert", bucket, "r3.jpg")])
+    consumer = Consumer(col, open_source(bus.spec), batch_size=1, wait=0.5, workers=0)
+    thread, stop = consume_in_thread(consumer)
+    try:
+        deadline = time.monotonic() + 60
+        while set(active(col)) != {uris[0], uris[2], uris[3]} or failures["left"]:
+            assert time.monotonic() < deadline, (active(col), consumer.stats.as_dict())
+            time.sleep(0.2)
+        time.sleep(1.0)  # and it stays so
+    finally:
+        stop.set()
+        thread.join(30)
+    assert set(active(col)) == {uris[0], uris[2], uris[3]}
+    assert consumer.stats.retried == 2 and consumer.stats.dead_lettered == 0
+    assert col.store.counts()["active"] == 3 and col.verify().ok
 
 
 # -- crashes -------------------------------------------------------------------------------
@@ -304,7 +399,7 @@ def test_kill_9_at_either_side_of_the_commit_loses_and_repeats_nothing(
     committed = active(col)
     # The batch comes again (SQS: after its visibility timeout; Kafka: from the last committed
     # offset, once the dead member's session has timed out).
-    consumer = Consumer(col, open_source(bus.spec), wait=1.0)
+    consumer = Consumer(col, open_source(bus.spec), wait=1.0, workers=0)
     drain(consumer, lambda: consumer.stats.messages >= 5)
     assert set(active(col)) == {f"s3://{bucket}/{k}" for k in keys}
     if committed:
@@ -379,12 +474,19 @@ def test_serve_consume_serves_and_consumes_in_one_process(aws: cloud.MotoServer,
     from test_cli_serve import serve, stop
 
     bucket = aws.bucket()
-    bus = _sqs_bus(aws)
-    aws.notify(bucket, bus.spec.removeprefix("sqs://"))
+    name = f"late-{uuid.uuid4().hex[:8]}"
     folder = tmp_path / "served.lookalike"
     Collection.create(folder).close()
-    process, url = serve(folder, "--consume", bus.spec, "--batch-size", "8", env=aws.env)
+    # The queue does not exist yet: the server serves, and says why it does not consume.
+    process, url = serve(folder, "--consume", f"sqs://{name}", "--batch-size", "8",
+                         env=aws.env)
     try:
+        consumer = httpx.get(f"{url}/stats").json()["consumer"]
+        while not consumer["error"]:
+            consumer = httpx.get(f"{url}/stats").json()["consumer"]
+        assert not consumer["running"] and "No SQS queue" in consumer["error"]
+        queue_url, _ = aws.queue(name, visibility=4, max_receives=10)
+        aws.notify(bucket, queue_url)
         photo_path = sorted(sample_dir.glob("*.jpg"))[2]
         started = time.monotonic()
         put(aws, bucket, "new/upload.jpg", photo_path.read_bytes())
@@ -398,6 +500,6 @@ def test_serve_consume_serves_and_consumes_in_one_process(aws: cloud.MotoServer,
         image_id = hits[0]["image_id"]
         assert httpx.get(f"{url}/images/{image_id}/file").content == photo_path.read_bytes()
         consumer = httpx.get(f"{url}/stats").json()["consumer"]
-        assert consumer["added"] == 1 and consumer["source"] == bus.spec
+        assert consumer["added"] == 1 and consumer["running"] and consumer["error"] is None
     finally:
         stop(process)

@@ -20,6 +20,11 @@ def consume_options(func: Any) -> Any:
                      help="Messages pulled, and images embedded, together."),
         click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Deliveries of a failing message before it goes to the dead letters."),
+        click.option("--allow-path", "allow_paths", multiple=True,
+                     type=click.Path(exists=True, file_okay=False),
+                     help="Also read local image files named by messages, under this folder "
+                          "(repeat). Default: s3:// URIs only, as whoever can send to the "
+                          "queue names what is read."),
     ]):
         func = option(func)
     return func
@@ -34,7 +39,8 @@ def consume_options(func: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 @runtime_options
 def consume_command(source: str, collection: str | None, batch_size: int, max_attempts: int,
-                    seconds: float | None, as_json: bool, **runtime: Any) -> None:
+                    allow_paths: tuple[str, ...], seconds: float | None, as_json: bool,
+                    **runtime: Any) -> None:
     """Apply a queue's image events to a collection as they arrive: uploads become searchable
     in seconds, deletions drop out of results.
 
@@ -60,6 +66,7 @@ def consume_command(source: str, collection: str | None, batch_size: int, max_at
         queue = open_source(source)
         try:
             consumer = Consumer(col, queue, batch_size=batch_size, max_attempts=max_attempts,
+                                allow_paths=allow_paths,
                                 log=lambda line: click.echo(line, err=True))
             click.echo(f"Consuming {queue.name} into {col.path} (Ctrl-C to stop)", err=True)
             progress = threading.Thread(target=_report, args=(consumer, stop), daemon=True)
@@ -88,10 +95,12 @@ def _report(consumer: Any, stop: threading.Event, every: float = 5.0) -> None:
 
 def _line(s: dict[str, Any]) -> str:
     lag = "?" if s["lag"] is None else s["lag"]
-    return (f"{s['messages']} messages: {s['added']} added, {s['deleted']} deleted, "
-            f"{s['unchanged']} unchanged, {s['failed']} failed, {s['stale']} stale, "
-            f"{s['skipped']} skipped, {s['retried']} retried, {s['dead_lettered']} "
-            f"dead-lettered; {s['images_per_second']:.1f} img/s, lag {lag}")
+    error = f" (last error: {s['last_error']})" if s["last_error"] and s["retried"] else ""
+    return (f"{s['messages']} deliveries: {s['added']} added, {s['updated']} updated, "
+            f"{s['deleted']} deleted, {s['unchanged']} unchanged, {s['failed']} failed, "
+            f"{s['ignored']} ignored, {s['stale']} stale, {s['skipped']} skipped, "
+            f"{s['retried']} retried, {s['dead_lettered']} dead-lettered; "
+            f"{s['images_per_second']:.1f} img/s, lag {lag}{error}")
 
 
 class _stopping_on_signals:

@@ -54,7 +54,7 @@ def serve_command(collection: str | None, host: str, port: int, workers: int,
                   cors_origins: tuple[str, ...], head_timeout: float | None,
                   body_timeout: float | None, max_connections: int | None, max_k: int,
                   batching: bool, auto_compact: bool, consume: str | None, batch_size: int,
-                  max_attempts: int, **runtime: Any) -> None:
+                  max_attempts: int, allow_paths: tuple[str, ...], **runtime: Any) -> None:
     """Serve the HTTP API and the web page over a collection.
 
     Open http://HOST:PORT/ for the web page and /docs for the API. The collection must exist
@@ -79,6 +79,7 @@ def serve_command(collection: str | None, host: str, port: int, workers: int,
         auto_compact=auto_compact, runtime={k: v for k, v in runtime.items() if v is not None},
         background_load=workers == 1, consume=consume, consume_batch_size=batch_size,
         consume_max_attempts=max_attempts,
+        consume_allow_paths=tuple(os.path.abspath(p) for p in allow_paths),
     )
     Collection.open(config.collection).close()  # fail now, with the CLI's message, if missing
     if host not in ("127.0.0.1", "localhost", "::1") and not (config.api_key or config.write_key):

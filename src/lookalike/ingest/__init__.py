@@ -1,5 +1,5 @@
 """Engines and sources that feed a collection: local worker processes, Ray."""
 
-from .local import BatchSource, Ingestor, exists, walk
+from .local import BatchSource, Ingestor, decode_pool, exists, walk
 
-__all__ = ["BatchSource", "Ingestor", "exists", "walk"]
+__all__ = ["BatchSource", "Ingestor", "decode_pool", "exists", "walk"]

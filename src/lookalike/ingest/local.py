@@ -159,6 +159,13 @@ def _init_worker() -> None:
             os._exit(1)
 
 
+def decode_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes to decode in, beside a model running in this one. spawn: they start clean (no
+    inherited runtime threads or locks), as children of this process, so they die with it."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker)
+
+
 def _decode_chunk(uris: list[str], preprocess: Preprocess, max_pixels: int,
                   max_bytes: int) -> tuple[list, float]:
     start = time.perf_counter()
@@ -272,12 +279,8 @@ class Ingestor:
                 tally.stages["decode_wait"] += seconds
                 yield decoded
             return
-        # spawn: workers start clean (no inherited runtime threads or locks) as children of
-        # this process, so the parent-death signal above reaches them.
-        context = multiprocessing.get_context("spawn")
         pending: deque[Future] = deque()
-        with ProcessPoolExecutor(self.workers, mp_context=context,
-                                 initializer=_init_worker) as pool:
+        with decode_pool(self.workers) as pool:
             try:
                 queue = iter(chunks)
                 for chunk in queue:  # bounded prefetch: a few chunks per worker in flight

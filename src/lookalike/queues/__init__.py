@@ -41,9 +41,13 @@ class Source(Protocol):
 
     #: The spec, for people (no secrets).
     name: str
+    #: Whether a retry rewinds the queue (a Kafka partition): what was received after the
+    #: message to retry comes again, and must not be applied meanwhile.
+    ordered: bool
 
     def receive(self, max_messages: int, wait: float) -> list[Message]:
-        """Up to ``max_messages``, waiting up to ``wait`` seconds for the first."""
+        """Up to ``max_messages``: the first waited for up to ``wait`` seconds, then those
+        already there (a lone message is never held back to fill a batch)."""
         ...
 
     def settle(self, done: Sequence[Message], retry: Sequence[Message]) -> None:

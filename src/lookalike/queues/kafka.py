@@ -10,6 +10,9 @@ never for good.
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -49,14 +52,52 @@ _CONSUMER_ONLY = ("session.", "heartbeat.", "auto.", "group.", "max.poll.", "ena
                   "fetch.", "partition.assignment", "isolation.", "check.crcs")
 
 
-def _options(servers: str, params: dict[str, str], *, consumer: bool = True) -> dict[str, str]:
-    options = {k: v for k, v in params.items() if k not in ("group", "dlq")
-               and (consumer or not k.startswith(_CONSUMER_ONLY))}
-    return {**options, "bootstrap.servers": servers}
+def _options(servers: str, params: dict[str, str], *, consumer: bool = True) -> dict[str, Any]:
+    options: dict[str, Any] = {k: v for k, v in params.items() if k not in ("group", "dlq")
+                               and (consumer or not k.startswith(_CONSUMER_ONLY))}
+    return {**options, "bootstrap.servers": servers, "logger": _LOG}
+
+
+class _OncePerMinute(logging.Filter):
+    """librdkafka logs every failed reconnection (several a second while a broker is down):
+    each distinct message passes once a minute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = re.sub(r"\d+ms|\d+/\d+", "", record.getMessage())  # its counters vary
+        now = time.monotonic()
+        if now - self._seen.get(text, -60.0) < 60.0:
+            return False
+        self._seen[text] = now
+        return True
+
+
+#: Where librdkafka's own log goes (instead of straight to stderr), thinned out.
+_LOG = logging.getLogger("lookalike.kafka")
+_LOG.addFilter(_OncePerMinute())
+
+
+def _client(kind: str, options: dict[str, Any], spec: str) -> Any:
+    """A confluent-kafka client; an option librdkafka does not take is the user's mistake."""
+    kafka = _kafka()
+    make = kafka.admin.AdminClient if kind == "AdminClient" else getattr(kafka, kind)
+    try:
+        return make(options)
+    except (kafka.KafkaException, ValueError, TypeError) as exc:
+        error = exc.args[0] if exc.args else exc
+        detail = error.str() if hasattr(error, "str") else str(error)
+        raise UsageError(f"Kafka refuses the options of {spec!r}: {detail}. Parameters other "
+                         "than group and dlq are librdkafka settings (see its CONFIGURATION.md)."
+                         ) from None
 
 
 class KafkaSource:
     """Consumes a topic in a consumer group (see the module docstring)."""
+
+    ordered = True
 
     def __init__(self, spec: str, *, wait: float = 20.0) -> None:
         kafka = _kafka()
@@ -66,18 +107,19 @@ class KafkaSource:
                              "(consumers sharing a group share the topic's partitions).")
         self.name = f"kafka://{servers}/{self.topic}?group={params['group']}"
         self.dlq = params.get("dlq") or f"{self.topic}.dlq"
+        self._check_topics(kafka, _options(servers, params, consumer=False), wait, spec)
         options = _options(servers, params)
-        self._check_topics(kafka, options, wait)
-        self._consumer = kafka.Consumer({**CONSUMER_DEFAULTS, **options,
-                                         "group.id": params["group"],
-                                         "enable.auto.commit": False,
-                                         "enable.auto.offset.store": False})
-        self._producer = kafka.Producer(_options(servers, params, consumer=False))
+        self._consumer = _client("Consumer", {**CONSUMER_DEFAULTS, **options,
+                                              "group.id": params["group"],
+                                              "enable.auto.commit": False,
+                                              "enable.auto.offset.store": False}, spec)
+        self._producer = _client("Producer", _options(servers, params, consumer=False), spec)
         self._consumer.subscribe([self.topic])
         self._attempts: dict[tuple[int, int], int] = {}
 
-    def _check_topics(self, kafka: Any, options: dict[str, str], wait: float) -> None:
-        admin = kafka.admin.AdminClient(options)
+    def _check_topics(self, kafka: Any, options: dict[str, Any], wait: float,
+                      spec: str) -> None:
+        admin = _client("AdminClient", options, spec)
         try:
             found = admin.list_topics(timeout=max(wait, 5.0)).topics
         except kafka.KafkaException as exc:
@@ -97,17 +139,26 @@ class KafkaSource:
 
     def receive(self, max_messages: int, wait: float) -> list[Message]:
         kafka = _kafka()
-        found = []
-        for m in self._consumer.consume(num_messages=max_messages, timeout=wait):
-            error = m.error()
-            if error is not None:
-                if error.fatal():
-                    raise QueueError(f"Kafka consumer of {self.name} failed: {error}")
-                continue  # librdkafka retries by itself; it reports for information
-            key = (m.partition(), m.offset())
-            self._attempts[key] = attempts = self._attempts.get(key, 0) + 1
-            found.append(Message(m.value() or b"", f"{m.topic()}/{key[0]}/{key[1]}", attempts,
-                                 kafka.TopicPartition(m.topic(), *key)))
+        found: list[Message] = []
+        deadline = time.monotonic() + wait
+        while len(found) < max_messages:
+            # consume() returns when it has all it was asked for or its time is up: ask in
+            # short slices until the first message, then take only what has arrived.
+            left = deadline - time.monotonic()
+            slice_ = 0.0 if found else min(0.1, max(left, 0.0))
+            got = self._consumer.consume(num_messages=max_messages - len(found), timeout=slice_)
+            for m in got:
+                error = m.error()
+                if error is not None:
+                    if error.fatal():
+                        raise QueueError(f"Kafka consumer of {self.name} failed: {error}")
+                    continue  # librdkafka retries by itself; it reports for information
+                key = (m.partition(), m.offset())
+                self._attempts[key] = attempts = self._attempts.get(key, 0) + 1
+                found.append(Message(m.value() or b"", f"{m.topic()}/{key[0]}/{key[1]}",
+                                     attempts, kafka.TopicPartition(m.topic(), *key)))
+            if (found and not got) or (not found and left <= 0):
+                break
         return found
 
     def settle(self, done: Sequence[Message], retry: Sequence[Message]) -> None:
@@ -146,9 +197,12 @@ class KafkaSource:
                 return None
             total = 0
             for tp in self._consumer.position(assigned):
+                # The high watermarks as the last fetches brought them: no broker round trip.
                 low, high = self._consumer.get_watermark_offsets(
-                    kafka.TopicPartition(tp.topic, tp.partition), timeout=2.0)
-                total += high - (tp.offset if tp.offset >= 0 else low)
+                    kafka.TopicPartition(tp.topic, tp.partition), cached=True)
+                if high < 0:
+                    return None
+                total += max(0, high - (tp.offset if tp.offset >= 0 else max(low, 0)))
             return total
         except kafka.KafkaException:
             return None
@@ -164,7 +218,7 @@ class KafkaPublisher:
     def __init__(self, spec: str) -> None:
         servers, self.topic, params = parse(spec)
         self.name = f"kafka://{servers}/{self.topic}"
-        self._producer = _kafka().Producer(_options(servers, params, consumer=False))
+        self._producer = _client("Producer", _options(servers, params, consumer=False), spec)
 
     def publish(self, bodies: Sequence[bytes], keys: Sequence[str] | None = None) -> None:
         _send(self._producer, self.topic, bodies, keys, None)

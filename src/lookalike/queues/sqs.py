@@ -70,13 +70,19 @@ class _Queue:
 class SqsSource(_Queue):
     """Consumes an SQS queue (see the module docstring)."""
 
+    ordered = False
+
     def __init__(self, spec: str) -> None:
         super().__init__(spec)
         self.dlq_url = self._dead_letter_queue()
 
     def _dead_letter_queue(self) -> str:
         if "dlq" in self._params:
-            return self._resolve(self._params["dlq"])
+            try:
+                return self._resolve(self._params["dlq"])
+            except UsageError as exc:
+                raise UsageError(f"The dead-letter queue named by ?dlq= does not exist: {exc}"
+                                 ) from None
         with translated(self.url):
             found = self._sqs.get_queue_attributes(QueueUrl=self.url,
                                                    AttributeNames=["RedrivePolicy"])

@@ -35,6 +35,7 @@ class ServeConfig:
     consume: str | None = None  # a queue this process also consumes (see lookalike.queues)
     consume_batch_size: int = 32
     consume_max_attempts: int = 5
+    consume_allow_paths: tuple[str, ...] = ()
     runtime: dict[str, Any] = field(default_factory=dict)  # Collection.open options
 
     def __post_init__(self) -> None:
@@ -73,4 +74,5 @@ class ServeConfig:
     def from_env(cls) -> ServeConfig:
         data = json.loads(os.environ[CONFIG_ENV])
         data["cors_origins"] = tuple(data["cors_origins"])
+        data["consume_allow_paths"] = tuple(data["consume_allow_paths"])
         return cls(**data)

@@ -130,28 +130,37 @@ class Service:
     # -- consuming a queue (serve --consume) -------------------------------------------------
 
     def _consume(self, col: Collection, spec: str) -> None:
-        """Open the queue (retrying while it cannot be reached: searches go on meanwhile) and
-        consume it until the server stops; the upkeep thread saves the delta and compacts."""
+        """Consume the queue until the server stops, whatever happens to it meanwhile: while it
+        cannot be opened (unreachable, deleted, not yet made) or fails, try again, backing off;
+        searches go on, and /stats says why. The upkeep thread saves the delta and compacts."""
         wait = 1.0
+        stats = None
         while not self._stop.is_set():
             try:
                 source = open_source(spec)
-                break
             except LookalikeError as exc:
-                self.consume_error = str(exc)
-                log.warning("Cannot consume %s (retrying in %.0f s): %s", spec, wait, exc)
-                self._stop.wait(wait)
+                self._consume_failed(spec, exc, wait)
                 wait = min(wait * 2, 30.0)
-        else:
-            return
-        self.consume_error = None
-        self._consumer = Consumer(col, source, batch_size=self.config.consume_batch_size,
-                                  max_attempts=self.config.consume_max_attempts,
-                                  upkeep_seconds=None, log=log.warning)
-        try:
-            self._consumer.run(self._stop)
-        finally:
-            source.close()
+                continue
+            consumer = Consumer(col, source, batch_size=self.config.consume_batch_size,
+                                max_attempts=self.config.consume_max_attempts,
+                                allow_paths=self.config.consume_allow_paths,
+                                upkeep_seconds=None, stats=stats, log=log.warning)
+            self._consumer, stats, self.consume_error = consumer, consumer.stats, None
+            try:
+                consumer.run(self._stop)
+                wait = 1.0
+            except Exception as exc:  # consuming must outlive a bad moment, as upkeep does
+                self._consume_failed(spec, exc, wait)
+                wait = min(wait * 2, 30.0)
+            finally:
+                source.close()
+
+    def _consume_failed(self, spec: str, exc: Exception, wait: float) -> None:
+        self.consume_error = str(exc)
+        log.warning("Cannot consume %s (trying again in %.0f s): %s", spec, wait, exc,
+                    exc_info=None if isinstance(exc, LookalikeError) else exc)
+        self._stop.wait(wait)
 
     # -- upkeep -------------------------------------------------------------------------------
 
@@ -186,6 +195,15 @@ class Service:
 
     # -- reporting ----------------------------------------------------------------------------
 
+    def _consumer_stats(self) -> dict[str, Any] | None:
+        """What `serve --consume` has done; ``running`` is false (and ``error`` says why) while
+        the queue cannot be consumed."""
+        if not self.config.consume:
+            return None
+        stats = self._consumer.stats.as_dict() if self._consumer else {}
+        return {**stats, "running": self.consume_error is None and self._consumer is not None,
+                "error": self.consume_error}
+
     def stats(self) -> dict[str, Any]:
         col = self.collection
         info = col.info()
@@ -207,8 +225,7 @@ class Service:
             "uptime_s": round(time.time() - self.started, 1), "pid": os.getpid(),
             "load_s": round(self.load_seconds or 0.0, 2),
             "requests": self.latencies.summary(),
-            "consumer": self._consumer.stats.as_dict() if self._consumer
-            else {"error": self.consume_error} if self.config.consume else None,
+            "consumer": self._consumer_stats(),
         }
 
 

@@ -1,55 +1,67 @@
 """``lookalike consume``: a queue feeds a collection's delta index, one batch at a time.
 
-Each step pulls up to ``batch_size`` messages, reads the events in them (:mod:`.events`), keeps the
-newest per uri, fetches and decodes the images to upsert (threads: object-store latency overlaps),
-embeds them as one batch, and then, holding the collection's writer lock, commits the whole batch
-in one store transaction, with each uri's event position, and brings the live index in step. Only
-then are the messages acknowledged. So delivery is at least once and the effect exactly once: a
-consumer killed before the commit leaves nothing half-written and gets the batch again; one killed
-after it gets messages whose events are now stale (their positions were committed with them) or
-unchanged (an upsert of bytes already indexed under that uri), and a delete of a uri not indexed
-does nothing.
+Each batch: up to ``batch_size`` messages are received and read into events (:mod:`.events`),
+the newest per uri kept, and the images to upsert fetched and decoded (:mod:`.fetching`: in
+worker processes, as indexing does); then they are embedded as one batch and, holding the
+collection's writer lock, the whole batch is committed in one store transaction, with each uri's
+event position, and the live index brought in step. Only then are the messages acknowledged.
+While one batch is embedded and committed, the next is received and decoded. So delivery is at
+least once and the effect exactly once: a consumer killed before the commit leaves nothing
+half-written and gets the batch again; one killed after it gets messages whose events are now
+stale (their positions were committed with them) or unchanged (an upsert of bytes already
+indexed under that uri), and a delete of a uri not indexed does nothing.
 
 What fails is sorted:
 - a bad image is a failed row, with its reason, as in indexing;
 - an object gone before its event was consumed is skipped (its delete event follows);
 - a message that can never be applied (not JSON, unknown shape, another model's vectors) goes to
   the dead letters at once, with the reason;
-- a failure that may pass (the object store unreachable, access denied) sends the message back
-  for a retry after a back-off, and to the dead letters after ``max_attempts`` deliveries.
+- an object store that cannot be reached hands the batch back and stops receiving until the store
+  answers again: an outage sends nothing to the dead letters;
+- a failure with one object that may pass (access denied, the store refusing) sends the message
+  back for a retry after a back-off, and to the dead letters after ``max_attempts`` deliveries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from .. import objects
+from .. import objects, settings
 from ..collection import Collection
 from ..errors import (
     CollectionLockedError,
-    DecodeError,
     IndexUnavailableError,
+    LookalikeError,
     ObjectStoreError,
     QueueError,
     StoreUnavailableError,
 )
-from ..imaging import content_hash, decode_bytes, decode_file
 from ..queues import Message, Source
 from ..storage import EventWrite, ImageRecord, NewImage
-from ..types import Preprocess
 from .events import Event, PoisonMessage, newest, parse
+from .fetching import Fetched, Fetcher
 
 #: Errors after which the consumer waits and carries on: a server that is down comes back.
 _PASSING = (QueueError, StoreUnavailableError, IndexUnavailableError, CollectionLockedError)
+
+
+class StoreDown(ObjectStoreError):
+    """The object store cannot be reached at all: the batch goes back to the queue and nothing
+    more is received until the store answers again (no message is dead-lettered for it)."""
+
+    def __init__(self, uri: str, message: str) -> None:
+        super().__init__(message, "unreachable")
+        self.uri = uri
 
 
 @dataclass
@@ -61,10 +73,13 @@ class ConsumeStats:
     started: float = field(default_factory=time.time)
     messages: int = 0
     batches: int = 0
-    added: int = 0  # images written, active
+    added: int = 0  # new images, active
+    updated: int = 0  # new bytes (or new metadata) for an image already indexed under that uri
     failed: int = 0  # images written as failed (a bad image), with the reason
     deleted: int = 0
     unchanged: int = 0  # upserts of bytes already indexed under that uri
+    ignored: int = 0  # events that change nothing: S3's test event, other kinds of event or
+    # of object (not an image name), deletes of uris not indexed
     stale: int = 0  # events older than one already applied to their uri, or redelivered
     skipped: int = 0  # objects gone before their event was consumed
     retried: int = 0
@@ -76,7 +91,7 @@ class ConsumeStats:
     @property
     def images_per_second(self) -> float:
         elapsed = max(time.time() - self.started, 1e-9)
-        return (self.added + self.failed + self.unchanged) / elapsed
+        return (self.added + self.updated + self.failed + self.unchanged) / elapsed
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "images_per_second": round(self.images_per_second, 2)}
@@ -98,21 +113,29 @@ class _Plan:
 
 
 @dataclass
-class _Prepared:
-    """An upsert made ready outside the writer lock: the row to write, or why there is none."""
+class _Batch:
+    """Messages received, read into events, their images being fetched: a batch in hand."""
 
-    image: NewImage | None = None
-    gone: bool = False
-    retry: str | None = None  # a failure that may pass
-    pixels: np.ndarray | None = None
+    messages: list[Message]
+    events: list[tuple[Message, list[Event]]]  # the messages that are not poison
+    done: list[Message]  # poison, dead-lettered already
+    todo: dict[str, Event]  # the newest event per uri, not known to be stale
+    fetching: dict[str, Future[Fetched]]
+    started: float = field(default_factory=time.perf_counter)
 
 
 class Consumer:
-    """Applies a :class:`~lookalike.queues.Source`'s messages to a collection."""
+    """Applies a :class:`~lookalike.queues.Source`'s messages to a collection.
+
+    :meth:`run` works on two batches at once: while one is embedded and committed, the next is
+    received and its images fetched and decoded (in ``workers`` processes, as indexing does).
+    Batches still commit, and are acknowledged, one after the other, in the order received.
+    """
 
     def __init__(self, collection: Collection, source: Source, *, batch_size: int = 32,
                  max_attempts: int = 5, wait: float = 2.0, writer_wait: float = 30.0,
-                 upkeep_seconds: float | None = 60.0,
+                 workers: int | None = None, allow_paths: Sequence[str] = (),
+                 upkeep_seconds: float | None = 60.0, stats: ConsumeStats | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.collection = collection
         self.source = source
@@ -121,24 +144,46 @@ class Consumer:
         self.wait = wait
         self.writer_wait = writer_wait
         self.upkeep_seconds = upkeep_seconds  # None: someone else (a server) saves the delta
-        self.stats = ConsumeStats(source.name)
+        self.stats = stats or ConsumeStats(source.name)
+        # Whoever can send to the queue names what is read: local files only under these.
+        self._allowed = tuple(os.path.join(os.path.realpath(p), "") for p in allow_paths)
         self._log = log or (lambda _: None)
         self._fingerprint = collection.manifest.model.fingerprint
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookalike-fetch")
+        limits = collection.limits
+        self._fetcher = Fetcher(collection.embedder.preprocess, limits.max_pixels,
+                                limits.max_file_bytes, reserve=limits.reserve,
+                                workers=settings.resolve("workers", workers))
         self._last_upkeep = time.monotonic()
         self._last_lag = 0.0
 
     def run(self, stop: threading.Event) -> ConsumeStats:
-        """Consume until ``stop`` is set; the batch in hand is finished, committed and
+        """Consume until ``stop`` is set; the batches in hand are finished, committed and
         acknowledged first."""
         backoff = 1.0
+        ahead: _Batch | None = None
         try:
-            while not stop.is_set():
+            while not stop.is_set() or ahead is not None:
+                following = None
                 try:
-                    self.step()
+                    following = None if stop.is_set() else self._begin()
+                    if ahead is not None:
+                        batch, ahead = ahead, None
+                        if self._finish(batch) and following and self.source.ordered:
+                            # The retry rewound the partition: what follows comes again.
+                            self._abandon(following)
+                            following = None
+                    ahead, following = following, None
                     backoff = 1.0
-                except _PASSING as exc:
+                except (*_PASSING, StoreDown) as exc:
+                    if following is not None:  # a batch failed: it was handed back (rewound)
+                        if self.source.ordered:
+                            self._abandon(following)
+                        else:
+                            ahead = following
                     self.stats.last_error = str(exc)
+                    if isinstance(exc, StoreDown):  # receive nothing until it is back
+                        self._wait_for_store(exc.uri, stop)
+                        continue
                     self._log(f"{exc} (trying again in {backoff:.0f} s)")
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
@@ -146,30 +191,57 @@ class Consumer:
             self.close()
         return self.stats
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        if self.upkeep_seconds is not None:
-            self.collection.live.save_delta()
-
     def step(self) -> int:
         """Receive, apply and acknowledge one batch; how many messages it held."""
+        batch = self._begin()
+        if batch is None:
+            return 0
+        self._finish(batch)
+        return len(batch.messages)
+
+    def close(self) -> None:
+        self._fetcher.close()
+        if self.upkeep_seconds is not None:  # cache the delta for the next process, if no other
+            self.collection.indexes.save_delta(wait=self.writer_wait)  # writer holds the lock
+
+    def _begin(self) -> _Batch | None:
+        """Receive a batch, read its events and start fetching their images."""
         messages = self.source.receive(self.batch_size, self.wait)
         self._upkeep()
         if not messages:
-            return 0
-        started = time.perf_counter()
+            return None
         self.stats.messages += len(messages)
-        parsed: list[tuple[Message, list[Event]]] = []
+        events: list[tuple[Message, list[Event]]] = []
         done: list[Message] = []
         for message in messages:
             try:
-                parsed.append((message, [self._checked(e) for e in parse(message.body)]))
+                found = [self._checked(e) for e in parse(message.body)]
+                events.append((message, found))
+                self.stats.ignored += not found
             except PoisonMessage as exc:
                 self._dead_letter(message, str(exc))
                 done.append(message)
-        retry_uris = self._apply([e for _, events in parsed for e in events])
-        retry: list[Message] = []
-        for message, events in parsed:
+        every = [e for _, found in events for e in found]
+        winners = newest(every)
+        positions = self.collection.store.event_positions(
+            [u for u, e in winners.items() if e.position])
+        todo = {u: e for u, e in winners.items() if not _stale(e, positions)}
+        self.stats.stale += len(every) - len(todo)
+        fetching = {u: self._fetcher.submit(u) for u, e in todo.items()
+                    if e.op == "upsert" and not e.precomputed}
+        return _Batch(messages, events, done, todo, fetching)
+
+    def _finish(self, batch: _Batch) -> bool:
+        """Embed, commit and acknowledge a batch begun; whether any message is to be retried.
+        A batch that cannot be committed is handed back to the queue, to come again."""
+        try:
+            retry_uris = self._apply(batch)
+        except BaseException:
+            with contextlib.suppress(LookalikeError):
+                self.source.settle(batch.done, [m for m, _ in batch.events])
+            raise
+        done, retry = list(batch.done), []
+        for message, events in batch.events:
             reasons = [retry_uris[e.uri] for e in events if e.uri in retry_uris]
             if not reasons:
                 done.append(message)
@@ -181,10 +253,37 @@ class Consumer:
         self.source.settle(done, retry)
         self.stats.retried += len(retry)
         self.stats.batches += 1
-        self.stats.last_batch_seconds = round(time.perf_counter() - started, 4)
-        return len(messages)
+        self.stats.last_batch_seconds = round(time.perf_counter() - batch.started, 4)
+        return bool(retry)
+
+    def _wait_for_store(self, uri: str, stop: threading.Event) -> None:
+        """Wait, receiving nothing (so no message is delivered again and again meanwhile), until
+        the object store that holds ``uri`` answers again."""
+        wait = 1.0
+        self._log(f"{self.stats.last_error} (waiting for it; no message is received meanwhile)")
+        while not stop.wait(wait):
+            try:
+                objects.head(uri)
+            except ObjectStoreError as exc:
+                if exc.reason == "unreachable":
+                    wait = min(wait * 2, 30.0)
+                    continue
+            self._log(f"The object store answers again ({uri}): consuming.")
+            return
+
+    def _abandon(self, batch: _Batch) -> None:
+        for future in batch.fetching.values():
+            future.cancel()
+        self.stats.messages -= len(batch.messages)
 
     def _checked(self, event: Event) -> Event:
+        if not objects.is_object_uri(event.uri):
+            where = os.path.realpath(event.uri) if os.path.isabs(event.uri) else None
+            if where is None or not where.startswith(self._allowed) or not self._allowed:
+                raise PoisonMessage(
+                    f"{event.uri} is not an s3:// URI, and local paths are only read under the "
+                    "folders a consumer is given (--allow-path DIR): anyone who can send to "
+                    "the queue could otherwise have any file read")
         if event.precomputed and event.fingerprint != self._fingerprint:
             raise PoisonMessage(
                 f"the vector for {event.uri} was made by {event.fingerprint!r}, but this "
@@ -197,21 +296,21 @@ class Consumer:
             raise PoisonMessage(f"the vector for {event.uri} is all zeros")
         return event
 
-    def _apply(self, events: list[Event]) -> dict[str, str]:
-        """Apply ``events``; the uris whose events must be retried, with the reason."""
+    def _apply(self, batch: _Batch) -> dict[str, str]:
+        """Commit what the batch's events do; the uris whose events must be retried, with the
+        reason."""
         store = self.collection.store
-        winners = newest(events)
-        self.stats.stale += len(events) - len(winners)
-        positions = store.event_positions([u for u, e in winners.items() if e.position])
-        todo = {u: e for u, e in winners.items() if not _stale(e, positions)}
-        prepared = self._prepare([e for e in todo.values() if e.op == "upsert"])
+        prepared = self._prepare(batch)
+        down = next((u for u, r in prepared.items() if r.outage), None)
+        if down is not None:
+            raise StoreDown(down, prepared[down].retry or "")
         with self.collection.writer(self.writer_wait):
-            # Again, now that no other writer can slip in between.
-            positions = store.event_positions([u for u, e in todo.items() if e.position])
-            live = store.live_rows(list(todo))
+            # Positions again, now that no other writer can slip in between.
+            positions = store.event_positions([u for u, e in batch.todo.items() if e.position])
+            live = store.live_rows(list(batch.todo))
             plan = _Plan()
             retry: dict[str, str] = {}
-            for uri, event in todo.items():
+            for uri, event in batch.todo.items():
                 if _stale(event, positions):
                     self.stats.stale += 1
                     continue
@@ -222,19 +321,20 @@ class Consumer:
                 self._plan(event, ready, live.get(uri), plan)
                 if event.position:
                     plan.positions[uri] = event.position
-            self.stats.stale += len(winners) - len(todo)
-            batch = plan.write()
-            if batch is not None:
-                self.collection.apply_events(batch)
+            write = plan.write()
+            if write is not None:
+                self.collection.apply_events(write)
         return retry
 
-    def _plan(self, event: Event, ready: _Prepared | None, row: ImageRecord | None,
+    def _plan(self, event: Event, ready: Fetched | None, row: ImageRecord | None,
               plan: _Plan) -> None:
         """Add what ``event`` does to ``plan``, given the uri's live row."""
         if event.op == "delete":
             if row is not None:
                 plan.retire.append(row.id)
                 self.stats.deleted += 1
+            else:
+                self.stats.ignored += 1
             return
         assert ready is not None  # every upsert was prepared
         if ready.gone or ready.image is None:
@@ -244,29 +344,27 @@ class Consumer:
         metadata = json.dumps(event.metadata) if event.metadata is not None else None
         if (row is not None and row.status == "active" and image.vector is not None
                 and row.content_hash == image.content_hash):
-            self.stats.unchanged += 1
             if metadata is not None:
                 plan.metadata[row.id] = metadata
+                self.stats.updated += 1
+            else:
+                self.stats.unchanged += 1
             return
         if metadata is None and row is not None:  # a new version keeps the image's metadata
             metadata = self.collection.store.metadata(row.id)
         plan.images.append(replace(image, metadata=metadata))
         if image.vector is None:
             self.stats.failed += 1
+        elif row is not None:
+            self.stats.updated += 1
         else:
             self.stats.added += 1
 
-    def _prepare(self, upserts: list[Event]) -> dict[str, _Prepared]:
-        """Fetch, decode and embed the upserts that need it, as one batch."""
-        found: dict[str, _Prepared] = {}
-        fetch = [e for e in upserts if not e.precomputed]
-        preprocess = self.collection.embedder.preprocess  # loads the model here, not in threads
-        for event, ready in zip(fetch, self._pool.map(lambda e: self._fetch(e, preprocess), fetch),
-                                strict=True):
-            found[event.uri] = ready
-        for event in upserts:
-            if event.precomputed:
-                found[event.uri] = _precomputed(event)
+    def _prepare(self, batch: _Batch) -> dict[str, Fetched]:
+        """The batch's upserts, embedded as one batch (or their vectors reused by content)."""
+        found = {u: f.result() for u, f in batch.fetching.items()}
+        found.update((u, _precomputed(e)) for u, e in batch.todo.items()
+                     if e.op == "upsert" and e.precomputed)
         embed = [r for r in found.values() if r.pixels is not None and r.image is not None]
         reused = {}
         for ready in embed:
@@ -285,37 +383,6 @@ class Consumer:
             ready.image = replace(ready.image, vector=vector)
             ready.pixels = None
         return found
-
-    def _fetch(self, event: Event, preprocess: Preprocess) -> _Prepared:
-        limits = self.collection.limits
-        if not objects.is_object_uri(event.uri):  # a local path, named by an operation
-            try:
-                info = os.stat(event.uri)
-            except OSError:
-                return _Prepared(gone=True)
-            decoded = decode_file(event.uri, preprocess, limits.max_pixels, limits.max_file_bytes)
-            facts: dict[str, Any] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
-        else:
-            try:
-                data, obj = objects.read(event.uri, limits.max_file_bytes)
-            except ObjectStoreError as exc:
-                if exc.reason == "missing":
-                    return _Prepared(gone=True)
-                if exc.reason == "too_large":
-                    return _Prepared(NewImage(event.uri, None, None, None, error=str(exc)))
-                return _Prepared(retry=str(exc))
-            facts = {"size": obj.size, "mtime_ns": obj.mtime_ns, "etag": obj.etag}
-            try:
-                decoded = decode_bytes(data, preprocess, limits.max_pixels, limits.reserve)
-            except DecodeError as exc:
-                return _Prepared(NewImage(event.uri, error=str(exc),
-                                          content_hash=content_hash(data), **facts))
-        if decoded.error:
-            return _Prepared(NewImage(event.uri, error=decoded.error,
-                                      content_hash=decoded.content_hash or None, **facts))
-        return _Prepared(NewImage(event.uri, content_hash=decoded.content_hash,
-                                  width=decoded.width, height=decoded.height, **facts),
-                         pixels=decoded.pixels)
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         self.source.dead_letter(message, reason)
@@ -338,12 +405,12 @@ def _stale(event: Event, positions: dict[str, str]) -> bool:
     return event.position is not None and held is not None and event.position <= held
 
 
-def _precomputed(event: Event) -> _Prepared:
+def _precomputed(event: Event) -> Fetched:
     facts = event.facts
     vector = None  # checked non-zero; normalised again, as every embedder's output is
     if event.vector is not None:
         vector = event.vector / float(np.linalg.norm(event.vector))
-    return _Prepared(NewImage(
+    return Fetched(NewImage(
         event.uri, _int(facts.get("size")), _int(facts.get("mtime_ns")),
         facts.get("content_hash"), _int(facts.get("width")), _int(facts.get("height")),
         vector=vector, error=event.error if vector is None else None,
