@@ -165,7 +165,9 @@ class Consumer:
             while not stop.is_set() or ahead is not None:
                 following = None
                 try:
-                    following = None if stop.is_set() else self._begin()
+                    # With a batch in hand, take only what has arrived: it is not held back.
+                    following = (None if stop.is_set() else
+                                 self._begin(0.0 if ahead is not None else self.wait))
                     if ahead is not None:
                         batch, ahead = ahead, None
                         if self._finish(batch) and following and self.source.ordered:
@@ -193,7 +195,7 @@ class Consumer:
 
     def step(self) -> int:
         """Receive, apply and acknowledge one batch; how many messages it held."""
-        batch = self._begin()
+        batch = self._begin(self.wait)
         if batch is None:
             return 0
         self._finish(batch)
@@ -204,9 +206,10 @@ class Consumer:
         if self.upkeep_seconds is not None:  # cache the delta for the next process, if no other
             self.collection.indexes.save_delta(wait=self.writer_wait)  # writer holds the lock
 
-    def _begin(self) -> _Batch | None:
-        """Receive a batch, read its events and start fetching their images."""
-        messages = self.source.receive(self.batch_size, self.wait)
+    def _begin(self, wait: float) -> _Batch | None:
+        """Receive a batch (waiting up to ``wait`` seconds for its first message), read its
+        events and start fetching their images."""
+        messages = self.source.receive(self.batch_size, wait)
         self._upkeep()
         if not messages:
             return None
