@@ -118,9 +118,10 @@ class _Batch:
 
     messages: list[Message]
     events: list[tuple[Message, list[Event]]]  # the messages that are not poison
-    done: list[Message]  # poison, dead-lettered already
+    poison: list[tuple[Message, str]]  # and those that are, with why: dead-lettered on finishing
     todo: dict[str, Event]  # the newest event per uri, not known to be stale
     fetching: dict[str, Future[Fetched]]
+    counts: dict[str, int]  # what reading the events found (ignored, stale), counted on finishing
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -213,37 +214,37 @@ class Consumer:
         self._upkeep()
         if not messages:
             return None
-        self.stats.messages += len(messages)
         events: list[tuple[Message, list[Event]]] = []
-        done: list[Message] = []
+        poison: list[tuple[Message, str]] = []
         for message in messages:
             try:
-                found = [self._checked(e) for e in parse(message.body)]
-                events.append((message, found))
-                self.stats.ignored += not found
+                events.append((message, [self._checked(e) for e in parse(message.body)]))
             except PoisonMessage as exc:
-                self._dead_letter(message, str(exc))
-                done.append(message)
+                poison.append((message, str(exc)))
         every = [e for _, found in events for e in found]
         winners = newest(every)
         positions = self.collection.store.event_positions(
             [u for u, e in winners.items() if e.position])
         todo = {u: e for u, e in winners.items() if not _stale(e, positions)}
-        self.stats.stale += len(every) - len(todo)
         fetching = {u: self._fetcher.submit(u) for u, e in todo.items()
                     if e.op == "upsert" and not e.precomputed}
-        return _Batch(messages, events, done, todo, fetching)
+        counts = {"ignored": sum(not found for _, found in events),
+                  "stale": len(every) - len(todo)}
+        return _Batch(messages, events, poison, todo, fetching, counts)
 
     def _finish(self, batch: _Batch) -> bool:
         """Embed, commit and acknowledge a batch begun; whether any message is to be retried.
         A batch that cannot be committed is handed back to the queue, to come again."""
+        for message, reason in batch.poison:
+            self._dead_letter(message, reason)
+        done = [m for m, _ in batch.poison]
         try:
             retry_uris = self._apply(batch)
         except BaseException:
             with contextlib.suppress(LookalikeError):
-                self.source.settle(batch.done, [m for m, _ in batch.events])
+                self.source.settle(done, [m for m, _ in batch.events])
             raise
-        done, retry = list(batch.done), []
+        retry = []
         for message, events in batch.events:
             reasons = [retry_uris[e.uri] for e in events if e.uri in retry_uris]
             if not reasons:
@@ -254,6 +255,9 @@ class Consumer:
             else:
                 retry.append(message)
         self.source.settle(done, retry)
+        self.stats.messages += len(batch.messages)
+        self.stats.ignored += batch.counts["ignored"]
+        self.stats.stale += batch.counts["stale"]
         self.stats.retried += len(retry)
         self.stats.batches += 1
         self.stats.last_batch_seconds = round(time.perf_counter() - batch.started, 4)
@@ -275,9 +279,9 @@ class Consumer:
             return
 
     def _abandon(self, batch: _Batch) -> None:
+        """Drop a batch begun, which its queue delivers again: nothing of it was done."""
         for future in batch.fetching.values():
             future.cancel()
-        self.stats.messages -= len(batch.messages)
 
     def _checked(self, event: Event) -> Event:
         if not objects.is_object_uri(event.uri):
