@@ -372,6 +372,35 @@ def test_a_retry_on_kafka_keeps_the_order_of_what_follows(
     assert col.store.counts()["active"] == 3 and col.verify().ok
 
 
+def test_the_consumer_compacts_in_another_process_and_goes_on(
+        aws: cloud.MotoServer, tmp_path: Path, sample_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOKALIKE_COMPACT_MIN_DELTA", "2")
+    monkeypatch.setenv("LOOKALIKE_COMPACT_DELTA_FRACTION", "0")
+    bucket = aws.bucket()
+    bus = _sqs_bus(aws)
+    photos = sorted(sample_dir.glob("*.jpg"))[:3]
+    for path in photos:
+        put(aws, bucket, path.name, path.read_bytes())
+    bus.send([s3_event("upsert", bucket, p.name) for p in photos])
+    # The default model: the compaction runs in a `lookalike compact` process.
+    with Collection.create(tmp_path / "compacted.lookalike") as col:
+        consumer = Consumer(col, open_source(bus.spec), wait=0.5, workers=0,
+                            upkeep_seconds=0.0)
+        thread, stop = consume_in_thread(consumer)
+        try:
+            deadline = time.monotonic() + 60
+            while not (col.info().main_vectors == 3 and col.info().delta_vectors == 0):
+                assert time.monotonic() < deadline and thread.is_alive(), col.info()
+                time.sleep(0.2)
+            assert consumer._compaction.completed >= 1  # it ran in a process of its own
+        finally:
+            stop.set()
+            thread.join(30)
+        hit = col.search(photos[0], k=1)[0]
+        assert hit.uri == f"s3://{bucket}/{photos[0].name}" and col.verify().ok
+
+
 # -- crashes -------------------------------------------------------------------------------
 
 def _crash(col: Collection, spec: str, when: str, env: dict[str, str]) -> str:

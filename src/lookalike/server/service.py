@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ import numpy as np
 
 from ..budget import DecodeBudget
 from ..collection import Collection
+from ..collection.background import BackgroundCompaction
 from ..errors import LookalikeError
 from ..queues import open_source
 from ..serverless import EmbedResult, embed_bytes
@@ -46,11 +46,10 @@ class Service:
         self.started = time.time()
         self.load_seconds: float | None = None
         self.load_error: str | None = None
-        self.compactions = 0
         self._collection: Collection | None = None
         self._batcher: QueryBatcher | None = None
         self._stop = threading.Event()
-        self._compactor: subprocess.Popen[bytes] | None = None
+        self._compaction = BackgroundCompaction(config.collection)
         self._threads: list[threading.Thread] = []
         self._consumer: Consumer | None = None
         self.consume_error: str | None = None
@@ -173,25 +172,9 @@ class Service:
                 due = col.serve_upkeep(save_delta=save)
                 saved_at = time.monotonic() if save else saved_at
                 if self.config.auto_compact:
-                    self._maybe_compact(col, due)
+                    self._compaction.poll(due)
             except Exception as exc:  # upkeep must outlive a bad moment; the next round retries
                 log.warning("Background upkeep failed (will retry): %s", exc, exc_info=exc)
-
-    def _maybe_compact(self, col: Collection, due: bool) -> None:
-        if self._compactor is not None:
-            if self._compactor.poll() is None:
-                return
-            self.compactions += self._compactor.returncode == 0
-            self._compactor = None
-            return  # give the reload a round to pick up the new main index
-        if due:
-            # A separate process: the build runs at low priority on its own interpreter, so
-            # searches here keep their cores and the GIL. Another server process sharing this
-            # collection may already be compacting; then this one exits at once (locked).
-            self._compactor = subprocess.Popen(
-                [sys.executable, "-m", "lookalike", "compact", "-c", str(col.path)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -214,9 +197,8 @@ class Service:
             "index": {"spec": info.index_spec, "kind": info.index_kind,
                       "main_vectors": info.main_vectors, "delta_vectors": info.delta_vectors,
                       "tombstones": info.tombstones},
-            "compaction": {"running": self._compactor is not None
-                           and self._compactor.poll() is None,
-                           "completed": self.compactions},
+            "compaction": {"running": self._compaction.running,
+                           "completed": self._compaction.completed},
             "batching": {"enabled": batcher is not None,
                          "model_calls": batcher.calls if batcher else None,
                          "images": batcher.images if batcher else None,

@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import objects, settings
 from ..collection import Collection
+from ..collection.background import BackgroundCompaction
 from ..errors import (
     CollectionLockedError,
     IndexUnavailableError,
@@ -154,6 +155,7 @@ class Consumer:
         self._fetcher = Fetcher(collection.embedder.preprocess, limits.max_pixels,
                                 limits.max_file_bytes, reserve=limits.reserve,
                                 workers=settings.resolve("workers", workers))
+        self._compaction = BackgroundCompaction(collection.path)  # consuming goes on meanwhile
         self._last_upkeep = time.monotonic()
         self._last_lag = 0.0
 
@@ -403,8 +405,7 @@ class Consumer:
             self.stats.lag = self.source.lag()
         if self.upkeep_seconds is not None and now - self._last_upkeep > self.upkeep_seconds:
             self._last_upkeep = now
-            if self.collection.serve_upkeep(save_delta=True):
-                self.collection.compact(wait=False)
+            self._compaction.poll(self.collection.serve_upkeep(save_delta=True))
 
 
 def _stale(event: Event, positions: dict[str, str]) -> bool:
