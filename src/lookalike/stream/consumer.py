@@ -88,11 +88,17 @@ class ConsumeStats:
     lag: int | None = None
     last_error: str | None = None
     last_batch_seconds: float = 0.0
+    first_received: float | None = None  # when the first batch came (time.time())
+    last_committed: float | None = None  # when the last batch was done
 
     @property
     def images_per_second(self) -> float:
-        elapsed = max(time.time() - self.started, 1e-9)
-        return (self.added + self.updated + self.failed + self.unchanged) / elapsed
+        """Images done a second, from the first batch received to the last one done: the
+        time before the first message came is not counted."""
+        images = self.added + self.updated + self.failed + self.unchanged
+        if not images or self.first_received is None or self.last_committed is None:
+            return 0.0
+        return images / max(self.last_committed - self.first_received, 1e-3)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "images_per_second": round(self.images_per_second, 2)}
@@ -216,6 +222,8 @@ class Consumer:
         self._upkeep()
         if not messages:
             return None
+        if self.stats.first_received is None:
+            self.stats.first_received = time.time()
         events: list[tuple[Message, list[Event]]] = []
         poison: list[tuple[Message, str]] = []
         for message in messages:
@@ -262,6 +270,7 @@ class Consumer:
         self.stats.stale += batch.counts["stale"]
         self.stats.retried += len(retry)
         self.stats.batches += 1
+        self.stats.last_committed = time.time()
         self.stats.last_batch_seconds = round(time.perf_counter() - batch.started, 4)
         return bool(retry)
 
