@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptCollectionError, DiskWriteError, ReadOnlyCollectionError
+from ..errors import CorruptCollectionError, DiskWriteError
 from .records import (
     Changes,
     EventWrite,
@@ -34,46 +34,18 @@ from .records import (
     stored_uri,
     vector_chunks,
 )
-
-SCHEMA_VERSION = 3
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    uri TEXT NOT NULL,
-    size INTEGER,
-    mtime_ns INTEGER,
-    content_hash TEXT,
-    width INTEGER,
-    height INTEGER,
-    status TEXT NOT NULL CHECK (status IN ('active', 'failed', 'removed')),
-    error TEXT,
-    added_at REAL NOT NULL,
-    removed_at REAL,
-    seq INTEGER NOT NULL DEFAULT 0,  -- the generation that inserted or last retired the row
-    etag TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS images_live_uri ON images(uri) WHERE status != 'removed';
-CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
--- Few rows are not active: readers ask for them after every write (tombstones, counts).
-CREATE INDEX IF NOT EXISTS images_inactive ON images(status) WHERE status != 'active';
-CREATE TABLE IF NOT EXISTS vectors (
-    image_id INTEGER PRIMARY KEY REFERENCES images(id),
-    vector BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS images_seq ON images(seq);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS metadata (
-    image_id INTEGER PRIMARY KEY REFERENCES images(id),
-    json TEXT NOT NULL
-);
--- The position of the newest stream event applied to each uri (lookalike.stream).
-CREATE TABLE IF NOT EXISTS event_positions (uri TEXT PRIMARY KEY, position TEXT NOT NULL);
-"""
-
+from .sqlite_file import (
+    IN_CHUNK,
+    Transaction,
+    disk_failed,
+    disk_full,
+    insert_rows,
+    migrate,
+    retire_rows,
+)
 
 _COLUMNS = ("id, uri, size, mtime_ns, content_hash, width, height, status, error, added_at, "
             "etag")
-_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
 
 
 class SQLiteStore:
@@ -100,53 +72,15 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         try:
-            self._migrate(self._db, None if self.read_only else path)
+            migrate(self._db, None if self.read_only else path)
         except sqlite3.DatabaseError as exc:
             self.close()
-            if isinstance(exc, sqlite3.OperationalError) and _disk_failed(exc) and _full(path):
+            if isinstance(exc, sqlite3.OperationalError) and disk_failed(exc) and disk_full(path):
                 raise DiskWriteError(
                     f"Cannot open {path}: even a read needs a few KB on its disk (SQLite's "
                     f"shared-memory file, {path.name}-shm), and the disk is full. Free some space "
                     "and run the command again; nothing is lost.") from None
             raise CorruptCollectionError(f"Metadata database {path} is unreadable: {exc}") from None
-
-    @staticmethod
-    def _migrate(db: sqlite3.Connection, writable: Path | None) -> None:
-        try:  # the common case, a read: already this version
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row and int(row[0]) == SCHEMA_VERSION:
-                return
-        except sqlite3.OperationalError:
-            pass  # no meta table yet: a new database
-        if writable is None:
-            raise ReadOnlyCollectionError(
-                "The metadata database is of an older version, and this one cannot upgrade it "
-                "where it is (read-only). Open the collection once where it can be written.")
-        db.execute("BEGIN IMMEDIATE")  # two processes opening a new collection take turns
-        try:
-            db.execute("CREATE TABLE IF NOT EXISTS meta "
-                       "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise CorruptCollectionError(
-                    f"This collection's store has version {version}; this lookalike knows "
-                    f"versions up to {SCHEMA_VERSION}. Upgrade lookalike.")
-            columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
-            if columns and "seq" not in columns:  # version 1: rows written before generations
-                db.execute("ALTER TABLE images ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
-            if columns and "etag" not in columns:  # versions 1 and 2
-                db.execute("ALTER TABLE images ADD COLUMN etag TEXT")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
-                       (str(SCHEMA_VERSION),))
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -210,8 +144,8 @@ class SQLiteStore:
     def live_rows(self, uris: Sequence[str]) -> dict[str, ImageRecord]:
         found: dict[str, ImageRecord] = {}
         wanted = [stored_uri(u) for u in uris]
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start:start + _IN_CHUNK]
+        for start in range(0, len(wanted), IN_CHUNK):
+            chunk = wanted[start:start + IN_CHUNK]
             found.update((r.uri, r) for r in map(ImageRecord.from_row, self._db.execute(
                 f"SELECT {_COLUMNS} FROM images WHERE status != 'removed' AND uri IN "
                 f"({','.join('?' * len(chunk))})", chunk)))
@@ -350,13 +284,13 @@ class SQLiteStore:
     def write(self, images: Iterable[NewImage]) -> list[int]:
         """Insert a batch in one transaction; a live row with the same uri is retired first."""
         with self._transaction() as (db, seq):
-            return _insert(db, seq, time.time(), images)
+            return insert_rows(db, seq, time.time(), images)
 
     def event_positions(self, uris: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         wanted = [stored_uri(u) for u in uris]
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start:start + _IN_CHUNK]
+        for start in range(0, len(wanted), IN_CHUNK):
+            chunk = wanted[start:start + IN_CHUNK]
             found.update((loaded_uri(u), p) for u, p in self._db.execute(
                 "SELECT uri, position FROM event_positions WHERE uri IN "
                 f"({','.join('?' * len(chunk))})", chunk))
@@ -365,8 +299,8 @@ class SQLiteStore:
     def apply_events(self, batch: EventWrite) -> tuple[list[int], list[int]]:
         now = time.time()
         with self._transaction() as (db, seq):
-            retired = _retire(db, seq, now, batch.retire)
-            ids = _insert(db, seq, now, batch.images)
+            retired = retire_rows(db, seq, now, batch.retire)
+            ids = insert_rows(db, seq, now, batch.images)
             db.executemany("INSERT OR REPLACE INTO metadata VALUES (?, ?)",
                            batch.metadata.items())
             db.executemany("INSERT OR REPLACE INTO event_positions VALUES (?, ?)",
@@ -382,7 +316,7 @@ class SQLiteStore:
 
     def retire(self, ids: Iterable[int]) -> list[int]:
         with self._transaction() as (db, seq):
-            return _retire(db, seq, time.time(), ids)
+            return retire_rows(db, seq, time.time(), ids)
 
     def drop_tombstoned_vectors(self, upto: int) -> int:
         """Forget the vectors of images retired by generation ``upto`` or earlier: an index
@@ -394,92 +328,10 @@ class SQLiteStore:
             )
         return cursor.rowcount
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self.path)
+    def _transaction(self) -> Transaction:
+        return Transaction(self._db, self.path)
 
     def _decode(self, blob: bytes) -> np.ndarray:
         return np.frombuffer(blob, dtype=np.float32).copy()
 
 
-class _Transaction:
-    """A write transaction and the generation it commits as."""
-
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
-        self._db, self._path = db, path
-
-    def __enter__(self) -> tuple[sqlite3.Connection, int]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            [seq] = self._db.execute(
-                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation' "
-                "RETURNING CAST(value AS INTEGER)"
-            ).fetchone()
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return self._db, int(seq)
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, _: object) -> None:
-        try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
-        except sqlite3.OperationalError as failed:
-            if exc is None and _disk_failed(failed):  # the commit could not be written
-                raise DiskWriteError.writing(self._path, failed) from None
-            if exc is None:
-                raise
-        if isinstance(exc, sqlite3.OperationalError) and _disk_failed(exc):
-            raise DiskWriteError.writing(self._path, exc) from None
-
-
-def _insert(db: sqlite3.Connection, seq: int, now: float, images: Iterable[NewImage]) -> list[int]:
-    ids: list[int] = []
-    for image in images:
-        uri = stored_uri(image.uri)
-        db.execute(
-            "UPDATE images SET status = 'removed', removed_at = ?, seq = ? "
-            "WHERE uri = ? AND status != 'removed'", (now, seq, uri)
-        )
-        status = "failed" if image.vector is None else "active"
-        cursor = db.execute(
-            "INSERT INTO images (uri, size, mtime_ns, content_hash, width, height, status,"
-            " error, added_at, seq, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (uri, image.size, image.mtime_ns, image.content_hash, image.width,
-             image.height, status, image.error and stored_uri(image.error), now, seq,
-             image.etag),
-        )
-        image_id = int(cursor.lastrowid or 0)
-        ids.append(image_id)
-        if image.vector is not None:
-            blob = np.ascontiguousarray(image.vector, dtype=np.float32).tobytes()
-            db.execute("INSERT INTO vectors VALUES (?, ?)", (image_id, blob))
-        if image.metadata is not None:
-            db.execute("INSERT INTO metadata VALUES (?, ?)", (image_id, image.metadata))
-    return ids
-
-
-def _retire(db: sqlite3.Connection, seq: int, now: float, ids: Iterable[int]) -> list[int]:
-    wanted = sorted({int(i) for i in ids})
-    retired: list[int] = []
-    for start in range(0, len(wanted), _IN_CHUNK):
-        chunk = wanted[start:start + _IN_CHUNK]
-        retired += (r[0] for r in db.execute(
-            "UPDATE images SET status = 'removed', removed_at = ?, seq = ? WHERE id IN "
-            f"({', '.join('?' * len(chunk))}) AND status != 'removed' RETURNING id",
-            (now, seq, *chunk),
-        ))
-    return sorted(retired)
-
-
-def _full(path: Path) -> bool:
-    """Whether the disk holding ``path`` has (next to) no space left."""
-    try:
-        disk = os.statvfs(path.parent)
-    except OSError:
-        return False
-    return disk.f_bavail * disk.f_frsize < 64 * 1024
-
-
-def _disk_failed(exc: sqlite3.OperationalError) -> bool:
-    """SQLite's errors for a full disk (SQLITE_FULL) or one that fails writes (SQLITE_IOERR)."""
-    primary = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes keep it in the low byte
-    return primary in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
