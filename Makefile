@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser postgres demo test test-all lint bench clean
+.PHONY: install browser postgres java demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml requirements/kafka-broker.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +36,17 @@ PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
 postgres:
 	@[ -n "$(PG_CTL)" ] || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || echo "Could not install postgresql with apt-get; the PostgreSQL store tests will be skipped (and fail under CI)."
 
+# The Spark engine's tests start a local Spark (the pyspark wheel bundles it), which runs on Java.
+java:
+	@command -v java >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; } || echo "Could not install openjdk-17-jre-headless with apt-get; the Spark tests will be skipped (and fail under CI)."
+
 demo: install
 	$(VENV)/bin/lookalike demo --out demo-out
 
-test: install browser postgres
+test: install browser postgres java
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: install browser postgres
+test-all: install browser postgres java
 	$(PY) -m pytest -q
 
 lint: install
