@@ -81,7 +81,11 @@ class StoreUnavailableError(LookalikeError):
 
 
 class IndexUnavailableError(LookalikeError):
-    """The vector index server (Milvus) cannot be reached or refuses a request."""
+    """The vector database (Milvus, Qdrant) cannot be reached or refuses a request."""
+
+
+class SparkJobError(LookalikeError):
+    """A Spark job of a backfill failed: a task raised, or the cluster went away."""
 
 
 class PayloadTooLargeError(UsageError):

@@ -55,9 +55,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Flat, HNSW<M>[,SQ8][,efConstruction=<n>], IVF<nlist>,Flat, IVF<nlist>,PQ<m>, "
             "IVF<nlist>,PQ<m>x4fs,RFlat, ScaNN[,leaves=<n>], or a Milvus collection: "
             "milvus://host[:port]/[db/]name[?index=HNSW&M=32&efConstruction=64] or "
-            "milvus-lite:[file.db/]name (embedded, inside the collection folder)."),
+            "milvus-lite:[file.db/]name (embedded, inside the collection folder), or a Qdrant "
+            "collection: qdrant://host[:port]/name[?m=32&ef_construct=128] or "
+            "qdrant-edge:[dir/]name (embedded, inside the collection folder)."),
     Setting("milvus_token", lambda: None,
             "Credentials for a milvus:// index (user:password or an API key); never recorded."),
+    Setting("qdrant_api_key", lambda: None,
+            "API key for a qdrant:// index (the connection is then HTTPS unless the spec says "
+            "https=false); never recorded."),
     Setting("store", lambda: "sqlite",
             "Metadata store for new collections: sqlite (lookalike.db in the collection folder) "
             "or postgresql://user[:password]@host[:port]/db[?schema=name]. The manifest records "
@@ -74,11 +79,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Decoding worker processes while indexing (0 decodes in the main process).", int),
     Setting("threads", lambda: os.cpu_count() or 1, "Threads the model runtime may use.", int),
     Setting("engine", lambda: "local",
-            "Where indexing decodes and embeds: local (this machine's processes) or ray (a Ray "
-            "cluster; needs the `ray` extra)."),
+            "Where indexing decodes and embeds: local (this machine's processes), ray (a Ray "
+            "cluster; needs the `ray` extra) or spark (a Spark cluster; needs the `spark` extra "
+            "and Java)."),
     Setting("ray_address", lambda: None,
             "Ray cluster for --engine ray (ray://HEAD:10001, HEAD:6379 or auto); unset: start a "
             "local Ray for the run."),
+    Setting("spark_master", lambda: None,
+            "Spark master for --engine spark (spark://HOST:7077, yarn, k8s://..., local[N]); "
+            "unset: start a local Spark for the run."),
     Setting("runtime", lambda: "auto",
             "Inference runtime: auto (CPU: OpenVINO for bf16, else ONNX Runtime; PyTorch on "
             "CUDA), openvino, onnxruntime, torch."),

@@ -129,11 +129,12 @@ def _check_can_apply(collection: str | None) -> None:
     from ..collection import Collection
 
     with Collection.open(collection_path(collection)) as col:
-        if col.spec.kind == "milvus":
+        if col.spec.database is not None:
+            engine = "Milvus" if col.spec.milvus is not None else "Qdrant"
             raise click.UsageError(
-                "--apply would move this collection's vectors out of Milvus into a local Faiss "
-                "index. bench measures Faiss index types only; tune Milvus with --ef per search "
-                "or LOOKALIKE_EF_SEARCH instead.")
+                f"--apply would move this collection's vectors out of {engine} into a local "
+                f"Faiss index. bench measures Faiss index types only; tune {engine} with --ef "
+                "per search or LOOKALIKE_EF_SEARCH instead.")
 
 
 def _apply(collection: str | None, best: Any) -> dict[str, Any]:

@@ -109,7 +109,8 @@ class Indexes:
         live = open_live(self.path, self.spec, self.manifest.model.dim, self.store,
                          self._policy(), load=load, projection=projection,
                          main_is_current=lambda: self._main_is_current(name),
-                         milvus_token=settings.resolve("milvus_token"))
+                         milvus_token=settings.resolve("milvus_token"),
+                         qdrant_api_key=settings.resolve("qdrant_api_key"))
         live.reload_in_background = self._in_background
         return live, name
 
@@ -300,9 +301,9 @@ class Indexes:
         and rebuild the index with it."""
         parsed = parse_spec(spec)
         with self.writer():
-            if parsed.milvus is not None and (self.spec.milvus is None
-                                              or parsed.milvus.where != self.spec.milvus.where):
-                claim_index(parsed, self.path, self.index_dim, settings.resolve("milvus_token"))
+            if parsed.database is not None and parsed.database != self.spec.database:
+                claim_index(parsed, self.path, self.index_dim, settings.resolve("milvus_token"),
+                            qdrant_api_key=settings.resolve("qdrant_api_key"))
             self._save_manifest(self.manifest.replace(index_spec=parsed.text,
                                                       search=dict(search or {})))
             return self.rebuild()
@@ -322,7 +323,8 @@ class Indexes:
         nothing."""
         self._sync_manifest()
         report = verify_index(self.path, self.spec, self.index_dim, self.store,
-                              settings.resolve("milvus_token"))
+                              settings.resolve("milvus_token"),
+                              qdrant_api_key=settings.resolve("qdrant_api_key"))
         problems = list(report.problems)
         pca_file = self._pca_file()
         if pca_file and not (self.path / pca_file).is_file():

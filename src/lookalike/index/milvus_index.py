@@ -66,6 +66,8 @@ class MilvusState:
 class MilvusIndex:
     """A client for one Milvus collection (which may not exist yet: see :meth:`create`)."""
 
+    engine = "Milvus"
+
     def __init__(self, spec: IndexSpec, *, base: Path | None = None,
                  token: str | None = None, timeout: float = TIMEOUT) -> None:
         """Connect to where ``spec`` says; a relative Milvus Lite file is under ``base``."""
@@ -94,7 +96,8 @@ class MilvusIndex:
         self._release()
 
     @property
-    def is_lite(self) -> bool:
+    def embedded(self) -> bool:
+        """Milvus Lite, served from this process."""
         return self._lite_path is not None
 
     # -- the collection ----------------------------------------------------------------------
@@ -124,7 +127,7 @@ class MilvusIndex:
         schema.add_field(ID, pymilvus.DataType.INT64, is_primary=True)
         schema.add_field(VECTOR, pymilvus.DataType.FLOAT_VECTOR, dim=dim)
         build: dict[str, Any] = self.target.build_params(self.spec)
-        if self.is_lite:
+        if self.embedded:
             # pymilvus 3 sends M, efConstruction, nlist as keys of their own, which Milvus
             # Lite 3.2 ignores (it reads one JSON "params" key, as older pymilvus sent them).
             build = {"params": build}
@@ -161,6 +164,9 @@ class MilvusIndex:
             self._client.alter_collection_properties(
                 self.name, properties={GENERATION_PROPERTY: str(int(generation))})
 
+    def checkpoint(self) -> None:
+        """Nothing to do: Milvus persists each write, and the generation, as it is made."""
+
     def flush(self) -> None:
         """Seal what was written into indexed segments (Milvus also does this on its own)."""
         with self._calls("flush"):
@@ -175,7 +181,7 @@ class MilvusIndex:
         it returns: it is released and loaded again, so searches fail meanwhile.
         """
         with self._calls("wait for the index of"):
-            if self.is_lite:
+            if self.embedded:
                 self._client.release_collection(self.name)
                 self._client.load_collection(self.name)
                 return
@@ -320,7 +326,7 @@ class MilvusIndex:
             yield
         except MilvusException as exc:
             message = getattr(exc, "message", "") or str(exc)
-            hint = ("" if self.is_lite else " Check that the Milvus server is running and "
+            hint = ("" if self.embedded else " Check that the Milvus server is running and "
                     "reachable, and LOOKALIKE_MILVUS_TOKEN if it needs credentials.")
             raise IndexUnavailableError(
                 f"Cannot {doing} the Milvus collection {self.where}: {message}.{hint}"

@@ -133,25 +133,19 @@ class _Target(_Name, total=False):
 
 
 def _server(text: str, location: str) -> _Target:
-    parts = urlsplit(location)
-    if parts.username or parts.password:
-        raise _error(text, "put credentials in LOOKALIKE_MILVUS_TOKEN (user:password or an API "
-                           "key), not in the spec, which the manifest records")
     try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise _error(text, "the port must be a number from 1 to 65535") from None
-    if not parts.hostname:
-        raise _error(text, "a Milvus server spec needs a host, e.g. milvus://localhost:19530/name")
-    path = [p for p in parts.path.split("/") if p]
+        host, port, path = split_server(
+            location, DEFAULT_PORT, credentials="LOOKALIKE_MILVUS_TOKEN (user:password or an "
+            "API key)", example="milvus://localhost:19530/name")
+    except ValueError as exc:
+        raise _error(text, str(exc)) from None
     if not 1 <= len(path) <= 2:
         raise _error(text, "name the collection (and optionally the database first): "
                            "milvus://HOST:PORT/NAME or milvus://HOST:PORT/DATABASE/NAME")
     *database, name = path
     for part in path:
         _check_name(text, part)
-    return {"name": name, "host": parts.hostname, "port": port,
-            "database": database[0] if database else ""}
+    return {"name": name, "host": host, "port": port, "database": database[0] if database else ""}
 
 
 def _lite(text: str, rest: str) -> _Target:
@@ -182,6 +176,23 @@ def _check_name(text: str, name: str) -> None:
     if not _NAME.fullmatch(name):
         raise _error(text, f"{name!r} is not a Milvus name: use letters, digits and "
                            "underscores, starting with a letter or underscore")
+
+
+def split_server(location: str, default_port: int, *, credentials: str,
+                 example: str) -> tuple[str, int, list[str]]:
+    """(host, port, path parts) of a server spec's ``SCHEME://HOST[:PORT]/PATH``; a ValueError
+    says what is wrong. Credentials belong in the environment variable ``credentials``."""
+    parts = urlsplit(location)
+    if parts.username or parts.password:
+        raise ValueError(f"put credentials in {credentials}, not in the spec, which the "
+                         "manifest records")
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError(f"a server spec needs a host, e.g. {example}")
+    return parts.hostname, port, [p for p in parts.path.split("/") if p]
 
 
 def bracket(host: str) -> str:

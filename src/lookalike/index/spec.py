@@ -15,6 +15,8 @@
            √vectors), anisotropic hashing, exact re-ranking; searched with ``leaves``.
 ``milvus://host:19530/name[?index=HNSW&M=32&efConstruction=64]``, ``milvus-lite:[file.db/]name``
            a Milvus collection (the ``milvus`` extra) holds the vectors: see milvus_spec.py.
+``qdrant://host:6333/name[?m=32&ef_construct=128]``, ``qdrant-edge:[dir/]name[?index=exact]``
+           a Qdrant collection (the ``qdrant`` extra) holds the vectors: see qdrant_spec.py.
 
 Quantised and partitioned kinds are *trainable*: they learn their cells and codebooks from a sample
 of the vectors. With too few vectors to train on (fewer than 39 per centroid, the least Faiss's
@@ -30,6 +32,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import InvalidSpecError
 from .milvus_spec import MilvusSpec, is_milvus_spec, parse_milvus_spec
+from .qdrant_spec import QdrantSpec, is_qdrant_spec, parse_qdrant_spec
 
 AUTO_HNSW_THRESHOLD = 20_000
 # Measured on 1M x 256 vectors (README, "Index types at scale"): against 64, a 20 % longer build
@@ -43,7 +46,8 @@ DEFAULT_NPROBE_DIVISOR, MIN_DEFAULT_NPROBE = 16, 8  # IVF: visit nlist/16 cells,
 FORMS = (
     "'auto', 'Flat', 'HNSW<M>[,efConstruction=<n>]', 'HNSW<M>,SQ8[,efConstruction=<n>]', "
     "'IVF<nlist>,Flat', 'IVF<nlist>,PQ<m>', 'IVF<nlist>,PQ<m>x4fs,RFlat', 'ScaNN[,leaves=<n>]' "
-    "or a Milvus collection ('milvus://HOST:PORT/NAME', 'milvus-lite:FILE.db/NAME')"
+    "or a Milvus or Qdrant collection ('milvus://HOST:PORT/NAME', 'milvus-lite:FILE.db/NAME', "
+    "'qdrant://HOST:PORT/NAME', 'qdrant-edge:DIR/NAME')"
 )
 _HNSW = re.compile(r"^HNSW(\d+)?(,SQ8)?(?:,efConstruction=(\d+))?$", re.IGNORECASE)
 _IVF = re.compile(r"^IVF(\d+),(?:(Flat)|PQ(\d+)|PQ(\d+)x4fs,RFlat)$", re.IGNORECASE)
@@ -75,6 +79,7 @@ class IndexSpec:
     leaves: int | None = None  # ScaNN tree leaves; None: √n, fixed by for_size
     fallback: IndexSpec | None = None  # kind "flat" built because this spec had too few vectors
     milvus: MilvusSpec | None = None  # kind "milvus": where the collection is, which index
+    qdrant: QdrantSpec | None = None  # kind "qdrant": the same for a Qdrant collection
 
     def for_size(self, n: int) -> IndexSpec:
         """The concrete spec to build for ``n`` vectors (to hold, or to train on)."""
@@ -131,9 +136,17 @@ class IndexSpec:
         return f"IVF{self.nlist},PQ{self.pq_m}"
 
     @property
+    def database(self) -> str | None:
+        """Where a vector database (Milvus, Qdrant) holds the vectors; None: index files."""
+        target = self.milvus or self.qdrant
+        return target.where if target is not None else None
+
+    @property
     def describe(self) -> str:
         if self.milvus is not None:
             return self.milvus.canonical(self)
+        if self.qdrant is not None:
+            return self.qdrant.canonical(self)
         if self.kind == "flat":
             if self.fallback is None:
                 return "Flat"
@@ -151,6 +164,8 @@ def parse_spec(text: str) -> IndexSpec:
     """Parse an index spec string; raises :class:`InvalidSpecError` naming the valid forms."""
     if is_milvus_spec(text):
         return parse_milvus_spec(text)
+    if is_qdrant_spec(text):
+        return parse_qdrant_spec(text)
     cleaned = re.sub(r"\s+", "", text)
     if cleaned.lower() == "auto":
         return IndexSpec("auto", "flat", auto=True)
