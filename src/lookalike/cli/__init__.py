@@ -17,6 +17,7 @@ from . import (  # noqa: F401  (importing registers their commands)
     evaluate,
     lifecycle,
     serve,
+    shards,
 )
 from .base import cli
 

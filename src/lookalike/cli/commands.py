@@ -30,9 +30,10 @@ from .base import (
                    "[default efficientnet-lite0-gem, setting model].")
 @click.option("--index", "index_spec", default=None,
               help="Index spec for a new collection: auto, Flat, HNSW32[,SQ8], IVF1024,Flat, "
-              "IVF1024,PQ32[x4fs,RFlat], ScaNN[,leaves=1000], or a Milvus collection: "
+              "IVF1024,PQ32[x4fs,RFlat], ScaNN[,leaves=1000], a Milvus collection: "
               "milvus-lite[:FILE.db/NAME] (embedded, in the collection folder) or "
-              "milvus://HOST:19530/NAME[?index=HNSW&M=32&efConstruction=64].")
+              "milvus://HOST:19530/NAME[?index=HNSW&M=32&efConstruction=64], or a Qdrant one: "
+              "qdrant-edge[:DIR/NAME] (embedded) or qdrant://HOST:6333/NAME[?m=32&ef_construct=128].")
 @click.option("--store", default=None,
               help="Metadata store for a new collection: sqlite, or postgresql://user[:password]"
                    "@host[:port]/db[?schema=name] (the password is not recorded); for an "
@@ -42,13 +43,20 @@ from .base import (
               help="Images per model call.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding processes (0: decode in this process); with --engine ray, "
-                   "embedding actors [default: one per CPU of the cluster, or per GPU].")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
-              help="Decode and embed here, or on a Ray cluster (the image paths must be the "
-                   "same on every node) [env LOOKALIKE_ENGINE; default local].")
+                   "embedding actors [default: one per CPU of the cluster, or per GPU]; with "
+                   "--engine spark, batches embedded at once, one Spark task each in a Python "
+                   "worker that keeps its model loaded (and the cores of a local Spark) "
+                   "[default: Spark's default parallelism, one per core].")
+@click.option("--engine", type=click.Choice(["local", "ray", "spark"]), default=None,
+              help="Decode and embed here, or on a Ray or Spark cluster (the image paths must "
+                   "be the same on every node) [env LOOKALIKE_ENGINE; default local].")
 @click.option("--ray-address", default=None,
               help="Ray cluster for --engine ray: ray://HEAD:10001, HEAD:6379 or auto "
                    "[env LOOKALIKE_RAY_ADDRESS; default: start a local Ray for the run].")
+@click.option("--spark-master", default=None,
+              help="Spark master for --engine spark: spark://HOST:7077, yarn, k8s://..., "
+                   "local[N] [env LOOKALIKE_SPARK_MASTER; default: start a local Spark for the "
+                   "run].")
 @click.option("--rebuild", is_flag=True, help="Also rebuild the index from the stored vectors.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
@@ -58,8 +66,8 @@ from .base import (
 def index_command(paths: Sequence[str], collection: str | None, model: str | None,
                   index_spec: str | None, store: str | None, batch_size: int | None,
                   workers: int | None, engine: str | None, ray_address: str | None,
-                  rebuild: bool, progress: bool | None, as_json: bool, wait: float,
-                  **runtime: Any) -> None:
+                  spark_master: str | None, rebuild: bool, progress: bool | None,
+                  as_json: bool, wait: float, **runtime: Any) -> None:
     """Index image files and folders (recursively) into a collection.
 
     PATHS may also be S3 objects and prefixes (s3://bucket/key, s3://bucket/prefix/).
@@ -70,6 +78,7 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
     Example:  lookalike index ~/Pictures --collection photos.lookalike
     From S3:  lookalike index s3://media/photos/ -c photos.lookalike
     On Ray:   lookalike index /shared/photos -c photos.lookalike --engine ray
+    On Spark: lookalike index /shared/photos -c photos.lookalike --engine spark
     """
     from ..collection import Collection
 
@@ -79,7 +88,8 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
     with Collection.open_or_create(collection_path(collection), model=model, index=index_spec,
                                    store=store, **runtime) as col:
         report = col.index(paths, batch_size=batch_size, workers=workers, show_progress=progress,
-                           engine=engine, ray_address=ray_address, wait=wait)
+                           engine=engine, ray_address=ray_address,
+                           spark_master=spark_master, wait=wait)
         if rebuild:
             col.rebuild()
     if as_json:

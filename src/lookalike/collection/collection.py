@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from ..errors import CollectionExistsError, UsageError
 from ..imaging import ImageSource
 from ..index import IndexSpec, parse_spec
 from ..ingest import Ingestor, exists
+from ..ingest.engines import checked_engine, engine_source
 from ..live import DELTA_INDEX, MAIN_INDEX, CompactionReport, LiveIndex, VerifyReport, claim_index
 from ..objects import ObjectURI, is_object_uri
 from ..storage import SQLITE_FILE, EventWrite, new_store, open_store
@@ -94,8 +95,9 @@ class Collection:
         except OSError as exc:
             raise UsageError(
                 f"Cannot make the collection folder {folder}: {exc.strerror}.") from None
-        # A Milvus collection is refused if it exists already.
-        claim_index(spec, folder, manifest.model.dim, settings.resolve("milvus_token"))
+        # A Milvus or Qdrant collection is refused if it exists already.
+        claim_index(spec, folder, manifest.model.dim, settings.resolve("milvus_token"),
+                    qdrant_api_key=settings.resolve("qdrant_api_key"))
         recorded = new_store(settings.resolve("store", store), folder, manifest.model.dim)
         manifest = manifest.replace(store=recorded)  # a URI without the password, or None
         write_manifest(folder, manifest)
@@ -169,7 +171,8 @@ class Collection:
     def index(self, paths: Iterable[str | os.PathLike[str]], *, batch_size: int | None = None,
               workers: int | None = None, show_progress: bool | None = None,
               remove_missing: bool = True, engine: Any = None,
-              ray_address: str | None = None, wait: float = 0.0) -> IngestReport:
+              ray_address: str | None = None, spark_master: str | None = None,
+              wait: float = 0.0) -> IngestReport:
         """Bring the collection in step with image files and folders (incremental, resumable).
 
         ``paths`` may also be objects and prefixes in S3 (``s3://bucket/key``,
@@ -179,20 +182,20 @@ class Collection:
         grown large.
         ``engine="ray"`` (or a :class:`lookalike.ingest.ray.RayEngine`) decodes and embeds on
         the Ray cluster at ``ray_address`` (default: a local Ray started for the run), with
-        ``workers`` embedding actors; the vectors are the same as the local engine's. ``wait``:
-        seconds to wait for another process's writer before CollectionLockedError.
+        ``workers`` embedding actors; ``engine="spark"`` (or a
+        :class:`lookalike.ingest.spark.SparkEngine`) on the Spark master ``spark_master``
+        (default: a local Spark started for the run), ``workers`` batches at once. Either way the
+        vectors are the same as the local engine's. ``wait``: seconds to wait for another
+        process's writer before CollectionLockedError.
         """
         paths = list(paths)
         for p in paths:
             if not exists(p):
                 raise UsageError(_missing(p))
-        engine = settings.resolve("engine", engine)
-        if engine == "local" and ray_address:
-            raise UsageError("ray_address (--ray-address) needs engine='ray' (--engine ray).")
         return self._ingest(paths, batch_size=batch_size, workers=workers,
                             show_progress=show_progress, remove_missing=remove_missing,
-                            engine=None if engine == "local" else engine,
-                            ray_address=ray_address, wait=wait)
+                            engine=checked_engine(engine, ray_address, spark_master),
+                            ray_address=ray_address, spark_master=spark_master, wait=wait)
 
     def sync(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
         """Bring these paths in step: index those that exist, remove those that are gone."""
@@ -201,27 +204,28 @@ class Collection:
     def _ingest(self, paths: list[str | os.PathLike[str]], *, batch_size: int | None = None,
                 workers: int | None = None, show_progress: bool | None = None,
                 remove_missing: bool = True, engine: Any = None,
-                ray_address: str | None = None, wait: float = 0.0) -> IngestReport:
+                ray_address: str | None = None, spark_master: str | None = None,
+                wait: float = 0.0) -> IngestReport:
         batch_size = settings.resolve("batch_size", batch_size)
-        source = None
-        if engine is not None:  # not this machine's processes: a Ray cluster
-            from ..ingest.ray import engine_for
+        source = engine_source(engine, self.embedder, ray_address=ray_address,
+                               spark_master=spark_master, workers=workers,
+                               batch_size=batch_size, max_pixels=self.limits.max_pixels,
+                               max_bytes=self.limits.max_file_bytes)
+        ingestor = Ingestor(
+            self.store, self.embedder, self.indexes.committed,
+            max_pixels=self.limits.max_pixels, max_bytes=self.limits.max_file_bytes,
+            batch_size=batch_size, workers=settings.resolve("workers", workers),
+            checkpoint=self._checkpoint, source=source,
+        )
+        return self._feed(lambda: ingestor.run(paths, remove_missing=remove_missing,
+                                               show_progress=show_progress), wait)
 
-            source = engine_for(engine, settings.resolve("ray_address", ray_address),
-                                workers).source(self.embedder, batch_size=batch_size,
-                                                max_pixels=self.limits.max_pixels,
-                                                max_bytes=self.limits.max_file_bytes,
-                                                cache_dir=settings.resolve("cache_dir"))
+    def _feed(self, run: Callable[[], IngestReport], wait: float) -> IngestReport:
+        """``run`` an Ingestor as this collection's writer, then save the delta (even when it
+        fails) and compact if that is due."""
         with self.writer(wait):
-            ingestor = Ingestor(
-                self.store, self.embedder, self.indexes.committed,
-                max_pixels=self.limits.max_pixels, max_bytes=self.limits.max_file_bytes,
-                batch_size=batch_size, workers=settings.resolve("workers", workers),
-                checkpoint=self._checkpoint, source=source,
-            )
             try:
-                report = ingestor.run(paths, remove_missing=remove_missing,
-                                      show_progress=show_progress)
+                report = run()
             finally:
                 self.live.save_delta()
             self.indexes.touch()
@@ -239,6 +243,24 @@ class Collection:
     def add(self, paths: Iterable[str | os.PathLike[str]], **options: Any) -> IngestReport:
         """Index files and folders without removing anything else."""
         return self.index(paths, remove_missing=False, **options)
+
+    def import_shards(self, shards: Iterable[str | os.PathLike[str]], *, batch_size: int = 1024,
+                      show_progress: bool | None = None, wait: float = 0.0) -> IngestReport:
+        """Add the images of shard files `lookalike embed` wrote (Parquet files, folders or
+        ``s3://`` prefixes of them, or an open :class:`~lookalike.ingest.shard_import.ShardSet`)
+        with their vectors, through the indexing path: images stored unchanged are skipped and
+        each batch is one transaction, so importing twice adds nothing and an interrupted import
+        resumes. Nothing is removed. ModelMismatchError, before any write, for another model."""
+        from ..ingest.shard_import import opened
+
+        with opened(shards) as found:
+            found.check(self.manifest.model.fingerprint, self.dim, self.path)
+            source = found.source(batch_size)
+            ingestor = Ingestor(self.store, self.embedder, self.indexes.committed,
+                                max_pixels=self.limits.max_pixels, batch_size=batch_size,
+                                checkpoint=self._checkpoint, source=source)
+            return self._feed(lambda: ingestor.run_listed(source.files,
+                                                          show_progress=show_progress), wait)
 
     def remove(self, images: Iterable[int | str | os.PathLike[str]], *,
                wait: float = 0.0) -> list[int]:

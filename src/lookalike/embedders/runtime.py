@@ -104,6 +104,17 @@ class Embedder:
     def runtime(self) -> str:
         return self._backend.describe()
 
+    @property
+    def cpu_runtime(self) -> tuple[str, str]:
+        """(runtime, precision) that rebuild this backend on another CPU machine (a Ray actor, a
+        Spark worker), from :attr:`runtime` (``onnxruntime-cpu``, ``openvino-cpu-bf16``...)."""
+        parts = self.runtime.split("-")
+        if parts[0] == "openvino" and len(parts) == 3:
+            return "openvino", parts[2]
+        if parts[0] in ("onnxruntime", "torch"):
+            return parts[0], "f32"
+        return "auto", "auto"
+
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Embed one batch of (n, size, size, 3) uint8 pixels; returns (n, dim) float32."""
         size = self.preprocess.size

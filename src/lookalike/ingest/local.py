@@ -173,6 +173,39 @@ def _decode_chunk(uris: list[str], preprocess: Preprocess, max_pixels: int,
     return decoded, time.perf_counter() - start
 
 
+def decoded_chunks(chunks: list[list[str]], preprocess: Preprocess, max_pixels: int,
+                   max_bytes: int, workers: int, stages: dict[str, float],
+                   ) -> Generator[list[Decoded], None, None]:
+    """Each chunk of files decoded, in order: by ``workers`` processes, a few chunks per worker
+    ahead of the caller (bounded prefetch), or here with 0. Adds the seconds spent decoding and
+    waiting for it to ``stages``."""
+    if workers == 0 or len(chunks) <= 1:
+        for chunk in chunks:
+            decoded, seconds = _decode_chunk(chunk, preprocess, max_pixels, max_bytes)
+            stages["decode"] += seconds
+            stages["decode_wait"] += seconds
+            yield decoded
+        return
+    pending: deque[Future] = deque()
+    with decode_pool(workers) as pool:
+        try:
+            queue = iter(chunks)
+            while True:
+                while len(pending) <= 2 * workers and (ahead := next(queue, None)) is not None:
+                    pending.append(pool.submit(_decode_chunk, ahead, preprocess, max_pixels,
+                                               max_bytes))
+                if not pending:
+                    return
+                wait_start = time.perf_counter()
+                decoded, seconds = pending.popleft().result()
+                stages["decode_wait"] += time.perf_counter() - wait_start
+                stages["decode"] += seconds
+                yield decoded
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 @dataclass
 class _Tally:
     added: int = 0
@@ -219,8 +252,20 @@ class Ingestor:
         """Index ``paths``. With ``remove_missing``, indexed files under them that no longer
         exist (including paths that are gone altogether) are removed."""
         started = time.perf_counter()
-        tally = _Tally()
         files, roots, missing = walk(paths)
+        return self.run_listed(files, sweep=roots + missing if remove_missing else (),
+                               show_progress=show_progress, started=started)
+
+    def run_listed(
+        self, files: Sequence[FileEntry], *, sweep: Sequence[str] = (),
+        show_progress: bool | None = None, started: float | None = None,
+    ) -> IngestReport:
+        """Index ``files`` as the caller listed them (a shard file of `lookalike embed` lists
+        each image as it was when it was embedded). Indexed files under the ``sweep`` roots that
+        are not among ``files`` are removed. ``started``: when the listing began (the report's
+        clock), default now."""
+        started = time.perf_counter() if started is None else started
+        tally = _Tally()
         known = self.store.file_states()
         todo: list[FileEntry] = []
         unchanged = 0
@@ -231,9 +276,8 @@ class Ingestor:
             else:
                 todo.append(entry)
         present = {e.uri for e in files}
-        swept = roots + missing
         gone = [r.id for uri, r in known.items()
-                if remove_missing and uri not in present and _under(uri, swept)]
+                if sweep and uri not in present and _under(uri, sweep)]
         tally.stages["walk"] = time.perf_counter() - started
 
         self._process(todo, known, tally, show_progress)
@@ -271,38 +315,8 @@ class Ingestor:
 
     def _decoded_batches(self, uris: list[str], tally: _Tally) -> Iterator[list[Decoded]]:
         chunks = [uris[i:i + self.batch_size] for i in range(0, len(uris), self.batch_size)]
-        preprocess = self.embedder.preprocess
-        if self.workers == 0 or len(chunks) <= 1:
-            for chunk in chunks:
-                decoded, seconds = _decode_chunk(chunk, preprocess, self.max_pixels, self.max_bytes)
-                tally.stages["decode"] += seconds
-                tally.stages["decode_wait"] += seconds
-                yield decoded
-            return
-        pending: deque[Future] = deque()
-        with decode_pool(self.workers) as pool:
-            try:
-                queue = iter(chunks)
-                for chunk in queue:  # bounded prefetch: a few chunks per worker in flight
-                    pending.append(pool.submit(_decode_chunk, chunk, preprocess, self.max_pixels,
-                                               self.max_bytes))
-                    if len(pending) >= 2 * self.workers + 1:
-                        break
-                while pending:
-                    wait_start = time.perf_counter()
-                    decoded, seconds = pending.popleft().result()
-                    tally.stages["decode_wait"] += time.perf_counter() - wait_start
-                    tally.stages["decode"] += seconds
-                    next_chunk = next(queue, None)
-                    if next_chunk is not None:
-                        pending.append(
-                            pool.submit(_decode_chunk, next_chunk, preprocess, self.max_pixels,
-                                        self.max_bytes)
-                        )
-                    yield decoded
-            finally:
-                for future in pending:
-                    future.cancel()
+        return decoded_chunks(chunks, self.embedder.preprocess, self.max_pixels, self.max_bytes,
+                              self.workers, tally.stages)
 
     def _write_batch(self, decoded: list[Decoded], embedded: dict[str, np.ndarray],
                      by_uri: dict[str, FileEntry], known: dict, tally: _Tally) -> None:

@@ -103,7 +103,7 @@ class RaySource:
         self.batch_size = max(1, batch_size)
         self._limits = {"max_pixels": max_pixels, "max_bytes": max_bytes}
         self.preprocess = embedder.preprocess
-        runtime, precision = _cpu_runtime_of(embedder)
+        runtime, precision = embedder.cpu_runtime
         # Pinned to what this process resolved, so every node embeds as the local engine would.
         self._load = {"name": embedder.name, "weights": embedder.weights, "runtime": runtime,
                       "precision": precision, "cache_dir": cache_dir}
@@ -232,17 +232,6 @@ def _unpack(batch: dict[str, np.ndarray]) -> Batch:
         if error is None:
             vectors[uri] = np.array(batch["vector"][i], np.float32)
     return decoded, vectors
-
-
-def _cpu_runtime_of(embedder: Embedder) -> tuple[str, str]:
-    """(runtime, precision) that rebuild ``embedder``'s backend on a CPU node, from its
-    description (``onnxruntime-cpu``, ``openvino-cpu-bf16``, ``torch-cpu``...)."""
-    parts = embedder.runtime.split("-")
-    if parts[0] == "openvino" and len(parts) == 3:
-        return "openvino", parts[2]
-    if parts[0] in ("onnxruntime", "torch"):
-        return parts[0], "f32"
-    return "auto", "auto"
 
 
 def _cuda_problem(ray: Any, load: dict[str, Any]) -> str | None:
