@@ -118,17 +118,20 @@ class RaySource:
             stages["ray_start"] = time.perf_counter() - started
             stages.setdefault("decode_wait", 0.0)
             rows = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
-            while True:
-                wait_start = time.perf_counter()
-                batch = next(rows, None)
-                stages["decode_wait"] += time.perf_counter() - wait_start
-                if batch is None:
-                    return
-                # start-up (cluster, actors, model loads) plus the first batch's own work
-                stages.setdefault("ray_first_batch", time.perf_counter() - started)
-                stages["decode"] += float(batch["decode_s"].sum())
-                stages["embed"] += float(batch["embed_s"].sum())
-                yield _unpack(batch)
+            # Closed while Ray still runs: a run stopped mid-way (Ctrl-C during a write) must
+            # not leave Ray Data's iterator to be torn down after ray.shutdown().
+            with contextlib.closing(rows):
+                while True:
+                    wait_start = time.perf_counter()
+                    batch = next(rows, None)
+                    stages["decode_wait"] += time.perf_counter() - wait_start
+                    if batch is None:
+                        return
+                    # start-up (cluster, actors, model loads) plus the first batch's own work
+                    stages.setdefault("ray_first_batch", time.perf_counter() - started)
+                    stages["decode"] += float(batch["decode_s"].sum())
+                    stages["embed"] += float(batch["embed_s"].sum())
+                    yield _unpack(batch)
 
     def _plan(self, ray: Any, uris: list[str], cpus: float, gpus: float) -> Any:
         from ray.data import ActorPoolStrategy
