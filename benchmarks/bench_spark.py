@@ -10,7 +10,8 @@ start-up apart ("Spark start": the JVM, the session and the plan; "first results
 first batch came back) and the overhead against the local engine with and without it, the CPU
 time of every process of the run per image, and whether the vectors are the same.
 
-    python benchmarks/bench_spark.py                 # 2,000 photos, 2 runs of each (about 5 min)
+    python benchmarks/bench_spark.py                 # 2,000 photos, 2 runs of each (about 8 min),
+                                                     # then embed --shard x 4 + import vs index
     python benchmarks/bench_spark.py --repeats 3 --batch-size 64
     python benchmarks/bench_spark.py --images 6000   # start-up spread over more images
 """
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs of each engine, interleaved (default 2)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--shards", type=int, default=4,
+                        help="also the sharded backfill with this many shards (0: skip it)")
     args = parser.parse_args()
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -98,16 +101,18 @@ def main() -> None:
                     f"images/s (other processes: {result['other_cores']:.2f} cores)")
         vectors = {engine: np.load(f"{tmp}/{engine}.npy") for engine in ENGINES}
 
-    # ---- HOOK: sharded embed + import ---------------------------------------------------------
-    # The lead adds the rows of `lookalike embed` (N shard jobs writing Parquet) + `lookalike
-    # import` on the same photos here, from benchmarks/bench_shards.py, one list of cells per
-    # row in the table's columns (engine, seconds, images/s, ...). Empty until then.
-    extra_rows: list[list[str]] = []
-    report(args, folder, runs, vectors, extra_rows)
+    report(args, folder, runs, vectors)
+    if args.shards:  # the other batch-compute backfill: N shard jobs, then one import
+        from bench_shards import HEADERS, sharded_rows
+
+        print(f"\nSharded backfill: {args.shards} x `lookalike embed --shard I/{args.shards}` "
+              f"(2 at a time), then `lookalike import`, against `lookalike index`:")
+        print(table(HEADERS, sharded_rows(folder, shards=args.shards, parallel=2,
+                                          repeats=args.repeats, batch_size=args.batch_size)))
 
 
 def report(args: argparse.Namespace, folder: Path, runs: dict[str, list[dict[str, Any]]],
-           vectors: dict[str, np.ndarray], extra_rows: list[list[str]]) -> None:
+           vectors: dict[str, np.ndarray]) -> None:
     local, spark = runs["local"], runs["spark"]
     local_top = min(local, key=lambda r: r["seconds"])
     local_best = local_top["seconds"]
@@ -154,7 +159,7 @@ def report(args: argparse.Namespace, folder: Path, runs: dict[str, list[dict[str
                  "overhead, without Spark start", "images/s after first results (vs local)",
                  "CPU ms/img (vs local)",
                  "max abs vector diff vs local", "peak RSS MiB (all processes)",
-                 "other load per run"], rows + extra_rows))
+                 "other load per run"], rows))
 
 
 if __name__ == "__main__":
