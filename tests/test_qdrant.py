@@ -11,6 +11,7 @@ server is the real client, unpatched.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import TINY
 from lookalike import Collection
@@ -638,3 +640,38 @@ def test_bench_apply_never_moves_vectors_out_of_qdrant(edge_collection: Path,
     assert result.exit_code == 2 and "out of Qdrant" in result.output
     with Collection.open(path) as col:
         assert col.spec.qdrant is not None
+
+
+def test_while_another_process_holds_the_shard_writes_are_refused_before_the_store(
+        col: Collection, sample_dir: Path) -> None:
+    """A server holds the Qdrant Edge shard: `add` and `remove` from another process must fail
+    without writing anything (the server would otherwise apply what they said had failed)."""
+    path, photo = col.path, sorted(sample_dir.glob("*.jpg"))[0]
+    col.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            sys.path.insert(0, {str(Path(__file__).parent)!r})
+            import conftest  # the test model, registered
+            from lookalike import Collection
+            col = Collection.open({str(path)!r})
+            col.live  # opens the shard, as a server does
+            print("ready", flush=True)
+            sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with Collection.open(path) as other:
+            rows = other.store.counts()
+            with pytest.raises(CollectionLockedError, match="open in another process"):
+                other.remove([photo])
+            mirrored = io.BytesIO()
+            Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored, "JPEG")
+            with pytest.raises(CollectionLockedError, match="open in another process"):
+                other.add_bytes(mirrored.getvalue())
+            (new := path.parent / "new.jpg").write_bytes(mirrored.getvalue())
+            with pytest.raises(CollectionLockedError, match="open in another process"):
+                other.add([new])
+            assert other.store.counts() == rows
+    finally:
+        holder.communicate("", timeout=60)

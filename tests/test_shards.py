@@ -30,7 +30,7 @@ from conftest import TINY, make_variants
 from lookalike import Collection
 from lookalike.cli import main
 from lookalike.embedders import Embedder
-from lookalike.errors import ModelMismatchError
+from lookalike.errors import ModelMismatchError, UsageError
 from lookalike.ingest.shards import Shard, embed_shard, shard_of
 from lookalike.settings import DEFAULT_MODEL
 
@@ -244,6 +244,8 @@ def test_an_import_of_some_shards_warns_about_the_others(
     printed = capsys.readouterr()
     assert "2 of 3 shards are not among the files (shard 0, 2 of 3)" in printed.err
     assert f"Imported {report.images} images from 1 shard files" in printed.out
+    main(["import", str(out), "-c", str(tmp_path / "col"), "--json"])  # for a pipeline to see
+    assert json.loads(capsys.readouterr().out)["missing_shards"] == {"3": [0, 2]}
 
 
 @pytest.fixture
@@ -275,3 +277,53 @@ def test_shards_round_trip_through_s3(
         local.index([f"s3://{name}/photos/"], workers=0)
         assert_same(got, local)
         assert got.store.file_states()[f"s3://{name}/photos/img0003.jpg"].etag
+
+
+def _rewritten(path: str, target: Path, change: Any) -> Path:
+    """A copy of the shard file at ``path`` whose table went through ``change`` (a valid Parquet
+    file, checksums and lookalike metadata kept: only its contents are wrong)."""
+    table = pq.read_table(path)
+    pq.write_table(change(table).replace_schema_metadata(table.schema.metadata), target,
+                   write_page_checksum=True)
+    return target
+
+
+@pytest.mark.parametrize("damage", ["flipped bytes", "a vector not of length 1"])
+def test_a_damaged_shard_is_refused_and_never_reaches_search(
+    tiny_embedder: Embedder, sample_dir: Path, tmp_path: Path, damage: str
+) -> None:
+    import pyarrow as pa
+
+    report = embed_shard([sample_dir], Shard(0, 1), str(tmp_path / "shards"), tiny_embedder,
+                         workers=0)
+    bad = tmp_path / "bad" / Path(report.out).name
+    bad.parent.mkdir()
+    if damage == "flipped bytes":  # in the pages of vectors: the page checksums catch it
+        data = bytearray(Path(report.out).read_bytes())
+        for i in range(len(data) // 3, len(data) // 3 + 64):
+            data[i] ^= 0xFF
+        bad.write_bytes(bytes(data))
+    else:  # well-formed Parquet, but one vector 1e3 times too long
+        def scaled(table: Any) -> Any:
+            vectors = table.column("vector").to_pylist()
+            vectors[0] = [x * 1e3 for x in vectors[0]]
+            column = pa.array(vectors, table.schema.field("vector").type)
+            return table.set_column(table.schema.get_field_index("vector"), "vector", column)
+        _rewritten(report.out, bad, scaled)
+    with Collection.create(tmp_path / "col", model=TINY) as col:
+        with pytest.raises(UsageError, match="is damaged.*embed the shard again"):
+            col.import_shards([bad])
+        assert col.store.counts()["active"] == 0
+        col.import_shards([report.out])  # the good file: every photo finds itself
+        photo = sorted(sample_dir.glob("*.jpg"))[0]
+        assert col.search(photo, k=1)[0].uri == str(photo)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs (no one creates files)")
+def test_an_out_folder_that_cannot_be_written_is_a_usage_error(
+    sample_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["embed", str(sample_dir), "--shard", "0/1", "--out", "/sys/kernel", "--model", TINY])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Give an --out folder" in err and "free" not in err, err

@@ -152,6 +152,10 @@ def test_missing_pyspark_or_java_says_what_to_install(monkeypatch: pytest.Monkey
     monkeypatch.setenv("PATH", str(tmp_path))  # no `java` on it
     with pytest.raises(MissingDependencyError, match=r"No Java runtime.*openjdk-17-jre-headless"):
         engine_for("spark", None, None)
+    monkeypatch.undo()  # java on PATH again, but JAVA_HOME (which Spark prefers) names nothing
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "nowhere"))
+    with pytest.raises(MissingDependencyError, match=r"JAVA_HOME=.*nowhere has no bin/java"):
+        engine_for("spark", None, None)
 
 
 # -- the real CLI ---------------------------------------------------------------------------------
@@ -167,6 +171,11 @@ def test_cli_spark_master_needs_the_spark_engine(photos: Path, tmp_path: Path) -
     assert done.returncode == 2, done.stderr
     assert "--spark-master) needs engine='spark' (--engine spark)" in done.stderr
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "col").exists()  # refused before a collection was made for it
+    done = subprocess.run(_lookalike("index", photos, "-c", tmp_path / "col", "--engine", "spark",
+                                     "--workers", "0"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "at least 1, got 0" in done.stderr, done.stderr
+    assert not (tmp_path / "col").exists()
 
 
 def _descendants(pid: int) -> set[int]:

@@ -81,10 +81,13 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
     On Spark: lookalike index /shared/photos -c photos.lookalike --engine spark
     """
     from ..collection import Collection
+    from ..ingest.engines import chosen_engine
 
     for path in paths:
         if not is_object_uri(path) and not os.path.exists(path):
             raise click.BadParameter(f"{path} does not exist.", param_hint="PATHS")
+    # The engine's options, checked before a new collection is made for them.
+    chosen_engine(engine, ray_address=ray_address, spark_master=spark_master, workers=workers)
     with Collection.open_or_create(collection_path(collection), model=model, index=index_spec,
                                    store=store, **runtime) as col:
         report = col.index(paths, batch_size=batch_size, workers=workers, show_progress=progress,

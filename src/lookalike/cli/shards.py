@@ -67,6 +67,8 @@ def embed_command(paths: Sequence[str], out: str, shard_text: str | None, shards
     click.echo(f"Embedded shard {report.shard}: {report.images} of {report.listed} images, "
                f"{len(report.failed)} failed, in {report.seconds:.1f} s "
                f"({report.images_per_second:.1f} images/s) -> {line_uri(report.out)}")
+    for failure in report.failed:
+        click.echo(f"  failed: {line_uri(failure.uri)}: {failure.reason}")
 
 
 @cli.command("import")
@@ -106,7 +108,8 @@ def import_command(sources: Sequence[str], collection: str | None, index_spec: s
 
     path = collection_path(collection)
     with open_shards(sources) as found:
-        for count, absent in found.missing().items():
+        missing = found.missing()
+        for count, absent in missing.items():
             shown = ", ".join(map(str, absent[:8])) + (", ..." if len(absent) > 8 else "")
             click.echo(f"warning: {len(absent)} of {count} shards are not among the files "
                        f"(shard {shown} of {count}): their images are not imported; run them, "
@@ -121,7 +124,9 @@ def import_command(sources: Sequence[str], collection: str | None, index_spec: s
             report = col.import_shards(found, batch_size=batch_size, show_progress=progress,
                                        wait=wait)
     if as_json:
-        click.echo(json.dumps({**report.to_dict(), "shard_files": len(found.headers)}, indent=2))
+        click.echo(json.dumps({**report.to_dict(), "shard_files": len(found.headers),
+                               "missing_shards": {str(n): a for n, a in missing.items()}},
+                              indent=2))
         return
     click.echo(
         f"Imported {report.added + report.updated} images from {len(found.headers)} shard "

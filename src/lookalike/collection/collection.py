@@ -24,7 +24,7 @@ from ..errors import CollectionExistsError, UsageError
 from ..imaging import ImageSource
 from ..index import IndexSpec, parse_spec
 from ..ingest import Ingestor, exists
-from ..ingest.engines import checked_engine, engine_source
+from ..ingest.engines import chosen_engine, engine_source
 from ..live import DELTA_INDEX, MAIN_INDEX, CompactionReport, LiveIndex, VerifyReport, claim_index
 from ..objects import ObjectURI, is_object_uri
 from ..storage import SQLITE_FILE, EventWrite, new_store, open_store
@@ -192,10 +192,11 @@ class Collection:
         for p in paths:
             if not exists(p):
                 raise UsageError(_missing(p))
+        chosen = chosen_engine(engine, ray_address=ray_address, spark_master=spark_master,
+                               workers=workers)
         return self._ingest(paths, batch_size=batch_size, workers=workers,
                             show_progress=show_progress, remove_missing=remove_missing,
-                            engine=checked_engine(engine, ray_address, spark_master),
-                            ray_address=ray_address, spark_master=spark_master, wait=wait)
+                            engine=chosen, wait=wait)
 
     def sync(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
         """Bring these paths in step: index those that exist, remove those that are gone."""
@@ -204,12 +205,10 @@ class Collection:
     def _ingest(self, paths: list[str | os.PathLike[str]], *, batch_size: int | None = None,
                 workers: int | None = None, show_progress: bool | None = None,
                 remove_missing: bool = True, engine: Any = None,
-                ray_address: str | None = None, spark_master: str | None = None,
                 wait: float = 0.0) -> IngestReport:
         batch_size = settings.resolve("batch_size", batch_size)
-        source = engine_source(engine, self.embedder, ray_address=ray_address,
-                               spark_master=spark_master, workers=workers,
-                               batch_size=batch_size, max_pixels=self.limits.max_pixels,
+        source = engine_source(engine, self.embedder, batch_size=batch_size,
+                               max_pixels=self.limits.max_pixels,
                                max_bytes=self.limits.max_file_bytes)
         ingestor = Ingestor(
             self.store, self.embedder, self.indexes.committed,
@@ -223,7 +222,7 @@ class Collection:
     def _feed(self, run: Callable[[], IngestReport], wait: float) -> IngestReport:
         """``run`` an Ingestor as this collection's writer, then save the delta (even when it
         fails) and compact if that is due."""
-        with self.writer(wait):
+        with self.indexes.image_writer(wait):
             try:
                 report = run()
             finally:

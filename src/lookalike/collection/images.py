@@ -111,7 +111,7 @@ class Images:
         meta = json.dumps(metadata, ensure_ascii=False) if metadata is not None else None
         assert decoded.pixels is not None  # decode_bytes raises DecodeError instead
         vector = embedder.embed_pixels(decoded.pixels[None])
-        with self.indexes.writer(wait):
+        with self.indexes.image_writer(wait):
             if not self._uploads_swept:  # once per process: an upload killed mid-write
                 remove_stale_uploads(self.folder)
                 self._uploads_swept = True
@@ -142,7 +142,7 @@ class Images:
                 what = image if isinstance(image, int) else f"'{shown_uri(os.fspath(image))}'"
                 raise ImageNotFoundError(f"No indexed image {what}.")
             records.append(record)
-        with self.indexes.writer(wait):
+        with self.indexes.image_writer(wait):
             removed = set(self.store.retire([r.id for r in records]))
             self.indexes.committed()
             # Still the writer: an upload of the same bytes (one content-addressed file) cannot

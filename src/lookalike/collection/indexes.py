@@ -178,6 +178,15 @@ class Indexes:
         finally:
             self._write_lock.release()
 
+    @contextlib.contextmanager
+    def image_writer(self, wait: float = 0.0) -> Iterator[None]:
+        """:meth:`writer`, with the live index open before anything is written: an embedded
+        engine another process holds (Qdrant Edge, Milvus Lite) refuses the write up front,
+        rather than after the store has taken it."""
+        with self.writer(wait):
+            self.live  # noqa: B018 - opening it is the point
+            yield
+
     def committed(self) -> None:
         """Make what was just committed to the store searchable here: the same catch-up every
         other process does (see :mod:`lookalike.live.contract`)."""

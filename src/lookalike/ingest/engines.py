@@ -35,19 +35,28 @@ def checked_engine(engine: Any, ray_address: str | None, spark_master: str | Non
     return None if kind == "local" else engine
 
 
-def engine_source(engine: Any, embedder: Embedder, *, ray_address: str | None,
-                  spark_master: str | None, workers: int | None, batch_size: int,
-                  max_pixels: int, max_bytes: int) -> BatchSource | None:
-    """The batch source of a cluster ``engine`` (from :func:`checked_engine`), embedding like
-    ``embedder``; None for the local engine, whose Ingestor decodes in worker processes."""
+def chosen_engine(engine: Any, *, ray_address: str | None, spark_master: str | None,
+                  workers: int | None) -> Any:
+    """The Ray or Spark engine an index call's options stand for, checked (UsageError for
+    options that disagree, MissingDependencyError for a missing extra or Java), or None for the
+    local engine. Cheap: callers check before they create anything."""
+    engine = checked_engine(engine, ray_address, spark_master)
     if engine is None:
         return None
     from . import ray, spark
 
-    chosen: ray.RayEngine | spark.SparkEngine
     if engine_kind(engine) == "spark":
-        chosen = spark.engine_for(engine, settings.resolve("spark_master", spark_master), workers)
-    else:
-        chosen = ray.engine_for(engine, settings.resolve("ray_address", ray_address), workers)
-    return chosen.source(embedder, batch_size=batch_size, max_pixels=max_pixels,
-                         max_bytes=max_bytes, cache_dir=settings.resolve("cache_dir"))
+        return spark.engine_for(engine, settings.resolve("spark_master", spark_master), workers)
+    return ray.engine_for(engine, settings.resolve("ray_address", ray_address), workers)
+
+
+def engine_source(engine: Any, embedder: Embedder, *, batch_size: int, max_pixels: int,
+                  max_bytes: int) -> BatchSource | None:
+    """The batch source of a cluster ``engine`` (from :func:`chosen_engine`), embedding like
+    ``embedder``; None for the local engine, whose Ingestor decodes in worker processes."""
+    if engine is None:
+        return None
+    source: BatchSource = engine.source(embedder, batch_size=batch_size, max_pixels=max_pixels,
+                                        max_bytes=max_bytes,
+                                        cache_dir=settings.resolve("cache_dir"))
+    return source

@@ -18,6 +18,7 @@ that is not valid UTF-8 survives the round trip through Parquet's UTF-8 strings.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import importlib.metadata
 import json
@@ -121,7 +122,8 @@ def record_batches(header: ShardHeader, **options: Any) -> Iterator[Any]:
     file that turns out damaged."""
     pq = require_pyarrow()
     try:
-        yield from pq.ParquetFile(header.path).iter_batches(**options)
+        yield from pq.ParquetFile(header.path,
+                                  page_checksum_verification=True).iter_batches(**options)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowIOError, ArrowInvalid
         reason = " ".join(str(exc).split())
         raise UsageError(f"{header.source} is damaged ({reason}); embed the shard again.") from None
@@ -136,7 +138,7 @@ class ShardWriter:
         self._columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
         self._vectors: list[np.ndarray] = []
         self._writer = pq.ParquetWriter(tmp, schema(dim, metadata), compression="zstd",
-                                        use_dictionary=False)
+                                        use_dictionary=False, write_page_checksum=True)
 
     def add(self, uri: str, facts: tuple[int, int, str | None], content_hash: str | None,
             size: tuple[int, int], vector: np.ndarray | None, error: str | None) -> None:
@@ -213,7 +215,13 @@ def _disk(target: str) -> Iterator[None]:
     """A full or failing disk (OSError from the writer or the rename) as DiskWriteError."""
     try:
         yield
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        raise UsageError(f"Cannot write the shard file {target}: {exc.strerror}. Give an --out "
+                         "folder (or s3:// prefix) this job can write to.") from None
     except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise UsageError(f"Cannot write the shard file {target}: the file system is "
+                             "read-only. Give an --out folder this job can write to.") from None
         raise DiskWriteError.writing(target, exc) from None
 
 

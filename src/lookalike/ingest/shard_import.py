@@ -152,8 +152,15 @@ class ShardSource:
                                    None if error is None else loaded_uri(error)))
             if error is not None:
                 continue
-            if not valid[i] or not np.isfinite(flat[position[i]]).all():
+            if not valid[i] or not _unit(flat[position[i]]):
                 raise UsageError(f"{header.source} is damaged: the row of {shown_uri(uri)} has "
-                                 "no usable vector and no error; embed the shard again.")
+                                 "no usable vector (every vector is finite and of length 1) and "
+                                 "no error; embed the shard again, then import it again.")
             found[uri] = flat[position[i]]
         return decoded, found
+
+
+def _unit(vector: np.ndarray) -> bool:
+    """Whether ``vector`` is what a model writes: finite, of length 1 (float32 rounding aside)."""
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(vector).all() and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3)

@@ -54,8 +54,13 @@ def require_spark() -> None:
         raise MissingDependencyError("pyspark", "The Spark engine (--engine spark)",
                                      "pip install 'lookalike[spark]'")
     java_home = os.environ.get("JAVA_HOME")
-    if not (java_home and os.access(os.path.join(java_home, "bin", "java"), os.X_OK)) \
-            and shutil.which("java") is None:
+    if java_home and not os.access(os.path.join(java_home, "bin", "java"), os.X_OK):
+        # Spark's launcher takes JAVA_HOME over PATH, and fails with pages of shell errors.
+        raise MissingDependencyError(
+            "openjdk-17-jre-headless", f"JAVA_HOME={java_home} has no bin/java; the Spark engine "
+            "(--engine spark) runs on the Java 17 or later that JAVA_HOME names: fix or unset "
+            "JAVA_HOME, or", "apt-get install openjdk-17-jre-headless")
+    if not java_home and shutil.which("java") is None:
         raise MissingDependencyError(
             "openjdk-17-jre-headless", "No Java runtime was found (JAVA_HOME, PATH); the Spark "
             "engine (--engine spark) runs on Java 17 or later and",
