@@ -108,12 +108,6 @@ def import_command(sources: Sequence[str], collection: str | None, index_spec: s
 
     path = collection_path(collection)
     with open_shards(sources) as found:
-        missing = found.missing()
-        for count, absent in missing.items():
-            shown = ", ".join(map(str, absent[:8])) + (", ..." if len(absent) > 8 else "")
-            click.echo(f"warning: {len(absent)} of {count} shards are not among the files "
-                       f"(shard {shown} of {count}): their images are not imported; run them, "
-                       "then import again.", err=True)
         try:
             col = Collection.open(path, weights=weights, store=store)
         except CollectionNotFoundError:
@@ -121,6 +115,13 @@ def import_command(sources: Sequence[str], collection: str | None, index_spec: s
             col = Collection.create(path, model=found.model, weights=weights, index=index_spec,
                                     store=store)
         with col:
+            found.check(col.manifest.model.fingerprint, col.dim, path)  # before the warnings
+            missing = found.missing()
+            for count, absent in missing.items():
+                shown = ", ".join(map(str, absent[:8])) + (", ..." if len(absent) > 8 else "")
+                click.echo(f"warning: {len(absent)} of {count} shards are not among the files "
+                           f"(shard {shown} of {count}): their images are not imported; run "
+                           "them, then import again.", err=True)
             report = col.import_shards(found, batch_size=batch_size, show_progress=progress,
                                        wait=wait)
     if as_json:

@@ -53,7 +53,10 @@ class Shard:
     count: int
 
     def __post_init__(self) -> None:
-        if self.count < 1 or not 0 <= self.index < self.count:
+        if self.count < 1:
+            raise UsageError(f"Shard {self.index}/{self.count}: the number of shards must be at "
+                             "least 1, e.g. --shard 3/16.")
+        if not 0 <= self.index < self.count:
             hint = " (shards count from 0)" if self.index == self.count else ""
             raise UsageError(f"Shard {self.index}/{self.count} does not exist{hint}: the index "
                              f"goes from 0 to the number of shards - 1, e.g. --shard 3/16.")
@@ -86,6 +89,9 @@ class Shard:
         if count is None:
             raise UsageError(f"The shard index comes from {name}={value}; give the number of "
                              "shards (the array's size) with --shards N.")
+        if int(value) >= count:
+            raise UsageError(f"{name}={environ[name]} gives shard {value}, but --shards {count} "
+                             f"has shards 0 to {count - 1}: give --shards the array's size.")
         return cls(int(value), count)
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -90,25 +91,47 @@ def session(master: str | None, workers: int | None = None) -> Iterator[Any]:
         .config("spark.ui.showConsoleProgress", "false")  # lookalike draws its own bar
     if local:
         builder = builder.config("spark.ui.enabled", "false")
-    with tempfile.TemporaryDirectory(prefix="lookalike-spark-") as folder, \
-            _environ(_launch_env(local, folder)):
+    with _quiet_py4j():
+        with tempfile.TemporaryDirectory(prefix="lookalike-spark-") as folder, \
+                _environ(_launch_env(local, folder)):
+            try:
+                with no_pandas_warning():
+                    spark = builder.getOrCreate()
+            except Exception as exc:  # noqa: BLE001 - PySpark raises plain exceptions for all
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+                raise UsageError(
+                    f"Could not start Spark (master {master}): {first}. Check --spark-master "
+                    "and the Java runtime (`java -version`: 17 or later)."
+                ) from None
         try:
-            with no_pandas_warning():
-                spark = builder.getOrCreate()
-        except Exception as exc:  # noqa: BLE001 - PySpark raises plain exceptions for all of it
-            raise UsageError(
-                f"Could not start Spark (master {master}): {str(exc).strip().splitlines()[0]}. "
-                "Check --spark-master and the Java runtime (`java -version`: 17 or later)."
-            ) from None
+            spark.sparkContext.setLogLevel("ERROR")
+            yield spark
+        finally:
+            spark.stop()
+            if launches_jvm:
+                _stop_jvm()
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, sigint)
+
+
+class _FromPy4j(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}py4j{os.sep}" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_py4j() -> Iterator[None]:
+    """Without py4j's log records: a Ctrl-C or a stopped JVM makes it log tracebacks of its
+    socket calls (on the root logger), pages of them, while the run's own error says it all."""
+    root, py4j, drop = logging.getLogger(), logging.getLogger("py4j"), _FromPy4j()
+    level = py4j.level
+    root.addFilter(drop)
+    py4j.setLevel(logging.CRITICAL)
     try:
-        spark.sparkContext.setLogLevel("ERROR")
-        yield spark
+        yield
     finally:
-        spark.stop()
-        if launches_jvm:
-            _stop_jvm()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, sigint)
+        root.removeFilter(drop)
+        py4j.setLevel(level)
 
 
 def _stop_jvm() -> None:
