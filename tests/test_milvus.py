@@ -415,6 +415,7 @@ def test_the_cli_indexes_into_milvus_lite_and_rebuilds(
     info = json.loads(run("info", "-c", path, "--json").stdout)
     assert info["index_spec"] == "milvus-lite:vectors.db/photos?index=IVF_FLAT&nlist=4"
     assert info["main_vectors"] == report["added"] and info["delta_vectors"] == 0
+    assert info["bytes_on_disk"]["vectors.db"] > 0  # the embedded engine's data is counted
     _, original, copy = next(e for e in edited if e[0] == "text")
     out = json.loads(run("search", copy, "-c", path, "-k", "3", "--json").stdout)
     assert out["results"][0]["uri"] == str(original) and len(out["results"]) == 3

@@ -620,6 +620,7 @@ def test_the_cli_indexes_into_qdrant_edge_and_rebuilds(
     info = json.loads(run("info", "-c", path, "--json").stdout)
     assert info["index_spec"] == "qdrant-edge:vectors/photos?index=exact"
     assert info["main_vectors"] == report["added"] and info["delta_vectors"] == 0
+    assert info["bytes_on_disk"]["vectors/photos"] > 0  # the shard's data is counted
     _, original, copy = next(e for e in edited if e[0] == "text")
     out = json.loads(run("search", copy, "-c", path, "-k", "3", "--json").stdout)
     assert out["results"][0]["uri"] == str(original) and len(out["results"]) == 3

@@ -36,6 +36,12 @@ from .manifest import MANIFEST, Manifest, new_manifest, read_manifest, write_man
 from .searching import Searcher
 
 
+def _disk_bytes(file: Path) -> int:
+    """The bytes ``file`` takes on disk: engines allocate sparse files ahead of their data."""
+    stat = file.stat()
+    return min(stat.st_size, stat.st_blocks * 512)
+
+
 def _missing(path: str | os.PathLike[str]) -> str:
     if not is_object_uri(path):
         return f"Path {path} does not exist."
@@ -407,6 +413,11 @@ class Collection:
             file = self.path / name
             if file.exists():
                 sizes[name] = file.stat().st_size
+        embedded = self.spec.embedded_data(self.path)  # Milvus Lite's file, Qdrant Edge's shard
+        if embedded is not None and embedded.exists():
+            files = [embedded] if embedded.is_file() else embedded.rglob("*")
+            sizes[str(embedded.relative_to(self.path)) if embedded.is_relative_to(self.path)
+                  else str(embedded)] = sum(_disk_bytes(f) for f in files if f.is_file())
         live = self.live
         live.refresh()
         return CollectionInfo(

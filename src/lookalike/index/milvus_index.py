@@ -80,10 +80,9 @@ class MilvusIndex:
         self._lite_path: str | None = None
         self._dim: int | None = None
         pymilvus = _pymilvus()
-        if self.target.lite_file is not None:
-            path = Path(self.target.lite_file).expanduser()
-            self._lite_path = str((base / path if base and not path.is_absolute() else path)
-                                  .resolve())
+        lite = spec.embedded_data(base or Path())
+        if lite is not None:
+            self._lite_path = str(lite)
             self._client = _open_lite(pymilvus, self._lite_path, self.where)
         else:
             uri = f"http://{bracket(self.target.host)}:{self.target.port}"

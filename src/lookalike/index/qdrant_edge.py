@@ -72,9 +72,9 @@ class QdrantEdgeIndex:
         self.target = spec.qdrant
         self.where = spec.qdrant.where
         self._edge = qdrant_module("qdrant_edge")
-        folder = Path(spec.qdrant.edge_dir).expanduser()
-        folder = base / folder if base is not None and not folder.is_absolute() else folder
-        self.path = (folder / spec.qdrant.name).resolve()
+        path = spec.embedded_data(base or Path())
+        assert path is not None  # a Qdrant Edge spec, checked above
+        self.path = path
         self._dim: int | None = None
         self._pending: int | None = None  # a generation noted, not yet recorded
         with _shards_lock:

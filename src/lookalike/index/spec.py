@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..errors import InvalidSpecError
 from .milvus_spec import MilvusSpec, is_milvus_spec, parse_milvus_spec
@@ -140,6 +141,18 @@ class IndexSpec:
         """Where a vector database (Milvus, Qdrant) holds the vectors; None: index files."""
         target = self.milvus or self.qdrant
         return target.where if target is not None else None
+
+    def embedded_data(self, base: Path) -> Path | None:
+        """Where an embedded engine keeps the vectors (Milvus Lite's file, Qdrant Edge's shard
+        folder), a relative location taken under ``base`` (the collection folder); None for
+        index files and servers."""
+        if self.milvus is not None and self.milvus.lite_file is not None:
+            where = Path(self.milvus.lite_file).expanduser()
+        elif self.qdrant is not None and self.qdrant.edge_dir is not None:
+            where = Path(self.qdrant.edge_dir).expanduser() / self.qdrant.name
+        else:
+            return None
+        return (base / where if not where.is_absolute() else where).resolve()
 
     @property
     def describe(self) -> str:
