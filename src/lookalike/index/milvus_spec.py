@@ -16,6 +16,7 @@ product on unit vectors. Searches pass ``ef`` (from ``ef_search``) or ``nprobe``
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import parse_qsl, urlsplit
@@ -98,21 +99,11 @@ def parse_milvus_spec(text: str) -> IndexSpec:
     index_type = params.pop("index", "HNSW").upper()
     if index_type not in INDEX_TYPES:
         raise _error(text, f"index must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}")
-    allowed = _PARAMS[index_type]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
-        raise _error(text, f"index={index_type} {takes}, not {', '.join(unknown)}")
-    numbers: dict[str, int] = {}
-    for key, default in (("M", 32), ("efConstruction", 64), ("nlist", 1024)):
-        raw = params.get(key)
-        if raw is not None and not raw.isdigit():
-            raise _error(text, f"{key} must be a whole number, not {raw!r}")
-        number = default if raw is None else int(raw)
-        low, high, ranges = _RANGES[key]
-        if not low <= number <= high:
-            raise _error(text, ranges)
-        numbers[key] = number
+    try:
+        numbers = index_numbers(params, index_type, _PARAMS[index_type],
+                                {"M": 32, "efConstruction": 64, "nlist": 1024}, _RANGES)
+    except ValueError as exc:
+        raise _error(text, str(exc)) from None
     milvus = MilvusSpec(index_type=index_type, **target)
     spec = IndexSpec("", "milvus", numbers["M"], numbers["efConstruction"],
                      nlist=numbers["nlist"] if index_type == "IVF_FLAT" else 0, milvus=milvus)
@@ -176,6 +167,28 @@ def _check_name(text: str, name: str) -> None:
     if not _NAME.fullmatch(name):
         raise _error(text, f"{name!r} is not a Milvus name: use letters, digits and "
                            "underscores, starting with a letter or underscore")
+
+
+def index_numbers(params: dict[str, str], index_type: str, allowed: tuple[str, ...],
+                  defaults: dict[str, int],
+                  ranges: Mapping[str, tuple[int, int, str]]) -> dict[str, int]:
+    """A database spec's index parameters as numbers, ``defaults`` for those not given; a
+    ValueError says what is wrong: a parameter ``index_type`` does not take, one that is not a
+    whole number, or one out of its ``ranges`` entry (lowest, highest, what the error says)."""
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
+        raise ValueError(f"index={index_type} {takes}, not {', '.join(unknown)}")
+    numbers = dict(defaults)
+    for key, raw in params.items():
+        if not raw.isdigit():
+            raise ValueError(f"{key} must be a whole number, not {raw!r}")
+        numbers[key] = int(raw)
+    for key, number in numbers.items():
+        low, high, message = ranges[key]
+        if not low <= number <= high:
+            raise ValueError(message)
+    return numbers
 
 
 def split_server(location: str, default_port: int, *, credentials: str,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import parse_qsl
 
 from ..errors import InvalidSpecError
-from .milvus_spec import bracket, split_server
+from .milvus_spec import bracket, index_numbers, split_server
 
 if TYPE_CHECKING:
     from .spec import IndexSpec
@@ -115,19 +115,11 @@ def parse_qdrant_spec(text: str) -> IndexSpec:
     index_type = params.pop("index", "hnsw").lower()
     if index_type not in INDEX_TYPES:
         raise _error(text, f"index must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}")
-    allowed = _PARAMS[index_type]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
-        raise _error(text, f"index={index_type} {takes}, not {', '.join(unknown)}")
-    numbers = {"m": 32, "ef_construct": DEFAULT_EF_CONSTRUCTION}
-    for key, raw in params.items():
-        if not raw.isdigit():
-            raise _error(text, f"{key} must be a whole number, not {raw!r}")
-        low, high, ranges = _RANGES[key]
-        if not low <= int(raw) <= high:
-            raise _error(text, ranges)
-        numbers[key] = int(raw)
+    try:
+        numbers = index_numbers(params, index_type, _PARAMS[index_type],
+                                {"m": 32, "ef_construct": DEFAULT_EF_CONSTRUCTION}, _RANGES)
+    except ValueError as exc:
+        raise _error(text, str(exc)) from None
     if "indexing_threshold" in numbers:
         target["indexing_threshold"] = numbers["indexing_threshold"]
     qdrant = QdrantSpec(index_type=index_type, **target)
