@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,14 +123,7 @@ def child(spec: dict) -> None:
             log(f"  milvus: insert {result['insert_s']:.1f} s, flush + index "
                 f"{result['index_s']:.1f} s")
         faiss.omp_set_num_threads(1)
-        for ef in spec["ef"]:
-            seconds, found = timed_searches(
-                lambda q, ef=ef: index.search(q, K, ef_search=ef)[1], queries)
-            result["ef"][ef] = {"p50": percentile_ms(seconds, 50),
-                                "p99": percentile_ms(seconds, 99),
-                                "recall": recall(found, truth)}
-            log(f"  {spec['backend']} ef={ef}: p50 {result['ef'][ef]['p50']:.2f} ms, "
-                f"recall {result['ef'][ef]['recall']:.3f}")
+        result["ef"] = searched(index, queries, truth, spec["ef"], spec["backend"])
     if spec["backend"] == "milvus":
         index.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -138,8 +132,26 @@ def child(spec: dict) -> None:
     reply(result)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def searched(index: Any, queries: np.ndarray, truth: np.ndarray, efs: list[int],
+             label: str) -> dict[int, dict[str, float]]:
+    """p50, p99 and recall@K of single-query searches of ``index`` at each ef."""
+    results = {}
+    for ef in efs:
+        seconds, found = timed_searches(lambda q, ef=ef: index.search(q, K, ef_search=ef)[1],
+                                        queries)
+        results[ef] = {"p50": percentile_ms(seconds, 50), "p99": percentile_ms(seconds, 99),
+                       "recall": recall(found, truth)}
+        log(f"  {label} ef={ef}: p50 {results[ef]['p50']:.2f} ms, "
+            f"recall {results[ef]['recall']:.3f}")
+    return results
+
+
+def compare(doc: str, script: str, backend: str, name: str, threads: str, build: str) -> None:
+    """The main() of a benchmark (its docstring ``doc``) of Faiss against ``backend`` (called
+    ``name`` in the tables), each measured in a child process running ``script``: the search
+    table (``threads`` says who searched with how many threads), then the insert table
+    (``build``: the column of the backend's own index build)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=200)
@@ -148,29 +160,34 @@ def main() -> None:
     efs = [int(e) for e in args.ef.split(",")]
     spec = {"vectors": args.vectors, "dim": args.dim, "queries": args.queries, "ef": efs}
     results = {}
-    for backend in ("faiss", "milvus"):
-        log(f"{backend}: {args.vectors:,} x {args.dim}-d vectors")
-        results[backend] = run_child(__file__, {**spec, "backend": backend}, timeout=3600)
-    names = {"faiss": "Faiss HNSW (in-process)", "milvus": "Milvus Lite HNSW (gRPC, in-process)"}
+    for which in ("faiss", backend):
+        log(f"{which}: {args.vectors:,} x {args.dim}-d vectors")
+        results[which] = run_child(script, {**spec, "backend": which}, timeout=3600)
+    names = {"faiss": "Faiss HNSW (in-process)", backend: name}
     rows = []
-    for backend, r in results.items():
+    for which, r in results.items():
         for ef in efs:
             e = r["ef"][str(ef)]
-            rows.append([names[backend], str(ef), f"{e['p50']:.2f}", f"{e['p99']:.2f}",
+            rows.append([names[which], str(ef), f"{e['p50']:.2f}", f"{e['p99']:.2f}",
                          f"{e['recall']:.3f}", f"{r['other']:.2f}"])
     print(f"## Search, {args.vectors:,} x {args.dim}-d vectors, k={K}, M={M}, "
-          f"efConstruction={EF_CONSTRUCTION}, {args.queries} single queries, one thread\n")
+          f"efConstruction={EF_CONSTRUCTION}, {args.queries} single queries, {threads}\n")
     print(table(["backend", "ef", "p50 ms", "p99 ms", "recall@10", "other load"], rows))
     rows = []
-    for backend, r in results.items():
+    for which, r in results.items():
         total = r["insert_s"] + r["index_s"]
-        rows.append([names[backend], f"{args.vectors / r['insert_s']:,.0f}",
-                     f"{r['index_s']:.1f}" if backend == "milvus" else "(in add)",
+        rows.append([names[which], f"{args.vectors / r['insert_s']:,.0f}",
+                     f"{r['index_s']:.1f}" if which == backend else "(in add)",
                      f"{args.vectors / total:,.0f}", mib(r["bytes"]), mib(r["peak"])])
     print(f"\n## Inserts, {args.vectors:,} vectors in one call (every core)\n")
-    print(table(["backend", "add/insert rows/s", "flush + index build s",
+    print(table(["backend", "add/insert rows/s", build,
                  "rows/s until searchable by the index", "index MiB", "peak RSS MiB"], rows))
     print(f"\n{machine()}")
+
+
+def main() -> None:
+    compare(__doc__ or "", __file__, "milvus", "Milvus Lite HNSW (gRPC, in-process)", "one thread",
+            "flush + index build s")
 
 
 if __name__ == "__main__":

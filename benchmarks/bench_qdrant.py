@@ -19,7 +19,6 @@ none runs here.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -29,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 import bench_milvus
-from bench_milvus import EF_CONSTRUCTION, K, M, dataset, recall, timed_searches
-from common import Meter, child_spec, log, machine, mib, percentile_ms, reply, run_child, table
+from bench_milvus import EF_CONSTRUCTION, M, compare, dataset, searched
+from common import Meter, child_spec, log, reply
 
 
 def child(spec: dict) -> None:
@@ -60,14 +59,7 @@ def child(spec: dict) -> None:
                               if f.is_file())
         log(f"  qdrant: insert {result['insert_s']:.1f} s, index {result['index_s']:.1f} s "
             f"({index.in_graphs():,} of {index.count():,} vectors in graphs)")
-        for ef in spec["ef"]:
-            seconds, found = timed_searches(
-                lambda q, ef=ef: index.search(q, K, ef_search=ef)[1], queries)
-            result["ef"][ef] = {"p50": percentile_ms(seconds, 50),
-                                "p99": percentile_ms(seconds, 99),
-                                "recall": recall(found, truth)}
-            log(f"  qdrant ef={ef}: p50 {result['ef'][ef]['p50']:.2f} ms, "
-                f"recall {result['ef'][ef]['recall']:.3f}")
+        result["ef"] = searched(index, queries, truth, spec["ef"], "qdrant")
         index.close()
     shutil.rmtree(folder, ignore_errors=True)
     result["peak"] = meter.self_peak
@@ -76,39 +68,8 @@ def child(spec: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--vectors", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--ef", default="64,128")
-    args = parser.parse_args()
-    efs = [int(e) for e in args.ef.split(",")]
-    spec = {"vectors": args.vectors, "dim": args.dim, "queries": args.queries, "ef": efs}
-    results = {}
-    for backend in ("faiss", "qdrant"):
-        log(f"{backend}: {args.vectors:,} x {args.dim}-d vectors")
-        results[backend] = run_child(__file__, {**spec, "backend": backend}, timeout=3600)
-    names = {"faiss": "Faiss HNSW (in-process)", "qdrant": "Qdrant Edge HNSW (in-process)"}
-    rows = []
-    for backend, r in results.items():
-        for ef in efs:
-            e = r["ef"][str(ef)]
-            rows.append([names[backend], str(ef), f"{e['p50']:.2f}", f"{e['p99']:.2f}",
-                         f"{e['recall']:.3f}", f"{r['other']:.2f}"])
-    print(f"## Search, {args.vectors:,} x {args.dim}-d vectors, k={K}, M={M}, "
-          f"efConstruction={EF_CONSTRUCTION}, {args.queries} single queries (Faiss: one "
-          "thread; Qdrant: its default search pool)\n")
-    print(table(["backend", "ef", "p50 ms", "p99 ms", "recall@10", "other load"], rows))
-    rows = []
-    for backend, r in results.items():
-        total = r["insert_s"] + r["index_s"]
-        rows.append([names[backend], f"{args.vectors / r['insert_s']:,.0f}",
-                     f"{r['index_s']:.1f}" if backend == "qdrant" else "(in add)",
-                     f"{args.vectors / total:,.0f}", mib(r["bytes"]), mib(r["peak"])])
-    print(f"\n## Inserts, {args.vectors:,} vectors in one call (every core)\n")
-    print(table(["backend", "add/upsert rows/s", "index build s",
-                 "rows/s until searchable by the index", "index MiB", "peak RSS MiB"], rows))
-    print(f"\n{machine()}")
+    compare(__doc__ or "", __file__, "qdrant", "Qdrant Edge HNSW (in-process)",
+            "Faiss: one thread; Qdrant: its default search pool", "index build s")
 
 
 if __name__ == "__main__":
