@@ -7,10 +7,8 @@ Each test starts its own local Ray (2 CPUs), as `lookalike index --engine ray` d
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import make_variants
+from indexer_runs import alive, committed_rows, descendants, wait_committed
 from lookalike import Collection
 from lookalike.errors import MissingDependencyError, UsageError
 
@@ -35,14 +34,9 @@ ENGINE = RayEngine(num_cpus=2)
 def _stored(col: Collection) -> dict[str, tuple[str, np.ndarray | None]]:
     """uri -> (status, stored vector) of every image row."""
     out = {}
-    for uri, image_id, status in _rows(col.path / "lookalike.db"):
+    for uri, image_id, status in committed_rows(col.path / "lookalike.db"):
         out[uri] = (status, col.store.vector(image_id))
     return out
-
-
-def _rows(db: Path) -> list[tuple[str, int, str]]:
-    with sqlite3.connect(db, timeout=5) as conn:
-        return conn.execute("SELECT uri, id, status FROM images").fetchall()
 
 
 def _bad_files(folder: Path) -> dict[str, str]:
@@ -184,51 +178,10 @@ def test_gpus_the_model_cannot_use_fall_back_to_cpus(sample_dir: Path, tmp_path:
 # -- the real CLI, killed and interrupted mid-run, then resumed -----------------------------------
 
 
-def _descendants(pid: int) -> set[int]:
-    found, stack = set(), [pid]
-    while stack:
-        parent = stack.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as fh:
-                    kids = {int(k) for k in fh.read().split()}
-            except OSError:
-                continue
-            stack += kids - found
-            found |= kids
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _all_gone(pids: set[int], deadline: float) -> bool:
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
+    while any(map(alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return not any(map(_alive, pids))
-
-
-def _wait_committed(db: Path, at_least: int, proc: subprocess.Popen, timeout: float = 180) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the indexer finished before it could be stopped"
-        try:
-            count = len(_rows(db)) if db.exists() else 0
-        except sqlite3.OperationalError:  # schema not created yet, or busy
-            count = 0
-        if count >= at_least:
-            return count
-        time.sleep(0.02)
-    raise TimeoutError(f"fewer than {at_least} images committed after {timeout} s")
+    return not any(map(alive, pids))
 
 
 @pytest.mark.slow
@@ -243,13 +196,13 @@ def test_cli_killed_then_interrupted_then_resumed(sample_dir: Path, tmp_path: Pa
 
     # kill -9 after the first committed batch: the local Ray it started goes with it
     writer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_committed(db, 4, writer)
-    ray_processes = _descendants(writer.pid)
+    wait_committed(db, 4, writer)
+    ray_processes = descendants(writer.pid)
     assert ray_processes, "no Ray processes under the indexer"
     writer.send_signal(signal.SIGKILL)
     writer.wait()
     killed = time.monotonic()
-    killed_at = len(_rows(db))
+    killed_at = len(committed_rows(db))
     assert 4 <= killed_at < n_images
 
     # Ctrl-C: a clean stop with the usual message, finished batches kept
@@ -257,14 +210,14 @@ def test_cli_killed_then_interrupted_then_resumed(sample_dir: Path, tmp_path: Pa
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    _wait_committed(db, killed_at + 4, writer)
+    wait_committed(db, killed_at + 4, writer)
     writer.send_signal(signal.SIGINT)
-    ray_processes_2 = _descendants(writer.pid)
+    ray_processes_2 = descendants(writer.pid)
     _, err = writer.communicate(timeout=120)
     assert writer.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err
     assert _all_gone(ray_processes_2, time.monotonic() + 15), "Ctrl-C left Ray processes behind"
-    stopped_at = len(_rows(db))
+    stopped_at = len(committed_rows(db))
 
     # the rerun does the rest, once
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -272,7 +225,7 @@ def test_cli_killed_then_interrupted_then_resumed(sample_dir: Path, tmp_path: Pa
     report = json.loads(done.stdout)
     assert report["unchanged"] == stopped_at and report["added"] == n_images - stopped_at
     assert report["failed"] == []
-    rows = _rows(db)
+    rows = committed_rows(db)
     assert len(rows) == len({uri for uri, _, _ in rows}) == n_images
     assert {status for _, _, status in rows} == {"active"}
     verify = subprocess.run([sys.executable, "-m", "lookalike", "verify", "-c", str(col_dir)],

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, make_variants
+from indexer_runs import alive, committed_rows, descendants, wait_committed
 from lookalike import Collection
 from lookalike.errors import MissingDependencyError, SparkJobError, UsageError
 from lookalike.ingest.spark import SparkEngine, engine_for
@@ -52,12 +52,7 @@ def spark() -> Iterator[Any]:
 def _stored(col: Collection) -> dict[str, tuple[str, np.ndarray | None]]:
     """uri -> (status, stored vector) of every image row."""
     return {uri: (status, col.store.vector(image_id))
-            for uri, image_id, status in _rows(col.path / "lookalike.db")}
-
-
-def _rows(db: Path) -> list[tuple[str, int, str]]:
-    with sqlite3.connect(db, timeout=5) as conn:
-        return conn.execute("SELECT uri, id, status FROM images").fetchall()
+            for uri, image_id, status in committed_rows(col.path / "lookalike.db")}
 
 
 def test_spark_vectors_equal_local_engine(spark: Any, photos: Path, sample_dir: Path,
@@ -178,52 +173,11 @@ def test_cli_spark_master_needs_the_spark_engine(photos: Path, tmp_path: Path) -
     assert not (tmp_path / "col").exists()
 
 
-def _descendants(pid: int) -> set[int]:
-    found, stack = set(), [pid]
-    while stack:
-        parent = stack.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as fh:
-                    kids = {int(k) for k in fh.read().split()}
-            except OSError:
-                continue
-            stack += kids - found
-            found |= kids
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_committed(db: Path, at_least: int, proc: subprocess.Popen, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the indexer finished before it could be stopped"
-        try:
-            count = len(_rows(db)) if db.exists() else 0
-        except sqlite3.OperationalError:  # schema not created yet, or busy
-            count = 0
-        if count >= at_least:
-            return count
-        time.sleep(0.02)
-    raise TimeoutError(f"fewer than {at_least} images committed after {timeout} s")
-
-
 def _all_gone(pids: set[int], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
+    while any(map(alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return not any(map(_alive, pids))
+    return not any(map(alive, pids))
 
 
 def _index_command(photos: Path, col_dir: Path) -> list[str]:
@@ -241,12 +195,12 @@ def test_cli_killed_mid_run_then_resumed(spark: Any, sample_dir: Path, tmp_path:
     # kill -9 once the first batches are committed: the local Spark it started goes with it
     writer = subprocess.Popen(_index_command(photos, col_dir), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    _wait_committed(db, 8, writer)
-    spark_processes = _descendants(writer.pid)  # the JVM, Spark's Python daemon and workers
+    wait_committed(db, 8, writer)
+    spark_processes = descendants(writer.pid)  # the JVM, Spark's Python daemon and workers
     assert spark_processes, "no Spark processes under the indexer"
     writer.send_signal(signal.SIGKILL)
     writer.wait()
-    killed_at = len(_rows(db))
+    killed_at = len(committed_rows(db))
     assert 8 <= killed_at < n_images
 
     # the rerun (here, on the module's Spark) does the rest, once
@@ -254,7 +208,7 @@ def test_cli_killed_mid_run_then_resumed(spark: Any, sample_dir: Path, tmp_path:
         report = col.index([photos], engine="spark", batch_size=4, show_progress=False)
         assert (report.unchanged, report.added, report.failed) == \
             (killed_at, n_images - killed_at, ())
-        rows = _rows(db)
+        rows = committed_rows(db)
         assert len(rows) == len({uri for uri, _, _ in rows}) == n_images
         assert {status for _, _, status in rows} == {"active"}
         assert col.verify().ok
@@ -279,14 +233,14 @@ def test_cli_interrupted_then_resumed(sample_dir: Path, tmp_path: Path) -> None:
         _index_command(photos, col_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    _wait_committed(db, 8, writer)
-    spark_processes = _descendants(writer.pid)
+    wait_committed(db, 8, writer)
+    spark_processes = descendants(writer.pid)
     writer.send_signal(signal.SIGINT)
     _, err = writer.communicate(timeout=120)
     assert writer.returncode == 130, err
     assert "Interrupted" in err and "Traceback" not in err
     assert _all_gone(spark_processes, 15), "Ctrl-C left Spark processes behind"
-    stopped_at = len(_rows(db))
+    stopped_at = len(committed_rows(db))
     assert 8 <= stopped_at < n_images
 
     # the rerun, through the CLI too, does the rest, once

@@ -5,7 +5,7 @@ One row per image file of the shard: ``uri``, ``content_hash``, ``size``, ``mtim
 (null for a success). The file's key-value metadata (``lookalike.*``) says which model made the
 vectors (its name, dimension and fingerprint), the shard (``I/N``), the lookalike version and when.
 
-A shard file is written to a hidden temporary file (``.NAME.XXXX.tmp`` beside it, or in the
+A shard file is written to a hidden temporary file (``.NAME.<random>.tmp`` beside it, or in the
 system's temporary folder for ``s3://``) and becomes visible only when complete: renamed into
 place after an fsync, or uploaded to S3 in one PUT (or one completed multipart upload). So a
 shard killed midway leaves no file with the shard's name; the next run of that shard starts over
