@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from cloud import KafkaBroker, MotoServer
+    from lookalike.collection import Collection
 
 #: The test model's name; collections built with it record it like any other model.
 TINY = "test-tiny"
@@ -133,6 +134,16 @@ def sample_collection(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory
     with Collection.create(path) as col:
         col.index([sample_dir], workers=0)
     return path
+
+
+@pytest.fixture
+def col(sample_collection: Path, tmp_path: Path) -> Collection:
+    """A private, writable copy of the sample collection, open."""
+    from lookalike.collection import Collection
+
+    path = tmp_path / "photos.lookalike"
+    shutil.copytree(sample_collection, path)
+    return Collection.open(path)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ hold, and `verify` finds what is really wrong — down to a damaged database pag
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -14,13 +13,6 @@ import pytest
 from conftest import make_variants
 from lookalike import Collection
 from lookalike.errors import CorruptCollectionError
-
-
-@pytest.fixture
-def col(sample_collection: Path, tmp_path: Path) -> Collection:
-    path = tmp_path / "c.lookalike"
-    shutil.copytree(sample_collection, path)
-    return Collection.open(path)
 
 
 def _finds_itself(col: Collection, image_id: int) -> bool:

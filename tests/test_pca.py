@@ -104,14 +104,7 @@ def test_bad_requests_say_what_to_do(tmp_path: Path) -> None:
 
 # -- a real collection ----------------------------------------------------------------------
 
-@pytest.fixture
-def col(sample_collection: Path, tmp_path: Path) -> Collection:
-    path = tmp_path / "photos.lookalike"
-    shutil.copytree(sample_collection, path)
-    return Collection.open(path)
-
-
-def _finds_itself(col: Collection, images: list[Path]) -> None:
+def finds_itself(col: Collection, images: list[Path]) -> None:
     for image in images:
         assert col.search(image, k=1)[0].uri == str(image)
 
@@ -125,12 +118,12 @@ def test_reduce_keeps_every_path_working(
     assert report.trained_on == len(photos) and 0 < report.explained_variance < 1
     assert report.index_bytes_after < report.index_bytes_before / 50
     assert col.live.dim == DIM and col.info().index_dim == DIM
-    _finds_itself(col, photos)
+    finds_itself(col, photos)
 
     new = make_variants(sample_dir, tmp_path / "new", 3)
     col.add(new, workers=0, show_progress=False)  # into the delta, projected
     assert col.info().delta_vectors == 3
-    _finds_itself(col, new)
+    finds_itself(col, new)
     similar = col.search_similar(col.find(new[0]), k=4)  # from the stored full vector
     assert len(similar) == 4 and col.find(new[0]) not in {h.image_id for h in similar}
 
@@ -138,27 +131,27 @@ def test_reduce_keeps_every_path_working(
     assert col.verify().ok and col.info().main_vectors == len(photos) + 3
     reopened = Collection.open(col.path)
     assert reopened.info().pca["dim"] == DIM and reopened.live.dim == DIM
-    _finds_itself(reopened, new + photos[:3])
+    finds_itself(reopened, new + photos[:3])
     assert reopened.index_vectors().shape == (len(photos) + 3, DIM)
 
     off = col.reduce(0)
     assert off.dim_after == 1280 and off.explained_variance is None
     assert "pca" not in json.loads((col.path / "manifest.json").read_text())
     assert not list(col.path.glob("pca-*.npz")) and col.verify().ok
-    _finds_itself(col, photos[:3])
-    _finds_itself(reopened, new[:1])  # the other handle follows
+    finds_itself(col, photos[:3])
+    finds_itself(reopened, new[:1])  # the other handle follows
 
 
 def test_other_handles_switch_to_a_new_projection(col: Collection, sample_dir: Path) -> None:
     photos = sorted(sample_dir.glob("*.jpg"))
     reader = Collection.open(col.path)
-    _finds_itself(reader, photos[:2])
+    finds_itself(reader, photos[:2])
     assert reader.live.dim == 1280
     col.reduce(DIM)
-    _finds_itself(reader, photos[:2])
+    finds_itself(reader, photos[:2])
     assert reader.live.dim == DIM and not reader.live.projection.whiten
     col.reduce(DIM, whiten=True)  # the same dim, another projection: still told apart
-    _finds_itself(reader, photos[:2])
+    finds_itself(reader, photos[:2])
     assert reader.live.projection.whiten and reader.live.main_vectors == len(photos)
 
 
@@ -176,11 +169,11 @@ def test_an_interrupted_reduce_is_exact_meanwhile_and_finished_by_rebuild(
     report = col.verify()
     assert not report.ok and "reduce" in " ".join(report.problems)
     reader = Collection.open(col.path)  # the main.index on disk is the old 1280-d one
-    _finds_itself(reader, photos[:3])
+    finds_itself(reader, photos[:3])
     assert reader.live.dim == DIM and reader.live.main_vectors == 0  # exact, from the store
     col.rebuild()
     assert col.verify().ok
-    _finds_itself(reader, photos[:3])
+    finds_itself(reader, photos[:3])
     assert reader.live.main_vectors == len(photos)  # trusts the new main.index
 
 
@@ -190,7 +183,7 @@ def test_an_index_file_of_another_dimension_is_never_searched(col: Collection,
     col.reduce(DIM)
     (col.path / "main.index").write_bytes(old_main)
     reader = Collection.open(col.path)
-    _finds_itself(reader, sorted(sample_dir.glob("*.jpg"))[:3])  # no Faiss assertion
+    finds_itself(reader, sorted(sample_dir.glob("*.jpg"))[:3])  # no Faiss assertion
     problems = " ".join(reader.verify().problems)
     assert "dimension 1280" in problems
     reader.rebuild()

@@ -364,10 +364,16 @@ def load_pixels(source: ImageSource, preprocess: Preprocess, *, max_pixels: int,
     return to_model_input(image, preprocess)
 
 
+#: Changes a decoded image, given its content hash (see :func:`decode_file`).
+Edit = Callable[[Image.Image, str], Image.Image]
+
+
 def decode_file(uri: str, preprocess: Preprocess, max_pixels: int,
-                max_bytes: int = MAX_FILE_BYTES) -> Decoded:
+                max_bytes: int = MAX_FILE_BYTES, edit: Edit | None = None) -> Decoded:
     """Read, hash and decode one file or object; never raises for a bad one (worker-process
-    entry point), only ObjectStoreError for an object store that cannot be reached."""
+    entry point), only ObjectStoreError for an object store that cannot be reached. ``edit``,
+    when given, changes the decoded image (given its content hash) before it is resized for the
+    model: how `lookalike learn` makes copies."""
     try:
         data = _read(uri, max_bytes)
     except DecodeError as exc:
@@ -376,7 +382,7 @@ def decode_file(uri: str, preprocess: Preprocess, max_pixels: int,
     try:
         image = open_image(data, max_pixels=max_pixels, draft_to=preprocess.size, name=uri,
                            squash=preprocess.resize == "squash")
-        pixels = to_model_input(image, preprocess)
+        pixels = to_model_input(edit(image, digest) if edit else image, preprocess)
     except DecodeError as exc:
         return Decoded(uri, None, content_hash=digest, error=str(exc))
     width, height = original_size(image)

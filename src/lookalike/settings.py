@@ -74,6 +74,12 @@ SETTINGS: tuple[Setting, ...] = (
             "best matches, each weighted by similarity^alpha (0: off).", int),
     Setting("query_expansion_alpha", lambda: 3.0,
             "The exponent alpha of query expansion (0: plain average).", float),
+    Setting("learn_min_images", lambda: 1_000,
+            "index and compact learn the collection's invariances by themselves (`lookalike "
+            "learn`) once it holds this many images, and again each time it has doubled (0: "
+            "never by themselves).", int),
+    Setting("learn_pairs", lambda: 1_000,
+            "Images `lookalike learn` edits a copy of to learn from (drawn at random).", int),
     Setting("batch_size", lambda: 32, "Images per model call while indexing.", int),
     Setting("workers", lambda: os.cpu_count() or 1,
             "Decoding worker processes while indexing (0 decodes in the main process).", int),

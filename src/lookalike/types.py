@@ -141,6 +141,8 @@ class IngestReport:
     failed: tuple[FailedFile, ...] = field(default_factory=tuple)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: What learning after the run did (`Collection.learn_if_due`), when it was due.
+    learned: LearnReport | None = None
 
     @property
     def embedded(self) -> int:
@@ -157,6 +159,7 @@ class IngestReport:
         data["failed"] = [{"uri": shown_uri(f.uri), "reason": f.reason} for f in self.failed]
         data["embedded"] = self.embedded
         data["images_per_second"] = round(self.images_per_second, 2)
+        data["learned"] = self.learned.to_dict() if self.learned else None
         return data
 
 
@@ -208,6 +211,34 @@ class ReduceReport:
     @property
     def seconds(self) -> float:
         return self.fit_seconds + self.build_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class LearnReport:
+    """What `Collection.learn` did: the copies it made, what it learnt from, and the rebuild.
+
+    ``pairs`` images and their copies were learnt from (``unreadable`` more were drawn whose
+    file could not be read again, or had changed since it was indexed); ``trained_on`` stored
+    vectors gave the mean (and, below full dimension, the rotation). ``pairs`` is 0 when the
+    projection was removed (``--off``).
+    """
+
+    pairs: int
+    unreadable: int
+    trained_on: int
+    dim_before: int
+    dim_after: int
+    vectors: int
+    copy_seconds: float
+    fit_seconds: float
+    build_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.copy_seconds + self.fit_seconds + self.build_seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "seconds": round(self.seconds, 3)}

@@ -33,6 +33,28 @@ wait_option = click.option(
          "a delete) before giving up.")
 
 
+no_learn_option = click.option(
+    "--learn/--no-learn", default=True,
+    help="Learn the collection's invariances (`lookalike learn`) when it is due: at 1,000 "
+         "images, then each time the collection doubles [setting learn_min_images; 0: never].")
+
+
+def echo_learned(report: Any) -> None:
+    """The line `learn`, `index` and `compact` print for a :class:`lookalike.LearnReport`."""
+    if not report.pairs:
+        click.echo(f"Learned projection removed: the index is back to {report.dim_after} "
+                   f"dimensions (rebuilt in {report.build_seconds:.1f} s); index and compact "
+                   "no longer learn by themselves, until the next `lookalike learn`.")
+        return
+    unreadable = f" ({report.unreadable} files could not be read again)" if report.unreadable \
+        else ""
+    click.echo(f"Learned this collection's invariances from {report.pairs} images and edited "
+               f"copies of them{unreadable}, {report.dim_before} -> {report.dim_after} "
+               f"dimensions, in {report.seconds:.1f} s (copies {report.copy_seconds:.1f} s, "
+               f"fit {report.fit_seconds:.1f} s, index rebuilt with {report.vectors} vectors "
+               f"in {report.build_seconds:.1f} s).")
+
+
 class Decimal(click.IntRange):
     """An integer option in plain decimal digits (:func:`lookalike.types.is_decimal`), as the
     HTTP API takes them."""

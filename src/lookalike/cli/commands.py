@@ -16,7 +16,9 @@ from .base import (
     Decimal,
     cli,
     collection_path,
+    echo_learned,
     known_id,
+    no_learn_option,
     runtime_options,
     wait_option,
 )
@@ -58,6 +60,7 @@ from .base import (
                    "local[N] [env LOOKALIKE_SPARK_MASTER; default: start a local Spark for the "
                    "run].")
 @click.option("--rebuild", is_flag=True, help="Also rebuild the index from the stored vectors.")
+@no_learn_option
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -66,13 +69,15 @@ from .base import (
 def index_command(paths: Sequence[str], collection: str | None, model: str | None,
                   index_spec: str | None, store: str | None, batch_size: int | None,
                   workers: int | None, engine: str | None, ray_address: str | None,
-                  spark_master: str | None, rebuild: bool, progress: bool | None,
+                  spark_master: str | None, rebuild: bool, learn: bool, progress: bool | None,
                   as_json: bool, wait: float, **runtime: Any) -> None:
     """Index image files and folders (recursively) into a collection.
 
     PATHS may also be S3 objects and prefixes (s3://bucket/key, s3://bucket/prefix/).
     Unchanged files are skipped, renamed or copied files reuse their vectors, files that
-    disappeared are removed, and an interrupted run resumes where it stopped.
+    disappeared are removed, and an interrupted run resumes where it stopped. Once the
+    collection holds 1,000 images (and each time it doubles), it learns its invariances
+    (`lookalike learn`) unless --no-learn.
 
     \b
     Example:  lookalike index ~/Pictures --collection photos.lookalike
@@ -92,7 +97,7 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
                                    store=store, **runtime) as col:
         report = col.index(paths, batch_size=batch_size, workers=workers, show_progress=progress,
                            engine=engine, ray_address=ray_address,
-                           spark_master=spark_master, wait=wait)
+                           spark_master=spark_master, wait=wait, learn=learn)
         if rebuild:
             col.rebuild()
     if as_json:
@@ -106,6 +111,8 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
     )
     for failure in report.failed:
         click.echo(f"  failed: {line_uri(failure.uri)}: {failure.reason}")
+    if report.learned:
+        echo_learned(report.learned)
 
 
 @cli.command("search")
@@ -183,7 +190,11 @@ def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
     click.echo(f"model       {info.model} ({info.dim}-d)")
     click.echo(f"index       {info.index_spec} (main: {info.index_kind}, {info.main_vectors} "
                f"vectors; delta: {info.delta_vectors}; tombstones: {info.tombstones})")
-    if info.pca:
+    if info.pca and info.pca["kind"] == "learned":
+        click.echo(f"learned     {info.dim} -> {info.pca['dim']} dimensions, whitening learnt "
+                   f"from {info.pca['pairs']} images and copies of them at "
+                   f"{info.pca['trained_on']} images (`lookalike learn`)")
+    elif info.pca:
         whitened = ", whitened" if info.pca["whiten"] else ""
         click.echo(f"pca         {info.dim} -> {info.pca['dim']} dimensions{whitened}, "
                    f"{info.pca['explained_variance']:.1%} of the variance, learnt from "

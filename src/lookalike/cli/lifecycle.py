@@ -1,5 +1,5 @@
 """Commands that change or check a collection beyond indexing folders: add, remove, watch,
-compact, rebuild, reduce, verify. Registered on the `lookalike` group when imported."""
+compact, rebuild, reduce, learn, verify. Registered on the `lookalike` group when imported."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from .base import (
     COLLECTION_HELP,
     cli,
     collection_path,
+    echo_learned,
     known_id,
+    no_learn_option,
     runtime_options,
     wait_option,
 )
@@ -76,12 +78,14 @@ def remove_command(images: Sequence[str], collection: str | None, wait: float) -
 
 @cli.command("compact")
 @click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@no_learn_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def compact_command(collection: str | None, as_json: bool) -> None:
+def compact_command(collection: str | None, learn: bool, as_json: bool) -> None:
     """Merge the delta into a new main index and drop removed images from it.
 
     Searches and writers carry on during the merge; the new index is swapped in atomically.
-    The merge runs at low CPU priority, so searches served meanwhile stay fast.
+    The merge runs at low CPU priority, so searches served meanwhile stay fast. When learning
+    is due (see --learn), it learns instead, which builds a new main index too.
     """
     import os
 
@@ -89,8 +93,13 @@ def compact_command(collection: str | None, as_json: bool) -> None:
 
     os.nice(10)
     with Collection.open(collection_path(collection)) as col:
-        report = col.compact()
-    _print_compaction(report, as_json)
+        learned = col.learn_if_due() if learn else None
+        if learned is None:
+            _print_compaction(col.compact(), as_json)
+        elif as_json:
+            click.echo(json.dumps(learned.to_dict(), indent=2))
+        else:
+            echo_learned(learned)
 
 
 @cli.command("rebuild")
@@ -155,6 +164,52 @@ def reduce_command(dim: int | None, off: bool, whiten: bool, sample: int, seed: 
                    f"{report.trained_on} vectors in {report.fit_seconds:.1f} s.")
     click.echo(f"Index rebuilt: {report.vectors} vectors, {report.index_bytes_before / 1e6:.2f} "
                f"MB -> {report.index_bytes_after / 1e6:.2f} MB in {report.build_seconds:.1f} s.")
+
+
+@cli.command("learn")
+@click.option("--dim", type=click.IntRange(min=1), default=None,
+              help="Also reduce the index to this many dimensions [default: the model's].")
+@click.option("--pairs", type=click.IntRange(min=1), default=None,
+              help="Images to edit a copy of and learn from, drawn at random "
+                   "[env LOOKALIKE_LEARN_PAIRS; default 1000].")
+@click.option("--off", is_flag=True,
+              help="Remove the learned projection; index and compact stop learning by "
+                   "themselves until the next `lookalike learn`.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the images drawn and their edits.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Processes that read and edit the images (0: this one).")
+@click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@wait_option
+@runtime_options
+def learn_command(dim: int | None, pairs: int | None, off: bool, seed: int,
+                  workers: int | None, collection: str | None, as_json: bool, wait: float,
+                  **runtime: Any) -> None:
+    """Learn what this collection's copies change, so edited copies find their originals.
+
+    Images drawn at random are read again and edited as people edit photos they re-post
+    (crop, rotation, blur, JPEG, colour, text, borders...). From each image and its copy a
+    projection learns which directions copies move in, and damps them (learned whitening): no
+    labels and no outside data. The index then holds projected vectors; the stored vectors
+    keep the model's, so run it again at any time, or --off. A running `lookalike serve`
+    switches on its own. `lookalike index` and `compact` run it by themselves at 1,000 images
+    and each time the collection doubles.
+
+    \b
+    Example:  lookalike learn -c photos.lookalike
+    """
+    from ..collection import Collection
+
+    if off and (dim or pairs):
+        raise click.UsageError("--off takes no --dim or --pairs.")
+    with Collection.open(collection_path(collection), **runtime) as col:
+        report = col.learn(dim=dim, pairs=pairs, seed=seed, off=off, wait=wait,
+                           workers=workers)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        echo_learned(report)
 
 
 @cli.command("verify")

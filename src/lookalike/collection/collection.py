@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,14 @@ from ..ingest.engines import chosen_engine, engine_source
 from ..live import DELTA_INDEX, MAIN_INDEX, CompactionReport, LiveIndex, VerifyReport, claim_index
 from ..objects import ObjectURI, is_object_uri
 from ..storage import SQLITE_FILE, EventWrite, new_store, open_store
-from ..types import CollectionInfo, ImageDetails, IngestReport, ReduceReport, SearchHit
+from ..types import (
+    CollectionInfo,
+    ImageDetails,
+    IngestReport,
+    LearnReport,
+    ReduceReport,
+    SearchHit,
+)
 from .files import ImageFile
 from .images import DecodeLimits, Images
 from .indexes import Indexes
@@ -178,7 +186,7 @@ class Collection:
               workers: int | None = None, show_progress: bool | None = None,
               remove_missing: bool = True, engine: Any = None,
               ray_address: str | None = None, spark_master: str | None = None,
-              wait: float = 0.0) -> IngestReport:
+              wait: float = 0.0, learn: bool = True) -> IngestReport:
         """Bring the collection in step with image files and folders (incremental, resumable).
 
         ``paths`` may also be objects and prefixes in S3 (``s3://bucket/key``,
@@ -192,7 +200,8 @@ class Collection:
         :class:`lookalike.ingest.spark.SparkEngine`) on the Spark master ``spark_master``
         (default: a local Spark started for the run), ``workers`` batches at once. Either way the
         vectors are the same as the local engine's. ``wait``: seconds to wait for another
-        process's writer before CollectionLockedError.
+        process's writer before CollectionLockedError. Then, unless ``learn`` is false,
+        :meth:`learn_if_due` (the report's ``learned``).
         """
         paths = list(paths)
         for p in paths:
@@ -200,9 +209,11 @@ class Collection:
                 raise UsageError(_missing(p))
         chosen = chosen_engine(engine, ray_address=ray_address, spark_master=spark_master,
                                workers=workers)
-        return self._ingest(paths, batch_size=batch_size, workers=workers,
-                            show_progress=show_progress, remove_missing=remove_missing,
-                            engine=chosen, wait=wait)
+        report = self._ingest(paths, batch_size=batch_size, workers=workers,
+                              show_progress=show_progress, remove_missing=remove_missing,
+                              engine=chosen, wait=wait)
+        learned = self.learn_if_due(wait=wait) if learn else None
+        return dataclasses.replace(report, learned=learned) if learned else report
 
     def sync(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
         """Bring these paths in step: index those that exist, remove those that are gone."""
@@ -373,6 +384,33 @@ class Collection:
         compaction or `rebuild`.
         """
         return self.indexes.reduce(dim, whiten=whiten, sample=sample, seed=seed, wait=wait)
+
+    def learn(self, *, dim: int | None = None, pairs: int | None = None, seed: int = 0,
+              off: bool = False, wait: float = 0.0, workers: int | None = None) -> LearnReport:
+        """Learn this collection's invariances and make the index hold vectors projected with
+        them (learned whitening): ``pairs`` images (setting ``learn_pairs``) drawn at random are
+        read again, edited as people edit photos they re-post, and embedded; the projection
+        damps what the copies changed (see :mod:`lookalike.collection.learning`). ``dim``
+        also reduces the dimension. ``off`` removes it, and index and compact stop learning by
+        themselves until the next ``learn``. Like :meth:`reduce`: the stored vectors keep the
+        model's, and other processes switch on their next search."""
+        from .learning import learn
+
+        return learn(self, dim=dim, pairs=pairs, seed=seed, off=off, wait=wait, workers=workers)
+
+    def learn_if_due(self, *, wait: float = 0.0, workers: int | None = None
+                     ) -> LearnReport | None:
+        """:meth:`learn` when the collection has reached ``learn_min_images`` images, or
+        doubled since it last learnt (None otherwise). What index and compact run."""
+        from .learning import learning_due
+
+        if not learning_due(self.manifest, self.store.counts().get("active", 0)):
+            return None
+        try:
+            return self.learn(wait=wait, workers=workers)
+        except UsageError as exc:  # too few files could be read again: the run itself is fine
+            warnings.warn(f"Not learning this collection's invariances: {exc}", stacklevel=2)
+            return None
 
     def set_index(self, spec: str, *, search: dict[str, int] | None = None) -> CompactionReport:
         """Switch to another index spec (and default search knobs, e.g. ``{"ef_search": 48}``),

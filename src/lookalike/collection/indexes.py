@@ -11,8 +11,9 @@ import errno
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from ..errors import (
     ReadOnlyCollectionError,
     UsageError,
 )
-from ..index import PCA, IndexSpec, parse_spec
+from ..index import PCA, IndexSpec, Projection, load_projection, parse_spec
 from ..live import (
     DELTA_INDEX,
     MAIN_INDEX,
@@ -43,8 +44,22 @@ from .files import remove_quietly, write_durably
 from .manifest import MANIFEST, Manifest, PcaEntry, load_manifest, now, write_manifest
 
 LOCK, COMPACT_LOCK = ".lock", ".compact.lock"
+P = TypeVar("P", bound=Projection | None)
 #: Present while `reduce` switches projections: the index files may belong to either one.
 REDUCING = ".reduce-pending"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectionSwitch:
+    """What :meth:`Indexes.switch_projection` did to the index."""
+
+    dim_before: int
+    dim_after: int
+    bytes_before: int
+    bytes_after: int
+    vectors: int
+    fit_seconds: float
+    build_seconds: float
 
 
 class Indexes:
@@ -105,7 +120,7 @@ class Indexes:
     def _new_live(self, *, load: bool = True) -> tuple[LiveIndex, str | None]:
         """A live index with the manifest's projection, and its PCA file name."""
         name = self._pca_file()
-        projection = PCA.load(self.path / name) if name else None
+        projection = load_projection(self.path / name) if name else None
         live = open_live(self.path, self.spec, self.manifest.model.dim, self.store,
                          self._policy(), load=load, projection=projection,
                          main_is_current=lambda: self._main_is_current(name),
@@ -268,22 +283,44 @@ class Indexes:
                              f"got {dim}.")
         if sample < 1:
             raise UsageError(f"--sample must be at least 1, got {sample}.")
+
+        def fit() -> tuple[PCA | None, PcaEntry | None]:
+            if not dim:
+                return None, None
+            pca = PCA.fit(self.store.sample_vectors(sample, seed=seed), dim, whiten=whiten)
+            return pca, PcaEntry(pca.dim, pca.whiten, "", pca.trained_on, seed,
+                                 round(pca.explained_variance_ratio, 6))
+
+        pca, switch = self.switch_projection(fit, wait=wait)
+        return ReduceReport(
+            dim_before=switch.dim_before, dim_after=switch.dim_after,
+            whiten=bool(pca and pca.whiten),
+            explained_variance=pca.explained_variance_ratio if pca else None,
+            trained_on=pca.trained_on if pca else 0, index_bytes_before=switch.bytes_before,
+            index_bytes_after=switch.bytes_after, vectors=switch.vectors,
+            fit_seconds=switch.fit_seconds, build_seconds=switch.build_seconds,
+        )
+
+    def switch_projection(self, fit: Callable[[], tuple[P, PcaEntry | None]], *,
+                          wait: float = 0.0, learn: bool | None = None
+                          ) -> tuple[P, ProjectionSwitch]:
+        """Make the index hold what ``fit`` learns (a projection and its manifest entry, whose
+        file name is filled in here; (None, None): no projection) and rebuild it, holding the
+        writer and compaction locks. Readers in any process switch on their next search.
+        ``learn``, when given, is recorded in the manifest (see :mod:`.learning`)."""
         with self.writer(wait), file_lock(self.path / COMPACT_LOCK,
                                            "being compacted by another process", wait):
             before = self._index_bytes()
             dim_before, started = self.index_dim, time.perf_counter()
-            pca = None
-            if dim:
-                pca = PCA.fit(self.store.sample_vectors(sample, seed=seed), dim, whiten=whiten)
+            projection, entry = fit()
             fit_seconds = time.perf_counter() - started
             write_durably(self.path / REDUCING, b"")  # readers stop trusting the index files
-            entry = None
-            if pca is not None:
-                name = f"pca-{secrets.token_hex(4)}.npz"  # a new name: tells old readers apart
-                pca.save(self.path / name)
-                entry = PcaEntry(pca.dim, pca.whiten, name, pca.trained_on, seed,
-                                 round(pca.explained_variance_ratio, 6))
-            self._save_manifest(self.manifest.replace(pca=entry))
+            if projection is not None and entry is not None:
+                # A new name every time: tells old readers apart.
+                entry = dataclasses.replace(entry, file=f"pca-{secrets.token_hex(4)}.npz")
+                projection.save(self.path / entry.file)
+            learning = self.manifest.learn if learn is None else learn
+            self._save_manifest(self.manifest.replace(pca=entry, learn=learning))
             remove_quietly(self.path / DELTA_INDEX)  # the old projection's: never load it again
             live, pca_file = self._new_live(load=False)  # this handle searches the old meanwhile
             report = live.compact()
@@ -293,13 +330,10 @@ class Indexes:
             for stale in self.path.glob("pca-*.npz"):
                 if stale.name != self._pca_file():
                     remove_quietly(stale)
-        return ReduceReport(
-            dim_before=dim_before, dim_after=live.dim, whiten=bool(pca and pca.whiten),
-            explained_variance=pca.explained_variance_ratio if pca else None,
-            trained_on=pca.trained_on if pca else 0, index_bytes_before=before,
-            index_bytes_after=self._index_bytes(), vectors=report.main_vectors,
-            fit_seconds=fit_seconds, build_seconds=report.seconds,
-        )
+        return projection, ProjectionSwitch(
+            dim_before=dim_before, dim_after=live.dim, bytes_before=before,
+            bytes_after=self._index_bytes(), vectors=report.main_vectors,
+            fit_seconds=fit_seconds, build_seconds=report.seconds)
 
     def _index_bytes(self) -> int:
         return sum(f.stat().st_size for f in (self.path / MAIN_INDEX, self.path / DELTA_INDEX)

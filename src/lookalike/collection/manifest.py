@@ -38,14 +38,24 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class PcaEntry:
-    """The projection `lookalike reduce` learnt, saved in ``file`` beside the manifest."""
+    """The projection the index holds, saved in ``file`` beside the manifest: a PCA `lookalike
+    reduce` learnt (``kind`` "pca"), or a whitening `lookalike learn` learnt from ``pairs``
+    images and copies of them (``kind`` "learned", ``explained_variance`` None). Kept under the
+    manifest's "pca" key whatever its kind: a lookalike that knows only PCA then refuses a learned
+    file loudly, where under a new key it would search unprojected queries in silence."""
 
     dim: int
     whiten: bool
     file: str
     trained_on: int
     seed: int
-    explained_variance: float
+    explained_variance: float | None
+    kind: str = "pca"
+    pairs: int = 0
+
+    @property
+    def learned(self) -> bool:
+        return self.kind == "learned"
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class Manifest:
     search: dict[str, int] = field(default_factory=dict)  # per-call knobs (`bench --apply`)
     store: str | None = None  # a PostgreSQL URI without its password; None: SQLite
     pca: PcaEntry | None = None
+    learn: bool = True  # False after `lookalike learn --off`: index and compact then never learn
 
     @property
     def spec(self) -> IndexSpec:
@@ -80,6 +91,8 @@ class Manifest:
         }
         if self.store:
             data["store"] = self.store
+        if not self.learn:
+            data["learn"] = False
         if self.pca:
             data["pca"] = dataclasses.asdict(self.pca)
         return data
@@ -111,9 +124,8 @@ class Manifest:
                 search={str(k): int(v) for k, v in (index.get("search") or {}).items()},
                 created=str(data["created"]), updated=str(data["updated"]),
                 store=data.get("store"),
-                pca=PcaEntry(int(pca["dim"]), bool(pca["whiten"]), str(pca["file"]),
-                             int(pca["trained_on"]), int(pca["seed"]),
-                             float(pca["explained_variance"])) if pca else None,
+                pca=_projection_entry(pca) if pca else None,
+                learn=bool(data.get("learn", True)),
             )
         except KeyError as exc:
             raise CorruptCollectionError(
@@ -123,6 +135,14 @@ class Manifest:
             raise CorruptCollectionError(
                 f"{where} is damaged ({type(exc).__name__}: {exc}); restore it from a backup."
             ) from None
+
+
+def _projection_entry(data: dict[str, Any]) -> PcaEntry:
+    explained = data["explained_variance"]
+    return PcaEntry(int(data["dim"]), bool(data["whiten"]), str(data["file"]),
+                    int(data["trained_on"]), int(data["seed"]),
+                    None if explained is None else float(explained),
+                    str(data.get("kind", "pca")), int(data.get("pairs", 0)))
 
 
 def new_manifest(model: str, weights: str | None, index: IndexSpec) -> Manifest:

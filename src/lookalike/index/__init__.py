@@ -15,12 +15,13 @@ import numpy as np
 
 from .faiss_index import FaissIndex, omp_threads
 from .pca import PCA
+from .projection import Projection, load_projection
 from .scann_index import ScannIndex, is_scann_file
 from .spec import AUTO_HNSW_THRESHOLD, IndexSpec, parse_spec
 
 __all__ = [
-    "AUTO_HNSW_THRESHOLD", "PCA", "FaissIndex", "IndexSpec", "ScannIndex", "VectorIndex",
-    "build_index", "load_index", "omp_threads", "parse_spec",
+    "AUTO_HNSW_THRESHOLD", "PCA", "FaissIndex", "IndexSpec", "Projection", "ScannIndex",
+    "VectorIndex", "build_index", "load_index", "load_projection", "omp_threads", "parse_spec",
 ]
 
 

@@ -8,27 +8,33 @@ retrieval rather than hurt it (Jégou & Chum, "Negative evidences and co-occurre
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CorruptCollectionError, UsageError
+from .projection import (
+    Projection,
+    covariance,
+    mean_of,
+    signed,
+    top_eigenvectors,
+    write_npz,
+)
 
-#: Rows per float64 chunk while accumulating the covariance (bounds the temporary copy to ~80 MB
-#: at 1280 dimensions, whatever the sample size).
-_CHUNK = 8192
 _FORMAT = 1
-_SMALL_BATCH = 16  # queries: projected without BLAS threads (see apply)
 
 
-class PCA:
+class PCA(Projection):
     """A learnt linear map from ``in_dim`` to ``dim`` dimensions; outputs are unit vectors.
 
     ``apply(x) = normalise((x - mean) @ matrix)``, where the columns of ``matrix`` are the top
     ``dim`` eigenvectors of the sample covariance, sorted by variance, each divided by
     ``sqrt(eigenvalue + eps * top_eigenvalue)`` when whitened.
     """
+
+    kind = "pca"
+    command = "lookalike reduce"
 
     def __init__(
         self,
@@ -50,8 +56,8 @@ class PCA:
         self.whiten = bool(whiten)
         self.eps = float(eps)
         self.trained_on = int(trained_on)
-        self.in_dim, self.dim = self.components.shape
-        scale = np.ones(self.dim)
+        dim = self.components.shape[1]
+        scale = np.ones(dim)
         if self.whiten:
             floor = self.eps * float(self.eigenvalues[0])
             denominator = np.sqrt(np.maximum(self.eigenvalues, 0.0) + floor)
@@ -61,9 +67,7 @@ class PCA:
                     "more (and different) vectors, a smaller dim, or eps > 0."
                 )
             scale = 1.0 / denominator
-        #: What ``apply`` multiplies by (float32, whitening folded in) and then subtracts.
-        self.matrix = (self.components * scale).astype(np.float32)
-        self._bias = (self.mean @ (self.components * scale)).astype(np.float32)
+        self._set_map(self.mean, self.components * scale)  # whitening folded in
 
     @property
     def explained_variance_ratio(self) -> float:
@@ -105,72 +109,27 @@ class PCA:
         if eps < 0:
             raise UsageError(f"PCA eps must be >= 0, got {eps}.")
 
-        mean = np.zeros(in_dim)
-        for start in range(0, n, _CHUNK):
-            mean += vectors[start:start + _CHUNK].astype(np.float64).sum(axis=0)
-        mean /= n
-        if not np.all(np.isfinite(mean)):
-            raise UsageError("PCA input contains NaN or infinite values.")
+        mean = mean_of(vectors, "PCA")
         if n < in_dim:  # fewer samples than dimensions: an SVD of the data is cheaper
             _, singular, rows = np.linalg.svd(vectors.astype(np.float64) - mean,
                                               full_matrices=False)
-            eigenvalues, eigenvectors = singular**2 / (n - 1), rows.T  # descending
+            eigenvalues = singular**2 / (n - 1)  # descending
+            kept, components = eigenvalues[:dim], signed(rows.T[:, :dim])
+            total = float(eigenvalues.sum())
         else:
-            scatter = np.zeros((in_dim, in_dim))
-            for start in range(0, n, _CHUNK):
-                chunk = vectors[start:start + _CHUNK].astype(np.float64) - mean
-                scatter += chunk.T @ chunk
-            eigenvalues, eigenvectors = np.linalg.eigh(scatter / (n - 1))  # ascending
-        order = np.argsort(eigenvalues, kind="stable")[::-1][:dim]
-        kept, components = eigenvalues[order], eigenvectors[:, order]
-        # Eigenvector signs are arbitrary; fix them (largest entry positive) so a refit on the
-        # same sample gives the same file.
-        signs = np.sign(components[np.argmax(np.abs(components), axis=0), np.arange(dim)])
-        components = components * np.where(signs == 0, 1.0, signs)
-        total = float(np.clip(eigenvalues, 0.0, None).sum())
+            scatter = covariance(vectors, mean)
+            kept, components = top_eigenvectors(scatter, dim)
+            total = float(np.trace(scatter))
         return cls(
             mean, components, kept, total, whiten=whiten, eps=eps, trained_on=n
         )
 
-    def apply(self, vectors: np.ndarray) -> np.ndarray:
-        """Project (n, in_dim) vectors to (n, dim) float32 unit vectors."""
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.in_dim:
-            raise UsageError(
-                f"This PCA maps {self.in_dim}-d vectors, got shape {vectors.shape}; the "
-                "collection's model and its PCA disagree: run `lookalike reduce` again."
-            )
-        if len(vectors) <= _SMALL_BATCH:
-            # numpy's own loop: a BLAS call this size would wake a second OpenBLAS thread and
-            # wait for a core that Faiss's OpenMP threads are spinning on (measured: 0.3 ms
-            # instead of 17 ms p50 for one 1280 -> 512 query after a Faiss search).
-            out = np.einsum("ij,jk->ik", vectors, self.matrix)
-        else:
-            out = vectors @ self.matrix
-        out -= self._bias
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out /= np.maximum(norms, np.float32(1e-12))
-        return out
-
     def save(self, path: Path) -> None:
         """Write to ``path`` (an ``.npz``) atomically and durably."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                format=np.int64(_FORMAT),
-                mean=self.mean,
-                components=self.components,
-                eigenvalues=self.eigenvalues,
-                total_variance=np.float64(self.total_variance),
-                whiten=np.bool_(self.whiten),
-                eps=np.float64(self.eps),
-                trained_on=np.int64(self.trained_on),
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_npz(path, format=np.int64(_FORMAT), kind=np.str_(self.kind), mean=self.mean,
+                  components=self.components, eigenvalues=self.eigenvalues,
+                  total_variance=np.float64(self.total_variance), whiten=np.bool_(self.whiten),
+                  eps=np.float64(self.eps), trained_on=np.int64(self.trained_on))
 
     @classmethod
     def load(cls, path: Path) -> PCA:

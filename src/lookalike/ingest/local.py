@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import objects
 from ..embedders import Embedder
-from ..imaging import IMAGE_EXTENSIONS, MAX_FILE_BYTES, Decoded, decode_file
+from ..imaging import IMAGE_EXTENSIONS, MAX_FILE_BYTES, Decoded, Edit, decode_file
 from ..storage import ImageRecord, NewImage, Store
 from ..types import FailedFile, IngestReport, Preprocess
 
@@ -167,21 +167,22 @@ def decode_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _decode_chunk(uris: list[str], preprocess: Preprocess, max_pixels: int,
-                  max_bytes: int) -> tuple[list, float]:
+                  max_bytes: int, edit: Edit | None = None) -> tuple[list, float]:
     start = time.perf_counter()
-    decoded = [decode_file(u, preprocess, max_pixels, max_bytes) for u in uris]
+    decoded = [decode_file(u, preprocess, max_pixels, max_bytes, edit) for u in uris]
     return decoded, time.perf_counter() - start
 
 
 def decoded_chunks(chunks: list[list[str]], preprocess: Preprocess, max_pixels: int,
                    max_bytes: int, workers: int, stages: dict[str, float],
-                   ) -> Generator[list[Decoded], None, None]:
+                   edit: Edit | None = None) -> Generator[list[Decoded], None, None]:
     """Each chunk of files decoded, in order: by ``workers`` processes, a few chunks per worker
     ahead of the caller (bounded prefetch), or here with 0. Adds the seconds spent decoding and
-    waiting for it to ``stages``."""
+    waiting for it to ``stages``. ``edit`` (a picklable function): see
+    :func:`~lookalike.imaging.decode_file`."""
     if workers == 0 or len(chunks) <= 1:
         for chunk in chunks:
-            decoded, seconds = _decode_chunk(chunk, preprocess, max_pixels, max_bytes)
+            decoded, seconds = _decode_chunk(chunk, preprocess, max_pixels, max_bytes, edit)
             stages["decode"] += seconds
             stages["decode_wait"] += seconds
             yield decoded
@@ -193,7 +194,7 @@ def decoded_chunks(chunks: list[list[str]], preprocess: Preprocess, max_pixels: 
             while True:
                 while len(pending) <= 2 * workers and (ahead := next(queue, None)) is not None:
                     pending.append(pool.submit(_decode_chunk, ahead, preprocess, max_pixels,
-                                               max_bytes))
+                                               max_bytes, edit))
                 if not pending:
                     return
                 wait_start = time.perf_counter()

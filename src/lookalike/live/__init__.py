@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..index import PCA, IndexSpec
+from ..index import IndexSpec, Projection
 from ..index.milvus_index import MilvusIndex
 from ..index.qdrant_edge import QdrantEdgeIndex
 from ..index.qdrant_index import QdrantIndex
@@ -29,7 +29,7 @@ __all__ = [
 
 
 def open_live(folder: Path, spec: IndexSpec, dim: int, store: Store, policy: CompactionPolicy,
-              *, load: bool = True, projection: PCA | None = None,
+              *, load: bool = True, projection: Projection | None = None,
               main_is_current: Callable[[], bool] = lambda: True,
               milvus_token: str | None = None, qdrant_api_key: str | None = None) -> LiveIndex:
     """The live index for ``spec``: a Milvus or Qdrant collection when the spec names one, else

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..index import PCA, IndexSpec
+from ..index import IndexSpec, Projection
 from ..storage import Changes, Store
 
 
@@ -122,7 +122,7 @@ class FollowsStore(ABC):
     generations. Subclasses apply a run of :class:`Changes` to their engine."""
 
     def __init__(self, spec: IndexSpec, dim: int, store: Store, policy: CompactionPolicy | None,
-                 projection: PCA | None) -> None:
+                 projection: Projection | None) -> None:
         self.spec = spec
         self.projection = projection
         self.dim = projection.dim if projection is not None else dim

@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import CollectionExistsError, CorruptCollectionError
-from ..index import PCA, IndexSpec
+from ..index import IndexSpec, Projection
 from ..storage import Changes, Store
 from .contract import CompactionPolicy, CompactionReport, FollowsStore, VerifyReport
 from .files import check_vectors
@@ -89,10 +89,10 @@ class DatabaseLiveIndex(FollowsStore):
 
     def __init__(self, database: VectorDatabase, spec: IndexSpec, dim: int, store: Store,
                  policy: CompactionPolicy | None = None, *, load: bool = True,
-                 projection: PCA | None = None) -> None:
+                 projection: Projection | None = None) -> None:
         """``load=False`` trusts nothing in the database until :meth:`compact` rewrites it (a
-        rebuild). ``projection`` (a PCA) maps stored vectors and queries to the index's
-        dimension. The live index closes ``database`` when it closes."""
+        rebuild). ``projection`` (a PCA or a learned whitening) maps stored vectors and queries
+        to the index's dimension. The live index closes ``database`` when it closes."""
         super().__init__(spec, dim, store, policy, projection)
         self._index = database
         self._tombstones: set[int] = set()

@@ -27,7 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorruptCollectionError
-from ..index import PCA, FaissIndex, IndexSpec, VectorIndex, build_index, load_index, omp_threads
+from ..index import (
+    FaissIndex,
+    IndexSpec,
+    Projection,
+    VectorIndex,
+    build_index,
+    load_index,
+    omp_threads,
+)
 from ..storage import Changes, Store
 from .contract import CompactionPolicy, CompactionReport, FollowsStore
 from .files import (
@@ -81,15 +89,16 @@ class MainDeltaIndex(FollowsStore):
 
     def __init__(self, folder: Path, spec: IndexSpec, dim: int, store: Store,
                  policy: CompactionPolicy | None = None, *, load: bool = True,
-                 projection: PCA | None = None,
+                 projection: Projection | None = None,
                  main_is_current: Callable[[], bool] = lambda: True) -> None:
         """``load=False`` ignores the index files on disk until the next refresh (for a rebuild,
         which must not read a damaged file).
 
-        ``projection`` (a PCA) maps every stored vector and every query from the store's ``dim``
-        to the index's; applied here, it cannot be forgotten on any path. ``main_is_current``
-        says whether the main index file on disk was built with this projection (false while
-        `lookalike reduce` is switching projections); it is asked before and after each load.
+        ``projection`` (a PCA or a learned whitening) maps every stored vector and every query
+        from the store's ``dim`` to the index's; applied here, it cannot be forgotten on any
+        path. ``main_is_current`` says whether the main index file on disk was built with this
+        projection (false while `lookalike reduce` or `learn` is switching projections); it is
+        asked before and after each load.
         """
         super().__init__(spec, dim, store, policy, projection)
         self.folder = folder

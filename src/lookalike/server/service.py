@@ -196,7 +196,8 @@ class Service:
             "model": info.model, "dim": info.dim, "runtime": col.embedder.runtime,
             "index": {"spec": info.index_spec, "kind": info.index_kind,
                       "main_vectors": info.main_vectors, "delta_vectors": info.delta_vectors,
-                      "tombstones": info.tombstones},
+                      "tombstones": info.tombstones,
+                      "projection": info.pca},  # `lookalike reduce` or `learn`: None without
             "compaction": {"running": self._compaction.running,
                            "completed": self._compaction.completed},
             "batching": {"enabled": batcher is not None,
