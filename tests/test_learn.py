@@ -177,7 +177,7 @@ def test_index_and_compact_learn_when_due(
 
 
 def test_files_changed_or_gone_since_indexing_are_not_learnt_from(
-    sample_dir: Path, tmp_path: Path
+    sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     images = make_variants(sample_dir, tmp_path / "images", 24)
     with Collection.create(tmp_path / "col") as col:
@@ -192,6 +192,10 @@ def test_files_changed_or_gone_since_indexing_are_not_learnt_from(
         with pytest.raises(UsageError, match="could be read again"):
             col.learn()
         assert col.manifest.pca.pairs == 22  # the failed learn changed nothing
+        col.reduce(0)
+        monkeypatch.setenv("LOOKALIKE_LEARN_MIN_IMAGES", "10")
+        with pytest.warns(UserWarning, match="Not learning .* could be read again"):
+            assert col.learn_if_due() is None  # what index does: its run stays a success
 
 
 def test_a_server_switches_without_a_restart(live_server, sample_dir: Path) -> None:

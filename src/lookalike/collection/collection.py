@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -387,30 +386,22 @@ class Collection:
 
     def learn(self, *, dim: int | None = None, pairs: int | None = None, seed: int = 0,
               off: bool = False, wait: float = 0.0, workers: int | None = None) -> LearnReport:
-        """Learn this collection's invariances and make the index hold vectors projected with
-        them (learned whitening): ``pairs`` images (setting ``learn_pairs``) drawn at random are
-        read again, edited as people edit photos they re-post, and embedded; the projection
-        damps what the copies changed (see :mod:`lookalike.collection.learning`). ``dim``
-        also reduces the dimension. ``off`` removes it, and index and compact stop learning by
-        themselves until the next ``learn``. Like :meth:`reduce`: the stored vectors keep the
-        model's, and other processes switch on their next search."""
+        """Learn this collection's invariances from ``pairs`` of its images (setting
+        ``learn_pairs``) and edited copies of them, and make the index hold vectors projected
+        with them; ``dim`` also reduces the dimension, ``off`` removes the projection and stops
+        index and compact learning by themselves. Like :meth:`reduce`: the stored vectors keep
+        the model's, and other processes switch on their next search. See
+        :mod:`lookalike.collection.learning`."""
         from .learning import learn
 
         return learn(self, dim=dim, pairs=pairs, seed=seed, off=off, wait=wait, workers=workers)
 
-    def learn_if_due(self, *, wait: float = 0.0, workers: int | None = None
-                     ) -> LearnReport | None:
-        """:meth:`learn` when the collection has reached ``learn_min_images`` images, or
-        doubled since it last learnt (None otherwise). What index and compact run."""
-        from .learning import learning_due
+    def learn_if_due(self, *, wait: float = 0.0) -> LearnReport | None:
+        """:meth:`learn` if the collection has reached ``learn_min_images`` images or doubled
+        since it last learnt (what index and compact run), else None."""
+        from .learning import learn_if_due
 
-        if not learning_due(self.manifest, self.store.counts().get("active", 0)):
-            return None
-        try:
-            return self.learn(wait=wait, workers=workers)
-        except UsageError as exc:  # too few files could be read again: the run itself is fine
-            warnings.warn(f"Not learning this collection's invariances: {exc}", stacklevel=2)
-            return None
+        return learn_if_due(self, wait=wait)
 
     def set_index(self, spec: str, *, search: dict[str, int] | None = None) -> CompactionReport:
         """Switch to another index spec (and default search knobs, e.g. ``{"ef_search": 48}``),

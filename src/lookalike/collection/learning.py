@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -101,6 +102,17 @@ def learning_due(manifest: Manifest, images: int) -> bool:
     if entry is None:
         return True
     return entry.learned and images >= 2 * entry.trained_on
+
+
+def learn_if_due(collection: Collection, *, wait: float = 0.0) -> LearnReport | None:
+    """See :meth:`lookalike.Collection.learn_if_due`."""
+    if not learning_due(collection.manifest, collection.store.counts().get("active", 0)):
+        return None
+    try:
+        return learn(collection, wait=wait)
+    except UsageError as exc:  # too few files could be read again: the run itself is fine
+        warnings.warn(f"Not learning this collection's invariances: {exc}", stacklevel=3)
+        return None
 
 
 def learn(collection: Collection, *, dim: int | None = None, pairs: int | None = None,
