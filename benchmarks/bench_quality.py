@@ -1,4 +1,4 @@
-"""Retrieval quality in one table: every registered model, PCA, αQE and DBA, on three sets.
+"""Retrieval quality in one table: every registered model, PCA, αQE and DBA, on four sets.
 
 Sets (benchmarks/evalsets.py, all real photos that ship offline, seeded and cached):
 
@@ -9,6 +9,10 @@ Sets (benchmarks/evalsets.py, all real photos that ship offline, seeded and cach
   originals plus 1,000 distractors from benchmarks/photos.py; R@1, R@10 and mAP.
 * **CD-hard**: originals and distractors both from photos-2000, which are crops of 47 source
   photos: the database holds other crops of each query's source, so near-misses are likely.
+* **CD-heavy** (benchmarks/cdheavy.py): every real photo of GCompris, Tux Paint and OpenCV's
+  samples as an original, each copied twice with heavy edits (one single edit, one chain of
+  2-4), among 2,000 distractors that include heavy copies of other photos; any file showing the
+  original's picture counts as found. R@1, R@10 and R@1 of the chained copies.
 
 Search is exact (numpy inner product), so the numbers measure the representation. Embeddings
 are cached per model under benchmarks/out/quality/, so PCA/αQE/DBA rows and reruns never
@@ -23,19 +27,16 @@ other processes used meanwhile, in cores. The first row is the default pipeline 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from common import OUT, Meter, log, machine, table
-from evalsets import ensure_cd_originals, ensure_distractors, ensure_labelled
-from lookalike.embedders import Embedder, embedding_fingerprint, get_model_spec, model_names
+from cdheavy import composition
+from common import OUT, log, machine, table
+from evalsets import ensure_cd_heavy, ensure_cd_originals, ensure_distractors, ensure_labelled
+from lookalike.embedders import get_model_spec, model_names
 from lookalike.evaluation import (
     CopyDetectionSet,
     Embedded,
@@ -43,17 +44,16 @@ from lookalike.evaluation import (
     Pipeline,
     build_copydetect,
     copydetect_report,
+    copydetect_scores,
     load_embedder,
     read_labelled,
-    score_copydetect,
     score_labelled,
 )
-from lookalike.imaging import decode_file, load_pixels
 from lookalike.settings import resolve
-from lookalike.types import Preprocess
+from quality_vectors import VectorCache, throughput
 
-CACHE = OUT / "quality"
 K = 10
+COPY_SETS = ("cd", "hard", "heavy")  # the copy-detection sets, by their key in Sets
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,11 @@ class Sets:
     labelled: LabelledSet
     cd: CopyDetectionSet
     hard: CopyDetectionSet
+    heavy: CopyDetectionSet
+
+    def copy(self, name: str) -> CopyDetectionSet:
+        dataset: CopyDetectionSet = getattr(self, name)
+        return dataset
 
 
 def build_sets(args: argparse.Namespace) -> Sets:
@@ -83,125 +88,21 @@ def build_sets(args: argparse.Namespace) -> Sets:
         distractors, OUT / "evalsets" / f"cd-hard-{args.hard_originals}-{args.distractors}"
         f"-s{args.seed}", originals=args.hard_originals, distractors=args.distractors,
         seed=args.seed, progress=progress("CD-hard"))
-    return Sets(labelled, cd, hard)
-
-
-# -- embeddings, cached per model and file ----------------------------------------------------
-
-
-def _key(path: Path) -> str:
-    stat = path.stat()
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    return Sets(labelled, cd, hard, ensure_cd_heavy(args.seed))
 
 
 def all_paths(sets: Sets) -> list[Path]:
-    paths = [*sets.labelled.paths, *sets.cd.database, *(q.path for q in sets.cd.queries),
-             *sets.hard.database, *(q.path for q in sets.hard.queries)]
+    paths = list(sets.labelled.paths)
+    for name in COPY_SETS:
+        paths += [*sets.copy(name).database, *(q.path for q in sets.copy(name).queries)]
     return list(dict.fromkeys(paths))
-
-
-def model_input(preprocess: Preprocess, paths: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """Decoded model input of every path (one .npy per input geometry, made once; models with
-    the same input size share it) and each path's decoding error ("" when it decoded)."""
-    digest = hashlib.blake2b("\n".join(map(_key, paths)).encode(), digest_size=8).hexdigest()
-    stem = CACHE / f"pixels-{preprocess.size}-{preprocess.resize}-{digest}"
-    if not stem.with_suffix(".json").is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        size = preprocess.size
-        pixels = np.lib.format.open_memmap(stem.with_suffix(".tmp.npy"), "w+", np.uint8,
-                                           (len(paths), size, size, 3))
-        errors = []
-        log(f"decoding {len(paths)} images at {size} px")
-        with ThreadPoolExecutor(2) as pool:
-            for i, done in enumerate(pool.map(
-                    lambda p: decode_file(str(p), preprocess, 1 << 28), paths)):
-                if done.pixels is not None:
-                    pixels[i] = done.pixels
-                errors.append("" if done.pixels is not None else done.error or "failed")
-        pixels.flush()
-        del pixels
-        os.replace(stem.with_suffix(".tmp.npy"), stem.with_suffix(".npy"))
-        stem.with_suffix(".json").write_text(json.dumps(errors))
-    errors = json.loads(stem.with_suffix(".json").read_text())
-    return np.load(stem.with_suffix(".npy"), mmap_mode="r"), errors
-
-
-class VectorCache:
-    """Vectors of one model keyed by (path, size, mtime), in one .npz file."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        key = embedding_fingerprint(embedder.spec, embedder.weights)
-        if "bf16" in embedder.runtime:  # bf16 vectors are compatible, not equal: kept apart
-            key += "-bf16"
-        self.path = CACHE / f"{key.replace('/', '_').replace(':', '_')}.npz"
-        self.embedder = embedder
-        self.rows: dict[str, int] = {}
-        self.vectors = np.zeros((0, embedder.dim), np.float32)
-        self.ok = np.zeros(0, bool)
-        self.errors: list[str] = []
-        self.info: dict = {}
-        if self.path.is_file():
-            with np.load(self.path, allow_pickle=False) as data:
-                self.rows = {k: i for i, k in enumerate(data["keys"].tolist())}
-                self.vectors, self.ok = data["vectors"], data["ok"]
-                self.errors = data["errors"].tolist()
-                self.info = json.loads(str(data["info"]))
-
-    def fill(self, paths: list[Path]) -> None:
-        """Embed the paths not cached yet, from :func:`model_input`'s decoded pixels."""
-        keys = [_key(p) for p in paths]
-        missing = [i for i, k in enumerate(keys) if k not in self.rows]
-        if not missing:
-            return
-        pixels, errors = model_input(self.embedder.preprocess, paths)
-        vectors = np.zeros((len(missing), self.embedder.dim), np.float32)
-        good = [j for j, i in enumerate(missing) if not errors[i]]
-        log(f"{self.embedder.name}: embedding {len(good)} images")
-        for start in range(0, len(good), 32):
-            batch = good[start:start + 32]
-            vectors[batch] = self.embedder.embed_pixels(pixels[[missing[j] for j in batch]])
-            if start % 1024 == 0 and start:
-                log(f"{self.embedder.name}: {start}/{len(good)}")
-        first = len(self.vectors)
-        self.vectors = np.concatenate([self.vectors, vectors])
-        self.ok = np.concatenate([self.ok, [not errors[i] for i in missing]])
-        self.errors += [errors[i] for i in missing]
-        self.rows.update({keys[i]: first + j for j, i in enumerate(missing)})
-        self.save()
-
-    def embedded(self, paths: list[Path]) -> Embedded:
-        rows = np.asarray([self.rows[_key(p)] for p in paths], np.int64)
-        failed = [(str(p), self.errors[r]) for p, r in zip(paths, rows, strict=True)
-                  if not self.ok[r]]
-        return Embedded(self.vectors[rows], self.ok[rows], failed, 0.0, 0.0)
-
-    def save(self) -> None:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        keys = sorted(self.rows, key=self.rows.__getitem__)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, keys=np.asarray(keys), vectors=self.vectors, ok=self.ok,
-                 errors=np.asarray(self.errors), info=json.dumps(self.info))
-        os.replace(tmp, self.path)
-
-
-def throughput(embedder: Embedder, paths: list[Path]) -> tuple[float, float]:
-    """(images/s of the model alone at batch 32, other processes' load in cores)."""
-    pixels = np.stack([load_pixels(p, embedder.preprocess, max_pixels=1 << 28) for p in paths])
-    embedder.embed_pixels(pixels[:32])  # warm-up
-    with Meter() as meter:
-        start = time.perf_counter()
-        for i in range(0, len(pixels), 32):
-            embedder.embed_pixels(pixels[i:i + 32])
-        seconds = time.perf_counter() - start
-    return len(pixels) / seconds, meter.other_cores
 
 
 @dataclass
 class ModelVectors:
     labelled: Embedded
-    cd: tuple[Embedded, Embedded]
-    hard: tuple[Embedded, Embedded]
-    learning: np.ndarray  # the two CD databases: the labelled set's PCA is learnt from them
+    copies: dict[str, tuple[Embedded, Embedded]]  # (database, queries) of each COPY_SETS set
+    learning: np.ndarray  # the CD and CD-hard databases: the labelled set's PCA is learnt there
     images_per_second: float
     other_cores: float
 
@@ -217,9 +118,9 @@ def embed_model(name: str, weights: str | None, sets: Sets, remeasure: bool) -> 
     learning = cache.embedded(list(dict.fromkeys([*sets.cd.database, *sets.hard.database])))
     return ModelVectors(
         labelled=cache.embedded(sets.labelled.paths),
-        cd=(cache.embedded(sets.cd.database), cache.embedded([q.path for q in sets.cd.queries])),
-        hard=(cache.embedded(sets.hard.database),
-              cache.embedded([q.path for q in sets.hard.queries])),
+        copies={name: (cache.embedded(sets.copy(name).database),
+                       cache.embedded([q.path for q in sets.copy(name).queries]))
+                for name in COPY_SETS},
         learning=learning.vectors[learning.ok],
         images_per_second=cache.info["images_per_second"],
         other_cores=cache.info["other_cores"],
@@ -234,10 +135,8 @@ def score(pipeline: Pipeline, vectors: ModelVectors, sets: Sets) -> dict:
     scores, _, _ = score_labelled(lab.vectors[lab.ok], sets.labelled.labels[lab.ok], pipeline,
                                   (1, K), pca_sample=vectors.learning)
     result: dict = {"labelled": scores.summary()}
-    for name, dataset, (db, qs) in (("cd", sets.cd, vectors.cd), ("hard", sets.hard, vectors.hard)):
-        edits = np.asarray([q.edit for q in dataset.queries])
-        originals = np.asarray([q.original for q in dataset.queries])
-        result[name] = copydetect_report(dataset, pipeline, db, qs, edits, originals, (1, K))
+    for name in COPY_SETS:
+        result[name] = copydetect_report(sets.copy(name), pipeline, *vectors.copies[name], (1, K))
     return result
 
 
@@ -253,16 +152,20 @@ def post_pipelines(model: str) -> list[Pipeline]:
 def row(pipeline: Pipeline, result: dict, vectors: ModelVectors, dim: int,
         label: str = "") -> list[str]:
     lab, cd, hard = result["labelled"], result["cd"].total, result["hard"].total
+    heavy, chained = result["heavy"].total, result["heavy"].per_edit["chain"]
     dims = pipeline.pca or dim
     return [label or pipeline.model, pipeline.steps(), f"{dims} / {dims * 4:,}",
             f"{lab.map:.3f}", f"{lab.precision_at_1:.3f}", f"{lab.recall_at[K]:.3f}",
             f"{cd.recall_at[1]:.3f}", f"{cd.recall_at[K]:.3f}", f"{cd.map:.3f}",
             f"{hard.recall_at[1]:.3f}", f"{hard.recall_at[K]:.3f}", f"{hard.map:.3f}",
+            f"{heavy.recall_at[1]:.3f}", f"{heavy.recall_at[K]:.3f}",
+            f"{chained.recall_at[1]:.3f}",
             f"{vectors.images_per_second:.1f}", f"{vectors.other_cores:.1f}"]
 
 
 HEADERS = ["model", "steps", "dims / bytes", "L mAP", "L P@1", f"L R@{K}", "CD R@1",
-           f"CD R@{K}", "CD mAP", "hard R@1", f"hard R@{K}", "hard mAP", "img/s", "other load"]
+           f"CD R@{K}", "CD mAP", "hard R@1", f"hard R@{K}", "hard mAP", "heavy R@1",
+           f"heavy R@{K}", "heavy chain R@1", "img/s", "other load"]
 
 
 def small_sample_pca(model: str, vectors: ModelVectors, sets: Sets) -> list[list[str]]:
@@ -295,10 +198,8 @@ def per_query(pipeline: Pipeline, vectors: ModelVectors, sets: Sets) -> dict[str
     lab = vectors.labelled
     out = {"labelled": score_labelled(lab.vectors[lab.ok], sets.labelled.labels[lab.ok],
                                       pipeline, (1,), pca_sample=vectors.learning)[0].ap}
-    for name, dataset, (db, qs) in (("cd", sets.cd, vectors.cd), ("hard", sets.hard, vectors.hard)):
-        originals = np.asarray([q.original for q in dataset.queries])
-        scores = score_copydetect(db.vectors[db.ok], qs.vectors[qs.ok], originals[qs.ok],
-                                  pipeline, (1,))[0]
+    for name in COPY_SETS:
+        scores = copydetect_scores(sets.copy(name), pipeline, *vectors.copies[name], (1,))[0]
         out[name] = (scores.first_rank == 1).astype(np.float64)
     return out
 
@@ -323,9 +224,10 @@ def candidates_table(by_model: dict[str, ModelVectors], sets: Sets) -> str:
         mine = per_query(pipeline, vectors, sets)
         label = ("default: " if pipeline == DEFAULT else "") + pipeline.describe()
         rows.append([label, *(paired_difference(base[k], mine[k])
-                                            for k in ("labelled", "cd", "hard")),
+                              for k in ("labelled", *COPY_SETS)),
                      f"{base_speed / vectors.images_per_second:.2f}x"])
-    return table(["pipeline", "Δ L mAP", "Δ CD R@1", "Δ hard R@1", "embed cost"], rows)
+    return table(["pipeline", "Δ L mAP", "Δ CD R@1", "Δ hard R@1", "Δ heavy R@1", "embed cost"],
+                 rows)
 
 
 def per_edit_table(label: str, results: dict[str, dict]) -> str:
@@ -333,6 +235,10 @@ def per_edit_table(label: str, results: dict[str, dict]) -> str:
     rows = [[name] + [f"{r[label].per_edit[e].recall_at[1]:.3f}" for e in names]
             + [f"{r[label].total.recall_at[1]:.3f}"] for name, r in results.items()]
     return table(["pipeline", *names, "all"], rows)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} {what}" for what, n in counts.items())
 
 
 def main() -> None:
@@ -357,7 +263,8 @@ def main() -> None:
         spec = get_model_spec(name)
         weights = args.resnet50_weights if spec.needs_weights_file else None
         if spec.needs_weights_file and not weights:
-            rows.append([name, "needs weights (--resnet50-weights FILE)"] + [""] * 12)
+            rows.append([name, "needs weights (--resnet50-weights FILE)"]
+                        + [""] * (len(HEADERS) - 2))
             continue
         vectors = by_model[name] = embed_model(name, weights, sets, args.remeasure)
         pipelines = [Pipeline(name)] + (post_pipelines(name) if name in post_on else [])
@@ -373,14 +280,19 @@ def main() -> None:
             rows.insert(0, row(DEFAULT, result, vectors, spec.dim, f"**default**: {name}"))
             per_edit[f"default: {DEFAULT.describe()}"] = result
         log(f"{name}: done ({time.perf_counter() - started:.0f} s)")
-    cd, hard = sets.cd, sets.hard
+    cd, hard, heavy = sets.cd, sets.hard, sets.heavy
+    made_of = composition()
     print(f"## Retrieval quality ({machine()})\n")
     print(f"labelled: {len(sets.labelled.paths)} images in {len(sets.labelled.classes)} classes; "
           f"CD: {len(cd.queries)} queries ({cd.originals} originals x {len(cd.edits)} edits) "
           f"against {len(cd.database)} images; CD-hard: {len(hard.queries)} queries against "
-          f"{len(hard.database)} images. Exact search. αQE/DBA: α = 3. PCA is learnt on the "
-          "database it searches; for the labelled set (too few images for 512 dimensions) on "
-          "the two CD databases' photos.\n")
+          f"{len(hard.database)} images; CD-heavy: {len(heavy.queries)} queries (one single "
+          f"edit and one chain per original; originals: {_counts(made_of['originals'])}) "
+          f"against {len(heavy.database)} images in {len(set(heavy.groups or ()))} "
+          f"same-picture groups ({made_of['pictures']} real pictures; distractors: "
+          f"{_counts(made_of['distractors'])}). Exact search. "
+          "αQE/DBA: α = 3. PCA is learnt on the database it searches; for the labelled set "
+          "(too few images for 512 dimensions) on the CD and CD-hard databases' photos.\n")
     print(table(HEADERS, rows))
     if own_pca:
         print("\n### Labelled set, PCA learnt on its own images (a collection of this size)\n")
@@ -389,6 +301,8 @@ def main() -> None:
         print(f"\n### Against {BASELINE.describe()}: paired differences, 95 % bootstrap "
               "intervals over queries\n")
         print(candidates_table(by_model, sets))
+    print("\n### Recall@1 per edit, CD-heavy (chain: 2-4 heavy edits)\n")
+    print(per_edit_table("heavy", per_edit))
     print("\n### Recall@1 per edit, CD-hard\n")
     print(per_edit_table("hard", per_edit))
     print("\n### Recall@1 per edit, CD\n")

@@ -12,11 +12,13 @@
   hash. Their distractors are benchmarks/photos.py's 2,000 photos, which share no source with
   them. (photos-2000 alone is the harder set: its photos are crops of 47 sources, so the
   distractors include other crops of a query's own source.)
+* ``cd-heavy``: a whole copy-detection set at least as hard as a held-out one (heavy edits,
+  chains, near-copy distractors, files of one picture grouped): benchmarks/cdheavy.py.
 
 Everything is cached under benchmarks/out/evalsets and rebuilt only when SET_VERSION changes.
 When a package cannot be downloaded the set is built from what is available, saying so on stderr.
 
-    python benchmarks/evalsets.py        # build both sets, print their sizes
+    python benchmarks/evalsets.py        # build the sets, print their sizes
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos import _unpack  # noqa: E402  (benchmarks are scripts, not a package)
+
+if TYPE_CHECKING:
+    from lookalike.evaluation import CopyDetectionSet
 
 OUT = Path(__file__).resolve().parent / "out"
 SETS = OUT / "evalsets"
@@ -301,6 +307,13 @@ def ensure_cd_originals() -> Path | None:
     return folder
 
 
+def ensure_cd_heavy(seed: int = 0) -> CopyDetectionSet:
+    """The CD-heavy copy-detection set (built first if needed): benchmarks/cdheavy.py."""
+    from cdheavy import ensure_cd_heavy as build
+
+    return build(seed)
+
+
 def ensure_distractors() -> Path:
     """benchmarks/photos.py's 2,000 photos (built first if needed)."""
     from photos import ensure_photos
@@ -320,6 +333,9 @@ def main() -> None:
               "distinct photos")
     print(f"copy-detection distractors: {distractors}: "
           f"{len(list(distractors.glob('*.jpg')))} photos")
+    heavy = ensure_cd_heavy()
+    print(f"CD-heavy: {heavy.root}: {len(heavy.queries)} queries, {heavy.originals} originals, "
+          f"{len(heavy.database)} database images (composition: python benchmarks/cdheavy.py)")
 
 
 if __name__ == "__main__":

@@ -133,13 +133,16 @@ def labelled_command(folder: str, model: str | None, pca: int | None, whiten: bo
 @click.option("--edits", default=None,
               help="Comma-separated edits to apply [default: all: crop, rotate, jpeg, colour, "
                    "grey, blur, scale, flip, text, border, chain].")
+@click.option("--heavy", is_flag=True,
+              help="Harder copies: crops keeping 25-80 % of the area, JPEG quality 5-40, blur "
+                   "σ 1-4 px at the model's 224 px, stronger colour, text with a caption bar.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Folder for the edited copies and manifest, reused when the recipe matches "
                    "[default: under the cache folder, LOOKALIKE_CACHE_DIR].")
 @pipeline_options
 def copydetect_command(photos: str, originals: int, distractors: int,
-                       distractors_from: str | None, seed: int,
-                       edits: str | None, cache: str | None, model: str | None, pca: int | None,
+                       distractors_from: str | None, seed: int, edits: str | None,
+                       heavy: bool, cache: str | None, model: str | None, pca: int | None,
                        whiten: bool, qe: int | None, qe_alpha: float | None, dba: int,
                        dba_alpha: float, k: int, batch_size: int, progress: bool | None,
                        as_json: bool, **runtime: Any) -> None:
@@ -159,7 +162,8 @@ def copydetect_command(photos: str, originals: int, distractors: int,
     pipeline = _pipeline(model, pca, whiten, qe, qe_alpha, dba, dba_alpha)
     chosen = tuple(e.strip() for e in edits.split(",") if e.strip()) if edits else tuple(EDITS)
     folder = Path(cache) if cache else _default_cache(
-        photos, distractors_from, originals, distractors, seed, chosen, resolve("cache_dir"))
+        photos, distractors_from, originals, distractors, seed, chosen, heavy,
+        resolve("cache_dir"))
 
     def building(done: int, total: int) -> None:
         if progress is not False and (done == total or done % 50 == 0):
@@ -167,7 +171,7 @@ def copydetect_command(photos: str, originals: int, distractors: int,
 
     dataset = build_copydetect(photos, folder, originals=originals, distractors=distractors,
                                seed=seed, edits=chosen, distractors_from=distractors_from,
-                               progress=building)
+                               heavy=heavy, progress=building)
     click.echo(f"{len(dataset.queries)} queries, {len(dataset.database)} database images "
                f"({folder}); {pipeline.describe()}", err=True)
     embedder = load_embedder(pipeline.model, **runtime)
@@ -190,9 +194,11 @@ def copydetect_command(photos: str, originals: int, distractors: int,
 
 
 def _default_cache(photos: str, distractors_from: str | None, originals: int, distractors: int,
-                   seed: int, edits: tuple[str, ...], cache_dir: str) -> Path:
+                   seed: int, edits: tuple[str, ...], heavy: bool, cache_dir: str) -> Path:
     others = os.path.abspath(distractors_from) if distractors_from else None
-    recipe = json.dumps([os.path.abspath(photos), others, originals, distractors, seed, edits])
+    # "heavy" only when set, so the folders of standard sets keep their names
+    recipe = json.dumps([os.path.abspath(photos), others, originals, distractors, seed, edits,
+                         *(["heavy"] if heavy else [])])
     digest = hashlib.blake2b(recipe.encode(), digest_size=6).hexdigest()
     name = f"copydetect-{Path(photos).resolve().name}-{digest}"
     return Path(cache_dir).expanduser() / "evalsets" / name

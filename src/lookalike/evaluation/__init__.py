@@ -8,8 +8,9 @@ from .datasets import (
     build_copydetect,
     load_copydetect,
     read_labelled,
+    write_copydetect,
 )
-from .edits import EDITS, apply_edit
+from .edits import EDITS, HEAVY, STANDARD, Ranges, apply_edit
 from .metrics import QueryScores, Summary, score_queries
 from .runner import (
     CopyDetectionReport,
@@ -18,6 +19,7 @@ from .runner import (
     Pipeline,
     Timing,
     copydetect_report,
+    copydetect_scores,
     embed_files,
     evaluate_copydetect,
     evaluate_labelled,
@@ -28,6 +30,8 @@ from .runner import (
 
 __all__ = [
     "EDITS",
+    "HEAVY",
+    "STANDARD",
     "CopyDetectionReport",
     "CopyDetectionSet",
     "Embedded",
@@ -36,11 +40,13 @@ __all__ = [
     "Pipeline",
     "Query",
     "QueryScores",
+    "Ranges",
     "Summary",
     "Timing",
     "apply_edit",
     "build_copydetect",
     "copydetect_report",
+    "copydetect_scores",
     "embed_files",
     "evaluate_copydetect",
     "evaluate_labelled",
@@ -50,4 +56,5 @@ __all__ = [
     "score_copydetect",
     "score_labelled",
     "score_queries",
+    "write_copydetect",
 ]

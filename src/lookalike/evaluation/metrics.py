@@ -9,6 +9,10 @@ Definitions, per query, over the ranking of every database item by descending sc
   averaged over queries. With one relevant item per query (copy detection) it equals hit@k.
 * **hit@k** = 1 when at least one relevant item is within the top ``k``; averaged over queries.
 
+In copy detection a query has one right answer, the picture it is a copy of, which any of several
+database files may show (a photo stored twice, resized or mirrored): scored with ``one_answer``,
+only the first relevant item of the ranking counts, so AP = 1 / (its rank) and recall@k = hit@k.
+
 Ties are broken pessimistically and deterministically: among equal scores, irrelevant items rank
 before relevant ones, then by database position. A constant (useless) embedding therefore scores
 as badly as possible instead of as well as the database order happens to allow. Excluded items
@@ -96,10 +100,11 @@ class Summary:
 
 def score_queries(
     scores: np.ndarray, relevant: np.ndarray, ks: Sequence[int],
-    exclude: np.ndarray | None = None,
+    exclude: np.ndarray | None = None, *, one_answer: bool = False,
 ) -> QueryScores:
     """Metrics for each row of ``scores`` (queries × database) given boolean ``relevant`` of the
     same shape; ``exclude`` (same shape, optional) marks items to leave out of a query's ranking.
+    With ``one_answer``, the relevant items of a query are one answer found at the first of them.
     """
     scores = np.asarray(scores, dtype=np.float64)
     relevant = np.asarray(relevant, dtype=bool)
@@ -121,6 +126,8 @@ def score_queries(
     if exclude is not None:  # excluded items sort last (score -inf) and are never relevant
         kept = (~exclude).sum(axis=1)
         ranked &= np.arange(ranked.shape[1]) < kept[:, None]
+    if one_answer:
+        ranked &= np.cumsum(ranked, axis=1) == 1
     return _from_ranked(ranked, ks)
 
 

@@ -297,12 +297,15 @@ def _search_without(database: np.ndarray, users: np.ndarray, patched: np.ndarray
 
 def score_copydetect(
     database: np.ndarray, queries: np.ndarray, originals: np.ndarray, pipeline: Pipeline,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] = DEFAULT_KS, groups: np.ndarray | None = None,
 ) -> tuple[QueryScores, float, float]:
-    """Each query's one relevant item is database row ``originals[j]`` (-1: its original failed).
+    """Each query's right answer is database row ``originals[j]`` (-1: its original failed), or
+    with ``groups`` (a picture id per database row) any row showing the same picture as it; the
+    first of them in the ranking counts (``one_answer``).
 
     Returns (scores, PCA seconds, search seconds); search covers DBA, αQE and the search itself.
     """
+    picture = np.arange(len(database)) if groups is None else np.asarray(groups)
     tick = time.perf_counter()
     pca = fit_pca(pipeline, database)
     if pca:
@@ -325,8 +328,8 @@ def score_copydetect(
             scores = chunk @ database.T
         search_seconds += time.perf_counter() - tick
         wanted = originals[start:start + _QUERY_CHUNK]
-        relevant = np.arange(len(database))[None, :] == wanted[:, None]
-        parts.append(score_queries(scores, relevant, ks))
+        relevant = (picture[None, :] == picture[wanted][:, None]) & (wanted >= 0)[:, None]
+        parts.append(score_queries(scores, relevant, ks, one_answer=True))
     return QueryScores.concatenate(parts), pca_seconds, search_seconds
 
 
@@ -361,21 +364,32 @@ def evaluate_copydetect(
                      show_progress=show_progress)
     qs = embed_files([q.path for q in dataset.queries], embedder, batch_size=batch_size,
                      show_progress=show_progress)
-    edits = np.asarray([q.edit for q in dataset.queries])
-    originals = np.asarray([q.original for q in dataset.queries])
-    return copydetect_report(dataset, pipeline, db, qs, edits, originals, ks)
+    return copydetect_report(dataset, pipeline, db, qs, ks)
+
+
+def copydetect_scores(
+    dataset: CopyDetectionSet, pipeline: Pipeline, db: Embedded, qs: Embedded,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> tuple[QueryScores, float, float]:
+    """:func:`score_copydetect` on embedded vectors of ``dataset`` (``db`` rows = database,
+    ``qs`` rows = queries); queries whose file failed are left out, and database rows that
+    failed are out of the ranking. Returns (scores, PCA seconds, search seconds)."""
+    originals = np.asarray([q.original for q in dataset.queries], np.int64)
+    new_row = np.cumsum(db.ok) - 1  # database row after dropping failed files
+    relevant_row = np.where(db.ok[originals], new_row[originals], -1)
+    groups = None if dataset.groups is None else np.asarray(dataset.groups)[db.ok]
+    return score_copydetect(db.vectors[db.ok], qs.vectors[qs.ok], relevant_row[qs.ok], pipeline,
+                            ks, groups)
 
 
 def copydetect_report(
     dataset: CopyDetectionSet, pipeline: Pipeline, db: Embedded, qs: Embedded,
-    edits: np.ndarray, originals: np.ndarray, ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] = DEFAULT_KS,
 ) -> CopyDetectionReport:
-    """Score embedded copy-detection vectors (``db`` rows = database, ``qs`` rows = queries)."""
-    new_row = np.cumsum(db.ok) - 1  # database row after dropping failed files
-    relevant_row = np.where(db.ok[originals], new_row[originals], -1)
-    scores, pca_seconds, search_seconds = score_copydetect(
-        db.vectors[db.ok], qs.vectors[qs.ok], relevant_row[qs.ok], pipeline, ks)
-    kept_edits = edits[qs.ok]
+    """Score embedded copy-detection vectors (``db`` rows = database, ``qs`` rows = queries),
+    overall and per edit (a chain of edits is the edit ``chain``)."""
+    scores, pca_seconds, search_seconds = copydetect_scores(dataset, pipeline, db, qs, ks)
+    kept_edits = np.asarray([q.edit for q in dataset.queries])[qs.ok]
     per_edit = {e: scores.select(kept_edits == e).summary() for e in dataset.edits
                 if np.any(kept_edits == e)}
     images = int(db.ok.sum() + qs.ok.sum())
