@@ -2,7 +2,7 @@
 
 A random sample of the collection's images is read again and each is edited the way people
 edit a photo before re-posting it (a chain of 2-4 of: crop, rotation, JPEG, colour, grey, blur,
-downscaling, mirror, text, border; :mod:`lookalike.evaluation.edits`). The copy is embedded and
+downscaling, mirror, text, border; :mod:`lookalike.edits`). The copy is embedded and
 paired with the image's stored vector, and :class:`~lookalike.index.whitening.LearnedWhitening`
 is fitted from the pairs: no labels, no data from outside the collection. The index then holds
 projected vectors, as after `lookalike reduce`; the stored vectors stay as the model made them,
@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from .. import settings
+from ..edits import HEAVY, chain
 from ..embedders import Embedder
 from ..errors import UsageError
-from ..evaluation.edits import chain
 from ..index.whitening import LearnedWhitening
 from ..ingest.local import decoded_chunks
 from ..types import LearnReport
@@ -51,7 +51,7 @@ def _edited(seed: int, side: int, image: Image.Image, content_hash: str) -> Imag
                               max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
     # The same copy of the same content for the same seed, in whatever order images come.
     rng = np.random.default_rng([seed, int(content_hash[:16], 16)])
-    return chain(image, rng)[0]
+    return chain(image, rng, HEAVY)[0]
 
 
 def copy_vectors(uris: Sequence[str], hashes: Sequence[str | None], embedder: Embedder, *,

@@ -1,6 +1,7 @@
 """Measuring retrieval quality: labelled sets (mAP, P@1, recall@k) and copy detection (edited
 copies of photos found among distractors), with the pipeline steps from the literature."""
 
+from ..edits import EDITS, HEAVY, STANDARD, Ranges, apply_edit
 from .datasets import (
     CopyDetectionSet,
     LabelledSet,
@@ -10,7 +11,6 @@ from .datasets import (
     read_labelled,
     write_copydetect,
 )
-from .edits import EDITS, HEAVY, STANDARD, Ranges, apply_edit
 from .metrics import QueryScores, Summary, score_queries
 from .runner import (
     CopyDetectionReport,
@@ -23,6 +23,7 @@ from .runner import (
     embed_files,
     evaluate_copydetect,
     evaluate_labelled,
+    learn_projection,
     load_embedder,
     score_copydetect,
     score_labelled,
@@ -50,6 +51,7 @@ __all__ = [
     "embed_files",
     "evaluate_copydetect",
     "evaluate_labelled",
+    "learn_projection",
     "load_copydetect",
     "load_embedder",
     "read_labelled",

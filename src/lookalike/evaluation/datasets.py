@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..edits import EDITS, HEAVY, STANDARD, apply_edit
 from ..errors import DecodeError, UnknownNameError, UsageError
 from ..imaging import IMAGE_EXTENSIONS, open_image
-from .edits import EDITS, HEAVY, STANDARD, apply_edit
 
 CD_VERSION = 1  # bump when the recipe changes, so cached copy-detection sets are rebuilt
 MANIFEST = "manifest.json"
@@ -127,8 +127,8 @@ def build_copydetect(
     From the sorted image files of ``photos``, a seeded permutation picks ``originals`` originals
     and then ``distractors`` distractors (disjoint), or the distractors come from another folder,
     ``distractors_from``, by a second seeded permutation. Each original gets one query per edit,
-    with parameters drawn (from :data:`~.edits.HEAVY`'s ranges when ``heavy``) from a generator
-    seeded by ``(seed, original, edit)``; an original's queries do not depend on how many
+    with parameters drawn (from :data:`lookalike.edits.HEAVY`'s ranges when ``heavy``) from a
+    generator seeded by ``(seed, original, edit)``; an original's queries do not depend on how many
     originals or distractors are asked for. ``progress`` is called with (originals done,
     originals) while queries are written.
     """

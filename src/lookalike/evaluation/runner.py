@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import settings
 from ..embedders import Embedder
 from ..errors import UsageError
-from ..imaging import decode_file
+from ..imaging import MAX_FILE_BYTES, decode_file
+from ..index import PCA, Projection
 from ..index.expansion import combine, database_augmentation, nearest
-from ..index.pca import PCA
+from ..index.whitening import LearnedWhitening
 from ..settings import DEFAULT_MODEL
 from .datasets import CopyDetectionSet, LabelledSet
 from .metrics import QueryScores, Summary, score_queries
@@ -43,6 +45,7 @@ class Pipeline:
     model: str = DEFAULT_MODEL
     pca: int | None = None
     whiten: bool = False
+    learn: bool = False  # learned whitening, fitted as `lookalike learn` does (learn_projection)
     qe: int = 0
     qe_alpha: float = 3.0
     dba: int = 0
@@ -53,6 +56,8 @@ class Pipeline:
             raise UsageError(f"--pca must be a positive dimension, got {self.pca}.")
         if self.whiten and self.pca is None:
             raise UsageError("--whiten needs --pca DIM (whitening is part of the PCA).")
+        if self.learn and self.pca is not None:
+            raise UsageError("--learn and --pca are two projections of the vectors: pick one.")
         if self.qe < 0 or self.dba < 0 or self.qe_alpha < 0 or self.dba_alpha < 0:
             raise UsageError("--qe, --dba and their alphas must be >= 0.")
 
@@ -61,6 +66,8 @@ class Pipeline:
         parts = []
         if self.pca:
             parts.append(f"PCA-{self.pca}{'w' if self.whiten else ''}")
+        if self.learn:
+            parts.append("learned whitening")
         if self.dba:
             parts.append(f"DBA({self.dba}, α={self.dba_alpha:g})")
         if self.qe:
@@ -222,16 +229,41 @@ def embed_files(
 # -- scoring ---------------------------------------------------------------------------------
 
 
-def fit_pca(pipeline: Pipeline, database: np.ndarray) -> PCA | None:
-    """The pipeline's PCA learnt from the database vectors, or None without one."""
+def fit_pca(pipeline: Pipeline, database: np.ndarray,
+            projection: Projection | None = None) -> Projection | None:
+    """The pipeline's projection: ``projection`` (what :func:`learn_projection` fitted) for
+    learned whitening, else its PCA learnt from the database vectors, or None without one."""
+    if pipeline.learn:
+        if projection is None:
+            raise UsageError("A pipeline with learned whitening is scored with the projection "
+                             "learn_projection() fitted on its database.")
+        return projection
     if pipeline.pca is None:
         return None
     return PCA.fit(database, pipeline.pca, whiten=pipeline.whiten)
 
 
+def learn_projection(paths: Sequence[str | Path], embedded: Embedded, embedder: Embedder, *,
+                     pairs: int | None = None, seed: int = 0) -> LearnedWhitening:
+    """The learned whitening `lookalike learn` fits on a collection of these images: ``pairs``
+    (setting ``learn_pairs``) of them drawn at random, read again and edited, and their copies
+    embedded; ``embedded`` holds the images' own vectors."""
+    from ..collection.learning import copy_vectors
+
+    rows = np.flatnonzero(embedded.ok)
+    count = min(settings.resolve("learn_pairs", pairs), len(rows))
+    picked = np.sort(np.random.default_rng(seed).choice(rows, count, replace=False))
+    made, copies = copy_vectors([str(paths[i]) for i in picked], [None] * len(picked), embedder,
+                                seed=seed, workers=settings.resolve("workers"),
+                                max_pixels=_MAX_PIXELS, max_bytes=MAX_FILE_BYTES)
+    return LearnedWhitening.fit(embedded.vectors[rows], embedded.vectors[picked[made]],
+                                copies[made])
+
+
 def score_labelled(
     vectors: np.ndarray, labels: np.ndarray, pipeline: Pipeline,
     ks: Sequence[int] = DEFAULT_KS, *, pca_sample: np.ndarray | None = None,
+    projection: Projection | None = None,
 ) -> tuple[QueryScores, float, float]:
     """Leave-one-out scores: each vector queries all the others; same label = relevant.
 
@@ -239,14 +271,15 @@ def score_labelled(
     whose augmentation used the query is recomputed without it for that query, so the numbers
     are those of a query from outside the collection. The PCA is learnt from ``pca_sample``
     when given (a larger, independent sample, as the literature learns whitening), else from
-    ``vectors``. Returns (scores, PCA seconds, search seconds).
+    ``vectors``; learned whitening is ``projection``. Returns (scores, PCA seconds, search
+    seconds).
     """
     labels = np.asarray(labels)
     n = len(vectors)
     if n < 2:
         raise UsageError("Leave-one-out retrieval needs at least 2 images.")
     tick = time.perf_counter()
-    pca = fit_pca(pipeline, vectors if pca_sample is None else pca_sample)
+    pca = fit_pca(pipeline, vectors if pca_sample is None else pca_sample, projection)
     x = pca.apply(vectors) if pca else np.asarray(vectors, np.float32)
     pca_seconds = time.perf_counter() - tick if pca else 0.0
     tick = time.perf_counter()
@@ -298,16 +331,17 @@ def _search_without(database: np.ndarray, users: np.ndarray, patched: np.ndarray
 def score_copydetect(
     database: np.ndarray, queries: np.ndarray, originals: np.ndarray, pipeline: Pipeline,
     ks: Sequence[int] = DEFAULT_KS, groups: np.ndarray | None = None,
+    projection: Projection | None = None,
 ) -> tuple[QueryScores, float, float]:
     """Each query's right answer is database row ``originals[j]`` (-1: its original failed), or
     with ``groups`` (a picture id per database row) any row showing the same picture as it; the
-    first of them in the ranking counts (``one_answer``).
+    first of them in the ranking counts (``one_answer``). Learned whitening is ``projection``.
 
     Returns (scores, PCA seconds, search seconds); search covers DBA, αQE and the search itself.
     """
     picture = np.arange(len(database)) if groups is None else np.asarray(groups)
     tick = time.perf_counter()
-    pca = fit_pca(pipeline, database)
+    pca = fit_pca(pipeline, database, projection)
     if pca:
         database, queries = pca.apply(database), pca.apply(queries)
     pca_seconds = time.perf_counter() - tick if pca else 0.0
@@ -344,7 +378,10 @@ def evaluate_labelled(
     embedded = embed_files(dataset.paths, embedder, batch_size=batch_size,
                            show_progress=show_progress)
     vectors, labels = embedded.vectors[embedded.ok], dataset.labels[embedded.ok]
-    scores, pca_seconds, search_seconds = score_labelled(vectors, labels, pipeline, ks)
+    projection = (learn_projection(dataset.paths, embedded, embedder) if pipeline.learn
+                  else None)
+    scores, pca_seconds, search_seconds = score_labelled(vectors, labels, pipeline, ks,
+                                                         projection=projection)
     return LabelledReport(
         pipeline=pipeline, root=str(dataset.root), images=len(vectors),
         classes=len(np.unique(labels)), dim=pipeline.pca or embedder.dim,
@@ -364,12 +401,14 @@ def evaluate_copydetect(
                      show_progress=show_progress)
     qs = embed_files([q.path for q in dataset.queries], embedder, batch_size=batch_size,
                      show_progress=show_progress)
-    return copydetect_report(dataset, pipeline, db, qs, ks)
+    projection = (learn_projection(dataset.database, db, embedder) if pipeline.learn
+                  else None)
+    return copydetect_report(dataset, pipeline, db, qs, ks, projection)
 
 
 def copydetect_scores(
     dataset: CopyDetectionSet, pipeline: Pipeline, db: Embedded, qs: Embedded,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] = DEFAULT_KS, projection: Projection | None = None,
 ) -> tuple[QueryScores, float, float]:
     """:func:`score_copydetect` on embedded vectors of ``dataset`` (``db`` rows = database,
     ``qs`` rows = queries); queries whose file failed are left out, and database rows that
@@ -379,16 +418,17 @@ def copydetect_scores(
     relevant_row = np.where(db.ok[originals], new_row[originals], -1)
     groups = None if dataset.groups is None else np.asarray(dataset.groups)[db.ok]
     return score_copydetect(db.vectors[db.ok], qs.vectors[qs.ok], relevant_row[qs.ok], pipeline,
-                            ks, groups)
+                            ks, groups, projection)
 
 
 def copydetect_report(
     dataset: CopyDetectionSet, pipeline: Pipeline, db: Embedded, qs: Embedded,
-    ks: Sequence[int] = DEFAULT_KS,
+    ks: Sequence[int] = DEFAULT_KS, projection: Projection | None = None,
 ) -> CopyDetectionReport:
     """Score embedded copy-detection vectors (``db`` rows = database, ``qs`` rows = queries),
     overall and per edit (a chain of edits is the edit ``chain``)."""
-    scores, pca_seconds, search_seconds = copydetect_scores(dataset, pipeline, db, qs, ks)
+    scores, pca_seconds, search_seconds = copydetect_scores(dataset, pipeline, db, qs, ks,
+                                                            projection)
     kept_edits = np.asarray([q.edit for q in dataset.queries])[qs.ok]
     per_edit = {e: scores.select(kept_edits == e).summary() for e in dataset.edits
                 if np.any(kept_edits == e)}

@@ -1,4 +1,5 @@
-"""The edits a copy-detection query goes through: what people do to a photo before re-posting it.
+"""What people do to a photo before re-posting it: the edits of copy-detection queries
+(:mod:`lookalike.evaluation`) and of the copies `lookalike learn` learns from.
 
 Each edit takes an RGB PIL image, a numpy ``Generator`` and the :class:`Ranges` its parameters
 are drawn from, and returns the edited RGB image and a short description of the parameters it
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from ..errors import UnknownNameError
+from .errors import UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,12 @@ class Ranges:
     chain_length: tuple[int, int] = (2, 4)
 
 
-#: The ranges of the first copy-detection sets (and of ``lookalike learn``'s copies).
+#: The ranges of the first copy-detection sets.
 STANDARD = Ranges()
-#: Harder copies (see the module docstring). Blur is σ 1-4 px where the models look, at 224 px
-#: (the efficientnets squash the whole image to 224 x 224; σ is measured along the shorter side):
-#: σ 3-12 px on a 1024 x 683 web copy. σ 1-4 px of the web copy itself would be σ 0.3-1.3 px once
-#: the model has downscaled it: barely a blur.
+#: Harder copies (see the module docstring), and those `lookalike learn` learns from. Blur is
+#: σ 1-4 px where the models look, at 224 px (the efficientnets squash the whole image to
+#: 224 x 224; σ is measured along the shorter side): σ 3-12 px on a 1024 x 683 web copy. σ 1-4 px
+#: of the web copy itself would be σ 0.3-1.3 px once the model has downscaled it: barely a blur.
 HEAVY = Ranges(
     crop_area=(0.25, 0.8), jpeg_quality=(5, 40), brightness_contrast=(0.5, 1.5),
     saturation=(0.2, 1.8), hue=0.15, blur_sigma=(1 / 224, 4 / 224), caption_bar=(0.12, 0.3),
