@@ -220,6 +220,9 @@ def test_cli_labelled_end_to_end(labelled_dir: Path) -> None:
     assert text.returncode == 0, text.stderr
     assert "PCA-8w + αQE(1, α=3)" in text.stdout and "mAP" in text.stdout
     assert "failed:" in text.stdout and "broken.jpg" in text.stdout
+    learned = run("eval", "labelled", labelled_dir, "--learn")  # learnt from its own images
+    assert learned.returncode == 0, learned.stderr
+    assert "learned whitening + αQE(2, α=3)" in learned.stdout and "mAP" in learned.stdout
 
 
 def test_cli_copydetect_end_to_end(sample_dir: Path, tmp_path: Path) -> None:
@@ -234,6 +237,12 @@ def test_cli_copydetect_end_to_end(sample_dir: Path, tmp_path: Path) -> None:
     assert report["pipeline"]["steps"] == "DBA(1, α=3) + αQE(2, α=3)"
     assert report["pipeline"]["model"] == "efficientnet-lite0-gem"
     assert (tmp_path / "cd" / "manifest.json").is_file()
+    learned = run("eval", "copydetect", sample_dir, "--originals", "3", "--distractors", "6",
+                  "--cache", tmp_path / "cd", "--json", "--learn")  # the same set, cached
+    assert learned.returncode == 0, learned.stderr
+    report = json.loads(learned.stdout)
+    assert report["pipeline"]["steps"] == "learned whitening + αQE(2, α=3)"
+    assert report["total"]["recall_at"]["1"] >= 0.8 and report["pipeline"]["learn"]
 
 
 def test_cli_errors_are_one_clear_message(tmp_path: Path, labelled_dir: Path) -> None:
@@ -243,3 +252,5 @@ def test_cli_errors_are_one_clear_message(tmp_path: Path, labelled_dir: Path) ->
     assert "Traceback" not in done.stderr
     done = run("eval", "labelled", labelled_dir, "--whiten")
     assert done.returncode == 2 and "--whiten needs --pca" in done.stderr
+    done = run("eval", "labelled", labelled_dir, "--learn", "--pca", "8")
+    assert done.returncode == 2 and "--learn and --pca are two projections" in done.stderr

@@ -47,7 +47,7 @@ def test_copies_find_their_originals_after_whitening() -> None:
     learned = LearnedWhitening.fit(images, images[train], copies[train])
     before = _recall_at_1(images[test], copies[test])
     after = _recall_at_1(learned.apply(images[test]), learned.apply(copies[test]))
-    assert before < 0.8 and after > 0.95 and after > before + 0.2
+    assert before < 0.6 and after > 0.9
 
 
 def test_full_dimension_matches_the_textbook_whitening() -> None:

@@ -32,6 +32,10 @@ def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--pca", type=click.IntRange(min=1), default=None,
                      help="Project to this many dimensions with PCA fitted on the database."),
         click.option("--whiten", is_flag=True, help="Whiten the PCA (needs --pca)."),
+        click.option("--learn", is_flag=True,
+                     help="Project with learned whitening, fitted as `lookalike learn` does on "
+                          "the database's own images and edited copies of them (a labelled "
+                          "set: on its images)."),
         click.option("--qe", type=click.IntRange(min=0), default=None,
                      help="α-query expansion with this many neighbours (0: off) [default: "
                           "what searches use, the query_expansion setting, 2]."),
@@ -55,12 +59,12 @@ def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _pipeline(model: str | None, pca: int | None, whiten: bool, qe: int | None,
+def _pipeline(model: str | None, pca: int | None, whiten: bool, learn: bool, qe: int | None,
               qe_alpha: float | None, dba: int, dba_alpha: float) -> Pipeline:
     from ..evaluation import Pipeline
     from ..settings import resolve
 
-    return Pipeline(model=resolve("model", model), pca=pca, whiten=whiten,
+    return Pipeline(model=resolve("model", model), pca=pca, whiten=whiten, learn=learn,
                     qe=resolve("query_expansion", qe),
                     qe_alpha=resolve("query_expansion_alpha", qe_alpha), dba=dba,
                     dba_alpha=dba_alpha)
@@ -78,9 +82,9 @@ def eval_group() -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @pipeline_options
 def labelled_command(folder: str, model: str | None, pca: int | None, whiten: bool,
-                     qe: int | None, qe_alpha: float | None, dba: int, dba_alpha: float, k: int,
-                     batch_size: int, progress: bool | None, as_json: bool,
-                     **runtime: Any) -> None:
+                     learn: bool, qe: int | None, qe_alpha: float | None, dba: int,
+                     dba_alpha: float, k: int, batch_size: int, progress: bool | None,
+                     as_json: bool, **runtime: Any) -> None:
     """mAP, precision@1, recall@k and hit@k on FOLDER, one sub-folder per class.
 
     Every image is a query against all the others (itself excluded); images of its class are
@@ -92,7 +96,7 @@ def labelled_command(folder: str, model: str | None, pca: int | None, whiten: bo
     """
     from ..evaluation import evaluate_labelled, load_embedder, read_labelled
 
-    pipeline = _pipeline(model, pca, whiten, qe, qe_alpha, dba, dba_alpha)
+    pipeline = _pipeline(model, pca, whiten, learn, qe, qe_alpha, dba, dba_alpha)
     dataset = read_labelled(folder)
     click.echo(f"{len(dataset.paths)} images in {len(dataset.classes)} classes; "
                f"{pipeline.describe()}", err=True)
@@ -143,7 +147,7 @@ def labelled_command(folder: str, model: str | None, pca: int | None, whiten: bo
 def copydetect_command(photos: str, originals: int, distractors: int,
                        distractors_from: str | None, seed: int, edits: str | None,
                        heavy: bool, cache: str | None, model: str | None, pca: int | None,
-                       whiten: bool, qe: int | None, qe_alpha: float | None, dba: int,
+                       whiten: bool, learn: bool, qe: int | None, qe_alpha: float | None, dba: int,
                        dba_alpha: float, k: int, batch_size: int, progress: bool | None,
                        as_json: bool, **runtime: Any) -> None:
     """Copy detection on edited copies of the photos in PHOTOS (searched recursively).
@@ -155,11 +159,12 @@ def copydetect_command(photos: str, originals: int, distractors: int,
 
     \b
     Example:  lookalike eval copydetect ~/Pictures --originals 200 --distractors 2000
+    Learned:  lookalike eval copydetect ~/Pictures --heavy --learn
     """
     from ..evaluation import EDITS, build_copydetect, evaluate_copydetect, load_embedder
     from ..settings import resolve
 
-    pipeline = _pipeline(model, pca, whiten, qe, qe_alpha, dba, dba_alpha)
+    pipeline = _pipeline(model, pca, whiten, learn, qe, qe_alpha, dba, dba_alpha)
     chosen = tuple(e.strip() for e in edits.split(",") if e.strip()) if edits else tuple(EDITS)
     folder = Path(cache) if cache else _default_cache(
         photos, distractors_from, originals, distractors, seed, chosen, heavy,
