@@ -18,8 +18,11 @@ Search is exact (numpy inner product), so the numbers measure the representation
 are cached per model under benchmarks/out/quality/, so PCA/αQE/DBA rows and reruns never
 re-embed. "img/s" is the model alone on decoded pixels (batch 32, ONNX Runtime / OpenVINO as the
 runtime picks; LOOKALIKE_PRECISION=f32 keeps to f32 where the CPU has bf16), "other load" the CPU
-other processes used meanwhile, in cores. The first row is the default pipeline (what
-`lookalike search` does); the paired table compares candidates with plain efficientnet-lite0.
+other processes used meanwhile, in cores. The first rows are the default pipeline (what
+`lookalike search` does) with the learned whitening a collection of 1,000 images or more learns
+by itself (`lookalike learn`, fitted on each set's database and edited copies of 1,000 of its
+images; for the labelled set, CD-heavy's), and without it; the paired tables compare them, and
+candidates with plain efficientnet-lite0.
 
     python benchmarks/bench_quality.py [--models efficientnet-lite0,...] [--resnet50-weights F]
 """
@@ -27,6 +30,7 @@ other processes used meanwhile, in cores. The first row is the default pipeline 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +49,12 @@ from lookalike.evaluation import (
     build_copydetect,
     copydetect_report,
     copydetect_scores,
+    learn_projection,
     load_embedder,
     read_labelled,
     score_labelled,
 )
+from lookalike.index import Projection
 from lookalike.settings import resolve
 from quality_vectors import VectorCache, throughput
 
@@ -105,6 +111,9 @@ class ModelVectors:
     learning: np.ndarray  # the CD and CD-hard databases: the labelled set's PCA is learnt there
     images_per_second: float
     other_cores: float
+    #: Learned whitening of each copy-detection set's database (the default model only); the
+    #: labelled set uses CD-heavy's.
+    learned: dict[str, Projection] = dataclasses.field(default_factory=dict)
 
 
 def embed_model(name: str, weights: str | None, sets: Sets, remeasure: bool) -> ModelVectors:
@@ -116,27 +125,39 @@ def embed_model(name: str, weights: str | None, sets: Sets, remeasure: bool) -> 
         cache.save()
     cache.fill(all_paths(sets))
     learning = cache.embedded(list(dict.fromkeys([*sets.cd.database, *sets.hard.database])))
+    copies = {name: (cache.embedded(sets.copy(name).database),
+                     cache.embedded([q.path for q in sets.copy(name).queries]))
+              for name in COPY_SETS}
+    learned = {}
+    if name == DEFAULT.model:
+        log(f"{name}: learning each copy-detection database's whitening")
+        learned = {set_name: learn_projection(sets.copy(set_name).database, copies[set_name][0],
+                                              embedder) for set_name in COPY_SETS}
     return ModelVectors(
         labelled=cache.embedded(sets.labelled.paths),
-        copies={name: (cache.embedded(sets.copy(name).database),
-                       cache.embedded([q.path for q in sets.copy(name).queries]))
-                for name in COPY_SETS},
-        learning=learning.vectors[learning.ok],
+        copies=copies, learning=learning.vectors[learning.ok],
         images_per_second=cache.info["images_per_second"],
-        other_cores=cache.info["other_cores"],
+        other_cores=cache.info["other_cores"], learned=learned,
     )
 
 
 # -- scoring ---------------------------------------------------------------------------------
 
 
+def projection(pipeline: Pipeline, vectors: ModelVectors, name: str) -> Projection | None:
+    """The learned whitening a pipeline with ``learn`` searches set ``name`` with."""
+    return vectors.learned["heavy" if name == "labelled" else name] if pipeline.learn else None
+
+
 def score(pipeline: Pipeline, vectors: ModelVectors, sets: Sets) -> dict:
     lab = vectors.labelled
     scores, _, _ = score_labelled(lab.vectors[lab.ok], sets.labelled.labels[lab.ok], pipeline,
-                                  (1, K), pca_sample=vectors.learning)
+                                  (1, K), pca_sample=vectors.learning,
+                                  projection=projection(pipeline, vectors, "labelled"))
     result: dict = {"labelled": scores.summary()}
     for name in COPY_SETS:
-        result[name] = copydetect_report(sets.copy(name), pipeline, *vectors.copies[name], (1, K))
+        result[name] = copydetect_report(sets.copy(name), pipeline, *vectors.copies[name], (1, K),
+                                         projection(pipeline, vectors, name))
     return result
 
 
@@ -187,8 +208,10 @@ BASELINE = Pipeline("efficientnet-lite0")
 #: What `lookalike search` does with its default settings.
 DEFAULT = Pipeline(resolve("model"), qe=resolve("query_expansion"),
                    qe_alpha=resolve("query_expansion_alpha"))
-CANDIDATES = tuple(dict.fromkeys((  # the default first, once
-    DEFAULT, Pipeline("efficientnet-lite0", qe=2), Pipeline("efficientnet-lite0-gem"),
+#: ... and what it does in a collection that has learned its invariances (`lookalike learn`).
+LEARNED = dataclasses.replace(DEFAULT, learn=True)
+CANDIDATES = tuple(dict.fromkeys((  # the defaults first, once
+    LEARNED, DEFAULT, Pipeline("efficientnet-lite0", qe=2), Pipeline("efficientnet-lite0-gem"),
     Pipeline("efficientnet-lite0-gem", qe=2), Pipeline("efficientnet-lite1"),
     Pipeline("efficientnet-lite1-gem", qe=2), Pipeline("efficientnet-lite0", dba=2, qe=2))))
 
@@ -197,9 +220,11 @@ def per_query(pipeline: Pipeline, vectors: ModelVectors, sets: Sets) -> dict[str
     """Per-query labelled AP and copy-detection hits at rank 1, for paired comparisons."""
     lab = vectors.labelled
     out = {"labelled": score_labelled(lab.vectors[lab.ok], sets.labelled.labels[lab.ok],
-                                      pipeline, (1,), pca_sample=vectors.learning)[0].ap}
+                                      pipeline, (1,), pca_sample=vectors.learning,
+                                      projection=projection(pipeline, vectors, "labelled"))[0].ap}
     for name in COPY_SETS:
-        scores = copydetect_scores(sets.copy(name), pipeline, *vectors.copies[name], (1,))[0]
+        scores = copydetect_scores(sets.copy(name), pipeline, *vectors.copies[name], (1,),
+                                   projection(pipeline, vectors, name))[0]
         out[name] = (scores.first_rank == 1).astype(np.float64)
     return out
 
@@ -213,6 +238,17 @@ def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> str:
     return f"{delta.mean():+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def learned_table(vectors: ModelVectors, sets: Sets) -> str:
+    """The learned default against today's default, per query, with chains apart."""
+    base, mine = per_query(DEFAULT, vectors, sets), per_query(LEARNED, vectors, sets)
+    chained = np.asarray([q.edit == "chain" for q in sets.heavy.queries])
+    rows = [[name, paired_difference(base[name], mine[name])]
+            for name in ("labelled", *COPY_SETS)]
+    rows.append(["heavy, chains", paired_difference(base["heavy"][chained],
+                                                    mine["heavy"][chained])])
+    return table(["set", "Δ (L: mAP, others: R@1)"], rows)
+
+
 def candidates_table(by_model: dict[str, ModelVectors], sets: Sets) -> str:
     base = per_query(BASELINE, by_model[BASELINE.model], sets)
     base_speed = by_model[BASELINE.model].images_per_second
@@ -222,7 +258,8 @@ def candidates_table(by_model: dict[str, ModelVectors], sets: Sets) -> str:
             continue
         vectors = by_model[pipeline.model]
         mine = per_query(pipeline, vectors, sets)
-        label = ("default: " if pipeline == DEFAULT else "") + pipeline.describe()
+        label = {DEFAULT: "default: ", LEARNED: "default, learned: "}.get(pipeline, "")
+        label += pipeline.describe()
         rows.append([label, *(paired_difference(base[k], mine[k])
                               for k in ("labelled", *COPY_SETS)),
                      f"{base_speed / vectors.images_per_second:.2f}x"])
@@ -276,9 +313,11 @@ def main() -> None:
             if pipeline.steps() == "plain" or pipeline in pipelines[-1:]:
                 per_edit[pipeline.describe()] = result
         if name == DEFAULT.model:
-            result = score(DEFAULT, vectors, sets)
-            rows.insert(0, row(DEFAULT, result, vectors, spec.dim, f"**default**: {name}"))
-            per_edit[f"default: {DEFAULT.describe()}"] = result
+            for at, (pipeline, label) in enumerate(((LEARNED, "**default, learned**"),
+                                                     (DEFAULT, "**default**"))):
+                result = score(pipeline, vectors, sets)
+                rows.insert(at, row(pipeline, result, vectors, spec.dim, f"{label}: {name}"))
+                per_edit[f"{label.strip('*')}: {pipeline.describe()}"] = result
         log(f"{name}: done ({time.perf_counter() - started:.0f} s)")
     cd, hard, heavy = sets.cd, sets.hard, sets.heavy
     made_of = composition()
@@ -297,6 +336,10 @@ def main() -> None:
     if own_pca:
         print("\n### Labelled set, PCA learnt on its own images (a collection of this size)\n")
         print(table(["model", "steps", "L mAP", "L P@1", f"L R@{K}"], own_pca))
+    if DEFAULT.model in by_model:
+        print("\n### Learned whitening against today's default: paired differences, 95 % "
+              "bootstrap intervals over queries\n")
+        print(learned_table(by_model[DEFAULT.model], sets))
     if BASELINE.model in by_model:
         print(f"\n### Against {BASELINE.describe()}: paired differences, 95 % bootstrap "
               "intervals over queries\n")
