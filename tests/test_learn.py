@@ -167,10 +167,16 @@ def test_index_and_compact_learn_when_due(
 
         col.reduce(8)  # a PCA chosen by hand is kept
         assert not learning_due(col.manifest, 1_000_000)
+        off = col.learn(off=True)  # nothing learnt to remove: the PCA stays, learning stops
+        assert off.off and off.vectors == 0 and col.manifest.pca.kind == "pca"
+        assert not learning_due(col.manifest, 1_000_000) and not col.info().learn
+        assert col.learn().dim_after == 8  # at the dimension reduce chose
+        assert learning_due(col.manifest, 96) and not learning_due(col.manifest, 95)
         col.learn(off=True)
         assert col.manifest.pca is None and not learning_due(col.manifest, 1_000_000)
-        col.learn()  # on again
-        assert learning_due(col.manifest, 96) and not learning_due(col.manifest, 95)
+        col.remove(images[24:48])
+        col.learn(dim=12)  # at 24 images: due again at 48
+        assert col.index(images, workers=0).learned.dim_after == 12  # relearnt as chosen
     monkeypatch.setenv("LOOKALIKE_LEARN_MIN_IMAGES", "0")
     with Collection.open(tmp_path / "col") as col:
         assert not learning_due(col.manifest, 1_000_000)
@@ -221,8 +227,10 @@ def test_cli_learn_info_compact_and_off(sample_collection: Path, sample_dir: Pat
     bad = run("learn", "--off", "--dim", 8, "-c", path, check=False)
     assert bad.returncode == 2 and "--off takes no --dim" in bad.stderr
     few = run("learn", "--pairs", 3, "-c", path, check=False)
-    assert few.returncode == 2 and "--pairs must be at least 16" in few.stderr
+    assert few.returncode == 2 and "x>=16" in few.stderr
     assert "back to 1280 dimensions" in run("learn", "--off", "-c", path).stdout
+    assert "No learned projection to remove" in run("learn", "--off", "-c", path).stdout
+    assert "learning    off" in run("info", "-c", path).stdout
 
     monkeypatch.setenv("LOOKALIKE_LEARN_MIN_IMAGES", "10")
     assert "Main index: 18 vectors" in run("compact", "-c", path).stdout  # turned off
@@ -231,3 +239,9 @@ def test_cli_learn_info_compact_and_off(sample_collection: Path, sample_dir: Pat
     assert "Main index" in run("compact", "--no-learn", "-c", tmp_path / "fresh").stdout
     assert "Learned this collection's invariances from 18 images" in run(
         "compact", "-c", tmp_path / "fresh").stdout
+    monkeypatch.setenv("LOOKALIKE_LEARN_PAIRS", "5")
+    shutil.copytree(sample_collection, tmp_path / "few")
+    warned = run("compact", "-c", tmp_path / "few")  # still a successful compaction
+    assert "Warning: Not learning this collection's invariances: --pairs (setting " \
+           "learn_pairs) must be at least 16" in warned.stderr
+    assert "UserWarning" not in warned.stderr and "Main index" in warned.stdout

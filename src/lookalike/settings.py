@@ -32,6 +32,9 @@ def _config_home() -> Path:
 #: EfficientNet-Lite0 with GeM pooling: of the packaged models, the best measured accuracy per
 #: unit of cost (README, "Retrieval quality"; benchmarks/bench_quality.py).
 DEFAULT_MODEL = "efficientnet-lite0-gem"
+#: Fewest images `lookalike learn` learns from: below it the learned whitening is mostly its
+#: shrinkage.
+MIN_LEARN_PAIRS = 16
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,8 @@ class CollectionInfo:
     created: str
     updated: str
     index_dim: int = 0  # the model's dim, or the PCA's when the collection is reduced
-    pca: dict[str, Any] | None = None  # the manifest's PCA entry (see `lookalike reduce`)
+    pca: dict[str, Any] | None = None  # the manifest's projection (`lookalike reduce`, `learn`)
+    learn: bool = True  # False after `lookalike learn --off`: index and compact do not learn
     store: str = "sqlite"  # or the PostgreSQL URI, without its password
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,8 +223,9 @@ class LearnReport:
 
     ``pairs`` images and their copies were learnt from (``unreadable`` more were drawn whose
     file could not be read again, or had changed since it was indexed); ``trained_on`` stored
-    vectors gave the mean (and, below full dimension, the rotation). ``pairs`` is 0 when the
-    projection was removed (``--off``).
+    vectors gave the mean (and, below full dimension, the rotation). ``off``: learning was
+    turned off (``--off``), and the learned projection removed if there was one (then
+    ``vectors`` were indexed again; 0 when there was none).
     """
 
     pairs: int
@@ -235,6 +237,7 @@ class LearnReport:
     copy_seconds: float
     fit_seconds: float
     build_seconds: float
+    off: bool = False
 
     @property
     def seconds(self) -> float:

@@ -41,13 +41,15 @@ no_learn_option = click.option(
 
 def echo_learned(report: Any) -> None:
     """The line `learn`, `index` and `compact` print for a :class:`lookalike.LearnReport`."""
-    if not report.pairs:
-        click.echo(f"Learned projection removed: the index is back to {report.dim_after} "
-                   f"dimensions (rebuilt in {report.build_seconds:.1f} s); index and compact "
-                   "no longer learn by themselves, until the next `lookalike learn`.")
+    if report.off:
+        removed = (f"Learned projection removed: the index is back to {report.dim_after} "
+                   f"dimensions (rebuilt in {report.build_seconds:.1f} s)" if report.vectors
+                   else "No learned projection to remove")
+        click.echo(f"{removed}; index and compact no longer learn by themselves, until the "
+                   "next `lookalike learn`.")
         return
-    unreadable = f" ({report.unreadable} files could not be read again)" if report.unreadable \
-        else ""
+    unreadable = (f" ({report.unreadable} files could not be read again unchanged)"
+                  if report.unreadable else "")
     click.echo(f"Learned this collection's invariances from {report.pairs} images and edited "
                f"copies of them{unreadable}, {report.dim_before} -> {report.dim_after} "
                f"dimensions, in {report.seconds:.1f} s (copies {report.copy_seconds:.1f} s, "

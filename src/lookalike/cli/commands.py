@@ -199,6 +199,9 @@ def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
         click.echo(f"pca         {info.dim} -> {info.pca['dim']} dimensions{whitened}, "
                    f"{info.pca['explained_variance']:.1%} of the variance, learnt from "
                    f"{info.pca['trained_on']} vectors")
+    if not info.learn:
+        click.echo("learning    off: index and compact do not learn by themselves "
+                   "(`lookalike learn` turns it on)")
     click.echo(f"images      {info.images} indexed, {info.failed} failed, {info.removed} removed")
     click.echo(f"metadata    {info.store}")
     for name, size in info.bytes_on_disk.items():

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..objects import is_object_uri
+from ..settings import MIN_LEARN_PAIRS
 from ..types import line_uri, shown_uri
 from .base import (
     COLLECTION_HELP,
@@ -168,8 +169,9 @@ def reduce_command(dim: int | None, off: bool, whiten: bool, sample: int, seed: 
 
 @cli.command("learn")
 @click.option("--dim", type=click.IntRange(min=1), default=None,
-              help="Also reduce the index to this many dimensions [default: the model's].")
-@click.option("--pairs", type=click.IntRange(min=1), default=None,
+              help="Also reduce the index to this many dimensions [default: as now: the "
+                   "model's, or what `reduce` or an earlier `learn --dim` chose].")
+@click.option("--pairs", type=click.IntRange(min=MIN_LEARN_PAIRS), default=None,
               help="Images to edit a copy of and learn from, drawn at random "
                    "[env LOOKALIKE_LEARN_PAIRS; default 1000].")
 @click.option("--off", is_flag=True,

@@ -457,5 +457,5 @@ class Collection:
             tombstones=len(live.tombstones), bytes_on_disk=sizes,
             created=manifest.created, updated=manifest.updated, index_dim=live.dim,
             pca=dataclasses.asdict(manifest.pca) if manifest.pca else None,
-            store=manifest.store or "sqlite",
+            learn=manifest.learn, store=manifest.store or "sqlite",
         )

@@ -301,6 +301,11 @@ class Indexes:
             fit_seconds=switch.fit_seconds, build_seconds=switch.build_seconds,
         )
 
+    def stop_learning(self, wait: float = 0.0) -> None:
+        """Record in the manifest that index and compact must not learn by themselves."""
+        with self.writer(wait):
+            self._save_manifest(self.manifest.replace(learn=False))
+
     def switch_projection(self, fit: Callable[[], tuple[P, PcaEntry | None]], *,
                           wait: float = 0.0, learn: bool | None = None
                           ) -> tuple[P, ProjectionSwitch]:

@@ -29,14 +29,13 @@ from ..embedders import Embedder
 from ..errors import UsageError
 from ..index.whitening import LearnedWhitening
 from ..ingest.local import decoded_chunks
+from ..settings import MIN_LEARN_PAIRS
 from ..types import LearnReport
 from .manifest import Manifest, PcaEntry
 
 if TYPE_CHECKING:
     from .collection import Collection
 
-#: Fewest copies a fit needs: below it the learned whitening is mostly its shrinkage.
-MIN_PAIRS = 16
 _CHUNK = 16  # images per decoding task
 #: Stored vectors the mean (and a reduced projection's rotation) is learnt from, at most.
 _SAMPLE = 200_000
@@ -108,8 +107,9 @@ def learn_if_due(collection: Collection, *, wait: float = 0.0) -> LearnReport | 
     """See :meth:`lookalike.Collection.learn_if_due`."""
     if not learning_due(collection.manifest, collection.store.counts().get("active", 0)):
         return None
-    try:
-        return learn(collection, wait=wait)
+    entry = collection.manifest.pca
+    try:  # at the dimension it learnt at before (`learn --dim`)
+        return learn(collection, dim=entry.dim if entry else None, wait=wait)
     except UsageError as exc:  # too few files could be read again: the run itself is fine
         warnings.warn(f"Not learning this collection's invariances: {exc}", stacklevel=3)
         return None
@@ -120,17 +120,25 @@ def learn(collection: Collection, *, dim: int | None = None, pairs: int | None =
           workers: int | None = None) -> LearnReport:
     """See :meth:`lookalike.Collection.learn`."""
     pairs = settings.resolve("learn_pairs", pairs)
-    if pairs < MIN_PAIRS:
-        raise UsageError(f"--pairs must be at least {MIN_PAIRS}, got {pairs}.")
+    if pairs < MIN_LEARN_PAIRS:
+        raise UsageError(f"--pairs (setting learn_pairs) must be at least {MIN_LEARN_PAIRS}, got "
+                         f"{pairs}.")
     indexes, store = collection.indexes, collection.store
+    entry = collection.manifest.pca
     if off:
+        if entry is None or not entry.learned:  # nothing learnt (a PCA of `reduce` stays)
+            indexes.stop_learning()
+            dim = collection.index_dim
+            return LearnReport(0, 0, 0, dim, dim, 0, 0.0, 0.0, 0.0, off=True)
         _, switch = indexes.switch_projection(lambda: (None, None), wait=wait, learn=False)
         return LearnReport(0, 0, 0, switch.dim_before, switch.dim_after, switch.vectors, 0.0,
-                           switch.fit_seconds, switch.build_seconds)
+                           switch.fit_seconds, switch.build_seconds, off=True)
+    if dim is None and entry is not None:
+        dim = entry.dim  # keep the dimension `reduce` or an earlier `learn --dim` chose
     started = time.perf_counter()
     active = [r for r in store.file_states().values() if r.status == "active"]
-    if len(active) < MIN_PAIRS:
-        raise UsageError(f"Learning needs at least {MIN_PAIRS} images in the collection, it "
+    if len(active) < MIN_LEARN_PAIRS:
+        raise UsageError(f"Learning needs at least {MIN_LEARN_PAIRS} images in the collection, it "
                          f"holds {len(active)}; index more images first.")
     picked = np.random.default_rng(seed).choice(len(active), min(pairs, len(active)),
                                                 replace=False)
@@ -141,11 +149,11 @@ def learn(collection: Collection, *, dim: int | None = None, pairs: int | None =
         max_pixels=collection.limits.max_pixels, max_bytes=collection.limits.max_file_bytes)
     stored = store.vectors([r.id for r in records])
     kept = [i for i, r in enumerate(records) if made[i] and r.id in stored]
-    if len(kept) < MIN_PAIRS:
+    if len(kept) < MIN_LEARN_PAIRS:
         raise UsageError(
             f"Only {len(kept)} of {len(records)} images drawn could be read again unchanged; "
-            f"learning needs {MIN_PAIRS}. Run `lookalike index` on the folders first, so that "
-            "the collection matches its files.")
+            f"learning needs {MIN_LEARN_PAIRS}. Run `lookalike index` on the folders first, so "
+            "that the collection matches its files.")
     originals = np.stack([stored[records[i].id] for i in kept])
     copy_seconds = time.perf_counter() - started
 
