@@ -45,7 +45,8 @@ from .manifest import MANIFEST, Manifest, PcaEntry, load_manifest, now, write_ma
 
 LOCK, COMPACT_LOCK = ".lock", ".compact.lock"
 P = TypeVar("P", bound=Projection | None)
-#: Present while `reduce` switches projections: the index files may belong to either one.
+#: Present while `reduce` or `learn` switches projections: the index files may belong to
+#: either one.
 REDUCING = ".reduce-pending"
 
 

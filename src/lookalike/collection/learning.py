@@ -107,9 +107,8 @@ def learn_if_due(collection: Collection, *, wait: float = 0.0) -> LearnReport | 
     """See :meth:`lookalike.Collection.learn_if_due`."""
     if not learning_due(collection.manifest, collection.store.counts().get("active", 0)):
         return None
-    entry = collection.manifest.pca
-    try:  # at the dimension it learnt at before (`learn --dim`)
-        return learn(collection, dim=entry.dim if entry else None, wait=wait)
+    try:
+        return learn(collection, wait=wait)
     except UsageError as exc:  # too few files could be read again: the run itself is fine
         warnings.warn(f"Not learning this collection's invariances: {exc}", stacklevel=3)
         return None
