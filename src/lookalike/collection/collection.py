@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,9 @@ from ..embedders import Embedder
 from ..errors import CollectionExistsError, UsageError
 from ..imaging import ImageSource
 from ..index import IndexSpec, parse_spec
-from ..ingest import Ingestor, exists
-from ..ingest.engines import chosen_engine, engine_source
-from ..live import DELTA_INDEX, MAIN_INDEX, CompactionReport, LiveIndex, VerifyReport, claim_index
-from ..objects import ObjectURI, is_object_uri
-from ..storage import SQLITE_FILE, EventWrite, new_store, open_store
+from ..ingest.engines import chosen_engine
+from ..live import CompactionReport, LiveIndex, VerifyReport, claim_index
+from ..storage import EventWrite, new_store, open_store
 from ..types import (
     CollectionInfo,
     ImageDetails,
@@ -36,26 +34,13 @@ from ..types import (
     ReduceReport,
     SearchHit,
 )
+from .feeding import Feeder, check_exist
 from .files import ImageFile
 from .images import DecodeLimits, Images
 from .indexes import Indexes
+from .info import collection_info
 from .manifest import MANIFEST, Manifest, new_manifest, read_manifest, write_manifest
 from .searching import Searcher
-
-
-def _disk_bytes(file: Path) -> int:
-    """The bytes ``file`` takes on disk: engines allocate sparse files ahead of their data."""
-    stat = file.stat()
-    return min(stat.st_size, stat.st_blocks * 512)
-
-
-def _missing(path: str | os.PathLike[str]) -> str:
-    if not is_object_uri(path):
-        return f"Path {path} does not exist."
-    if ObjectURI.parse(str(path)).is_prefix:
-        return f"There is no object under {path}: check the bucket and prefix."
-    return (f"There is no object {path}; for the objects under it as a prefix, end it with a "
-            f"slash: {path}/")
 
 
 class Collection:
@@ -85,6 +70,7 @@ class Collection:
         self.indexes = Indexes(path, manifest, self.store)
         self.images = Images(path, self.store, self.indexes, self.limits, lambda: self.embedder)
         self._searcher = Searcher(self.store, self.indexes, self.embed)
+        self._feeder = Feeder(self.store, self.indexes, self.limits, lambda: self.embedder)
 
     # -- opening --------------------------------------------------------------------------
 
@@ -203,57 +189,18 @@ class Collection:
         :meth:`learn_if_due` (the report's ``learned``).
         """
         paths = list(paths)
-        for p in paths:
-            if not exists(p):
-                raise UsageError(_missing(p))
+        check_exist(paths)
         chosen = chosen_engine(engine, ray_address=ray_address, spark_master=spark_master,
                                workers=workers)
-        report = self._ingest(paths, batch_size=batch_size, workers=workers,
-                              show_progress=show_progress, remove_missing=remove_missing,
-                              engine=chosen, wait=wait)
+        report = self._feeder.files(paths, batch_size=batch_size, workers=workers,
+                                    show_progress=show_progress, remove_missing=remove_missing,
+                                    engine=chosen, wait=wait)
         learned = self.learn_if_due(wait=wait) if learn else None
         return dataclasses.replace(report, learned=learned) if learned else report
 
     def sync(self, paths: Iterable[str | os.PathLike[str]]) -> IngestReport:
         """Bring these paths in step: index those that exist, remove those that are gone."""
-        return self._ingest(list(paths), workers=0, show_progress=False)
-
-    def _ingest(self, paths: list[str | os.PathLike[str]], *, batch_size: int | None = None,
-                workers: int | None = None, show_progress: bool | None = None,
-                remove_missing: bool = True, engine: Any = None,
-                wait: float = 0.0) -> IngestReport:
-        batch_size = settings.resolve("batch_size", batch_size)
-        source = engine_source(engine, self.embedder, batch_size=batch_size,
-                               max_pixels=self.limits.max_pixels,
-                               max_bytes=self.limits.max_file_bytes)
-        ingestor = Ingestor(
-            self.store, self.embedder, self.indexes.committed,
-            max_pixels=self.limits.max_pixels, max_bytes=self.limits.max_file_bytes,
-            batch_size=batch_size, workers=settings.resolve("workers", workers),
-            checkpoint=self._checkpoint, source=source,
-        )
-        return self._feed(lambda: ingestor.run(paths, remove_missing=remove_missing,
-                                               show_progress=show_progress), wait)
-
-    def _feed(self, run: Callable[[], IngestReport], wait: float) -> IngestReport:
-        """``run`` an Ingestor as this collection's writer, then save the delta (even when it
-        fails) and compact if that is due."""
-        with self.indexes.image_writer(wait):
-            try:
-                report = run()
-            finally:
-                self.live.save_delta()
-            self.indexes.touch()
-        if self.live.needs_compaction():
-            self.compact(wait=False)
-        return report
-
-    def _checkpoint(self) -> None:
-        # Called by long indexing runs now and then: bound the work a crash would redo on open,
-        # and keep the delta small enough to stay fast.
-        self.live.save_delta()
-        if self.live.needs_compaction():
-            self.compact(wait=False)
+        return self._feeder.files(list(paths), workers=0, show_progress=False)
 
     def add(self, paths: Iterable[str | os.PathLike[str]], **options: Any) -> IngestReport:
         """Index files and folders without removing anything else."""
@@ -270,12 +217,8 @@ class Collection:
 
         with opened(shards) as found:
             found.check(self.manifest.model.fingerprint, self.dim, self.path)
-            source = found.source(batch_size)
-            ingestor = Ingestor(self.store, self.embedder, self.indexes.committed,
-                                max_pixels=self.limits.max_pixels, batch_size=batch_size,
-                                checkpoint=self._checkpoint, source=source)
-            return self._feed(lambda: ingestor.run_listed(source.files,
-                                                          show_progress=show_progress), wait)
+            return self._feeder.shards(found, batch_size=batch_size,
+                                       show_progress=show_progress, wait=wait)
 
     def remove(self, images: Iterable[int | str | os.PathLike[str]], *,
                wait: float = 0.0) -> list[int]:
@@ -433,29 +376,5 @@ class Collection:
     # -- reporting --------------------------------------------------------------------------
 
     def info(self) -> CollectionInfo:
-        counts = self.store.counts()
-        sizes = {}
-        manifest = self.manifest
-        pca_file = manifest.pca.file if manifest.pca else None
-        for name in (MANIFEST, SQLITE_FILE, SQLITE_FILE + "-wal", MAIN_INDEX, DELTA_INDEX,
-                     *([pca_file] if pca_file else [])):
-            file = self.path / name
-            if file.exists():
-                sizes[name] = file.stat().st_size
-        embedded = self.spec.embedded_data(self.path)  # Milvus Lite's file, Qdrant Edge's shard
-        if embedded is not None and embedded.exists():
-            files = [embedded] if embedded.is_file() else embedded.rglob("*")
-            sizes[str(embedded.relative_to(self.path)) if embedded.is_relative_to(self.path)
-                  else str(embedded)] = sum(_disk_bytes(f) for f in files if f.is_file())
-        live = self.live
-        live.refresh()
-        return CollectionInfo(
-            path=str(self.path), model=self.model_name, dim=self.dim,
-            index_spec=self.spec.text, index_kind=live.main_kind,
-            images=counts["active"], failed=counts["failed"], removed=counts["removed"],
-            main_vectors=live.main_vectors, delta_vectors=live.delta_vectors,
-            tombstones=len(live.tombstones), bytes_on_disk=sizes,
-            created=manifest.created, updated=manifest.updated, index_dim=live.dim,
-            pca=dataclasses.asdict(manifest.pca) if manifest.pca else None,
-            learn=manifest.learn, store=manifest.store or "sqlite",
-        )
+        """Counts, index, projection, store and bytes on disk."""
+        return collection_info(self)
