@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CollectionLockedError, IndexUnavailableError, MissingDependencyError
+from .database_client import DatabaseClient
 from .faiss_index import DEFAULT_EF_SEARCH
 from .milvus_spec import bracket
 from .spec import IndexSpec
@@ -63,7 +64,7 @@ class MilvusState:
     vectors: int
 
 
-class MilvusIndex:
+class MilvusIndex(DatabaseClient):
     """A client for one Milvus collection (which may not exist yet: see :meth:`create`)."""
 
     engine = "Milvus"
@@ -145,17 +146,6 @@ class MilvusIndex:
         with self._calls("drop"):
             self._client.drop_collection(self.name)
         self._dim = None
-
-    @property
-    def index_text(self) -> str:
-        """The index parameters this spec builds, as recorded in ``lookalike.index``."""
-        return self.target.params_text(self.spec)
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            self._dim = self.state().dim
-        return self._dim
 
     def set_generation(self, generation: int) -> None:
         """Record that every store change up to ``generation`` is in Milvus."""

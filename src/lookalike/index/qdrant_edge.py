@@ -38,6 +38,7 @@ from ..errors import (
     IndexUnavailableError,
     LookalikeError,
 )
+from .database_client import DatabaseClient
 from .qdrant_index import PAGE, QdrantState, chunks, qdrant_module, search_batches, search_ef
 from .spec import IndexSpec
 
@@ -58,7 +59,7 @@ class _Shared:
         self.optimizing = threading.Lock()  # one optimizer run at a time
 
 
-class QdrantEdgeIndex:
+class QdrantEdgeIndex(DatabaseClient):
     """A client for one Qdrant Edge shard (which may not exist yet: see :meth:`create`)."""
 
     engine = "Qdrant"
@@ -147,17 +148,6 @@ class QdrantEdgeIndex:
                 self._shared.shard = None
             shutil.rmtree(self.path, ignore_errors=True)
         self._dim = None
-
-    @property
-    def index_text(self) -> str:
-        """The index parameters this spec builds, as recorded in ``lookalike.json``."""
-        return self.target.params_text(self.spec)
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            self._dim = self.state().dim
-        return self._dim
 
     def set_generation(self, generation: int) -> None:
         """Note that every store change up to ``generation`` is in the shard; the next

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import IndexUnavailableError, MissingDependencyError
+from .database_client import DatabaseClient
 from .faiss_index import DEFAULT_EF_SEARCH
 from .spec import IndexSpec
 
@@ -103,7 +104,7 @@ def chunks(ids: np.ndarray, vectors: np.ndarray) -> Iterator[tuple[list[int], li
                np.asarray(vectors[start:start + rows], np.float32).tolist())
 
 
-class QdrantIndex:
+class QdrantIndex(DatabaseClient):
     """A client for one Qdrant collection (which may not exist yet: see :meth:`create`)."""
 
     engine = "Qdrant"
@@ -169,17 +170,6 @@ class QdrantIndex:
         with self._calls("drop"):
             self._client.delete_collection(self.name)
         self._dim = None
-
-    @property
-    def index_text(self) -> str:
-        """The index parameters this spec builds, as recorded in ``lookalike.index``."""
-        return self.target.params_text(self.spec)
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            self._dim = self.state().dim
-        return self._dim
 
     def set_generation(self, generation: int) -> None:
         """Record that every store change up to ``generation`` is in Qdrant."""
