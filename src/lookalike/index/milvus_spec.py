@@ -16,7 +16,7 @@ product on unit vectors. Searches pass ``ef`` (from ``ef_search``) or ``nprobe``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import parse_qsl, urlsplit
@@ -29,10 +29,10 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 19530
 DEFAULT_LITE_FILE = "milvus.db"
 DEFAULT_NAME = "lookalike"
-INDEX_TYPES = ("HNSW", "IVF_FLAT", "FLAT")
 MILVUS_FORMS = ("'milvus://HOST[:PORT]/[DATABASE/]NAME[?index=HNSW&M=32&efConstruction=64]' or "
                 "'milvus-lite:[FILE.db/]NAME[?index=IVF_FLAT&nlist=1024]'")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+#: Index types, and the parameters each takes.
 _PARAMS = {"HNSW": ("M", "efConstruction"), "IVF_FLAT": ("nlist",), "FLAT": ()}
 _LITE = ("milvus-lite:", "milvus-lite")
 
@@ -97,10 +97,8 @@ def parse_milvus_spec(text: str) -> IndexSpec:
         target = _lite(text, location[len(_LITE[1]):].removeprefix(":"))
     params = _query(text, query)
     index_type = params.pop("index", "HNSW").upper()
-    if index_type not in INDEX_TYPES:
-        raise _error(text, f"index must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}")
     try:
-        numbers = index_numbers(params, index_type, _PARAMS[index_type],
+        numbers = index_numbers(params, index_type, _PARAMS,
                                 {"M": 32, "efConstruction": 64, "nlist": 1024}, _RANGES)
     except ValueError as exc:
         raise _error(text, str(exc)) from None
@@ -153,14 +151,14 @@ def _lite(text: str, rest: str) -> _Target:
 
 
 def _query(text: str, query: str) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
-        canonical = {"m": "M", "efconstruction": "efConstruction", "nlist": "nlist",
-                     "index": "index", "index_type": "index"}.get(key.lower(), key)
-        if canonical in params:
-            raise _error(text, f"{canonical} is given twice")
-        params[canonical] = value.strip()
-    return params
+    def canonical(key: str) -> str:
+        return {"m": "M", "efconstruction": "efConstruction", "nlist": "nlist",
+                "index": "index", "index_type": "index"}.get(key.lower(), key)
+
+    try:
+        return query_params(query, canonical)
+    except ValueError as exc:
+        raise _error(text, str(exc)) from None
 
 
 def _check_name(text: str, name: str) -> None:
@@ -169,16 +167,31 @@ def _check_name(text: str, name: str) -> None:
                            "underscores, starting with a letter or underscore")
 
 
-def index_numbers(params: dict[str, str], index_type: str, allowed: tuple[str, ...],
-                  defaults: dict[str, int],
+def query_params(query: str, canonical: Callable[[str], str]) -> dict[str, str]:
+    """A spec's ``?key=value&...`` by ``canonical(key)``; a ValueError for a key given twice."""
+    params: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        name = canonical(key)
+        if name in params:
+            raise ValueError(f"{name} is given twice")
+        params[name] = value.strip()
+    return params
+
+
+def index_numbers(params: dict[str, str], index_type: str,
+                  takes: Mapping[str, tuple[str, ...]], defaults: dict[str, int],
                   ranges: Mapping[str, tuple[int, int, str]]) -> dict[str, int]:
     """A database spec's index parameters as numbers, ``defaults`` for those not given; a
-    ValueError says what is wrong: a parameter ``index_type`` does not take, one that is not a
-    whole number, or one out of its ``ranges`` entry (lowest, highest, what the error says)."""
+    ValueError says what is wrong: an ``index_type`` not in ``takes`` (index type -> the
+    parameters it takes), a parameter it does not take, one that is not a whole number, or one
+    out of its ``ranges`` entry (lowest, highest, what the error says)."""
+    if index_type not in takes:
+        raise ValueError(f"index must be one of {', '.join(takes)}, not {index_type!r}")
+    allowed = takes[index_type]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
-        raise ValueError(f"index={index_type} {takes}, not {', '.join(unknown)}")
+        wanted = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
+        raise ValueError(f"index={index_type} {wanted}, not {', '.join(unknown)}")
     numbers = dict(defaults)
     for key, raw in params.items():
         if not raw.isdigit():

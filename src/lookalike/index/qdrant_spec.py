@@ -21,10 +21,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypedDict
-from urllib.parse import parse_qsl
 
 from ..errors import InvalidSpecError
-from .milvus_spec import bracket, index_numbers, split_server
+from .milvus_spec import bracket, index_numbers, query_params, split_server
 
 if TYPE_CHECKING:
     from .spec import IndexSpec
@@ -33,10 +32,10 @@ DEFAULT_PORT = 6333
 DEFAULT_EDGE_DIR = "qdrant"
 DEFAULT_NAME = "lookalike"
 DEFAULT_INDEXING_THRESHOLD = 10_000  # KB: Qdrant's default
-INDEX_TYPES = ("hnsw", "exact")
 QDRANT_FORMS = ("'qdrant://HOST[:PORT]/NAME[?m=32&ef_construct=128]' or "
                 "'qdrant-edge:[DIR/]NAME[?index=exact]'")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
+#: Index types, and the parameters each takes.
 _PARAMS = {"hnsw": ("m", "ef_construct", "indexing_threshold"), "exact": ()}
 _EDGE = "qdrant-edge"
 _HNSW_RANGES = "m must be 4-256 and ef_construct 8-4096"
@@ -113,10 +112,8 @@ def parse_qdrant_spec(text: str) -> IndexSpec:
             raise _error(text, f"https must be true or false, not {https!r}")
         target["https"] = _BOOLEANS[https.lower()]
     index_type = params.pop("index", "hnsw").lower()
-    if index_type not in INDEX_TYPES:
-        raise _error(text, f"index must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}")
     try:
-        numbers = index_numbers(params, index_type, _PARAMS[index_type],
+        numbers = index_numbers(params, index_type, _PARAMS,
                                 {"m": 32, "ef_construct": DEFAULT_EF_CONSTRUCTION}, _RANGES)
     except ValueError as exc:
         raise _error(text, str(exc)) from None
@@ -162,15 +159,15 @@ def _edge(text: str, rest: str) -> _Target:
 
 
 def _query(text: str, query: str) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+    def canonical(key: str) -> str:
         normal = key.lower().replace("-", "_")
-        canonical = {"efconstruct": "ef_construct", "ef_construction": "ef_construct",
-                     "index_type": "index"}.get(normal, normal)
-        if canonical in params:
-            raise _error(text, f"{canonical} is given twice")
-        params[canonical] = value.strip()
-    return params
+        return {"efconstruct": "ef_construct", "ef_construction": "ef_construct",
+                "index_type": "index"}.get(normal, normal)
+
+    try:
+        return query_params(query, canonical)
+    except ValueError as exc:
+        raise _error(text, str(exc)) from None
 
 
 def _check_name(text: str, name: str) -> None:
