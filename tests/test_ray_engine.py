@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import make_variants
-from indexer_runs import alive, committed_rows, descendants, wait_committed
+from indexer_runs import alive, committed_rows, descendants, same_as_local, stored, wait_committed
 from lookalike import Collection
 from lookalike.errors import MissingDependencyError, UsageError
 
@@ -29,14 +29,6 @@ pytest.importorskip("ray.data", reason="the Ray engine needs the `ray` extra")
 from lookalike.ingest.ray import RayEngine, engine_for  # noqa: E402
 
 ENGINE = RayEngine(num_cpus=2)
-
-
-def _stored(col: Collection) -> dict[str, tuple[str, np.ndarray | None]]:
-    """uri -> (status, stored vector) of every image row."""
-    out = {}
-    for uri, image_id, status in committed_rows(col.path / "lookalike.db"):
-        out[uri] = (status, col.store.vector(image_id))
-    return out
 
 
 def _bad_files(folder: Path) -> dict[str, str]:
@@ -53,27 +45,16 @@ def test_ray_vectors_equal_local_engine(photos: Path, sample_dir: Path, tmp_path
     bad = _bad_files(photos)
     with Collection.create(tmp_path / "local") as local:
         local_report = local.index([photos], workers=0, batch_size=8, show_progress=False)
-        expected = _stored(local)
+        expected = stored(local)
     with Collection.create(tmp_path / "ray") as col:
         report = col.index([photos], engine=ENGINE, batch_size=8, show_progress=False)
-        got = _stored(col)
+        got = stored(col)
         assert report.added == local_report.added and report.added + len(bad) == len(got)
         assert report.stage_seconds["ray_start"] > 0  # it did run on Ray
 
-        # the same files, the same outcome, the same vectors
-        assert got.keys() == expected.keys()
-        for uri, (status, vector) in expected.items():
-            assert got[uri][0] == status, uri
-            if vector is None:
-                assert got[uri][1] is None, uri
-                continue
-            other = got[uri][1]
-            assert other is not None
-            assert float(np.abs(vector - other).max()) <= 1e-5, uri
-
-        # bad files are failures with their reason, exactly as locally
-        reasons = {Path(f.uri).name: f.reason for f in report.failed}
-        assert reasons == {Path(f.uri).name: f.reason for f in local_report.failed}
+        # the same files, the same outcome, the same vectors; bad files are failures with
+        # their reason, exactly as locally
+        reasons = same_as_local(got, expected, report, local_report)
         for name, word in bad.items():
             assert word in reasons[name].lower(), reasons[name]
 
@@ -156,7 +137,7 @@ def test_gpus_the_model_cannot_use_fall_back_to_cpus(sample_dir: Path, tmp_path:
     photos = sample_dir  # read-only use
     with Collection.create(tmp_path / "local") as local:
         local.index([photos], workers=0, show_progress=False)
-        expected = _stored(local)
+        expected = stored(local)
     # A cluster that says it has a GPU, in a process where Ray already runs: the engine uses that
     # cluster (and leaves it running), finds that the model cannot load on CUDA, and uses CPUs.
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
@@ -170,7 +151,7 @@ def test_gpus_the_model_cannot_use_fall_back_to_cpus(sample_dir: Path, tmp_path:
         ray.shutdown()
     assert report.added == len(expected) and not report.failed
     with Collection.open(tmp_path / "ray") as col:
-        got = _stored(col)
+        got = stored(col)
     for uri, (_, vector) in expected.items():
         assert float(np.abs(vector - got[uri][1]).max()) <= 1e-5, uri
 

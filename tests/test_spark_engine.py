@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, make_variants
-from indexer_runs import alive, committed_rows, descendants, wait_committed
+from indexer_runs import alive, committed_rows, descendants, same_as_local, stored, wait_committed
 from lookalike import Collection
 from lookalike.errors import MissingDependencyError, SparkJobError, UsageError
 from lookalike.ingest.spark import SparkEngine, engine_for
@@ -49,12 +49,6 @@ def spark() -> Iterator[Any]:
         yield active
 
 
-def _stored(col: Collection) -> dict[str, tuple[str, np.ndarray | None]]:
-    """uri -> (status, stored vector) of every image row."""
-    return {uri: (status, col.store.vector(image_id))
-            for uri, image_id, status in committed_rows(col.path / "lookalike.db")}
-
-
 def test_spark_vectors_equal_local_engine(spark: Any, photos: Path, sample_dir: Path,
                                           tmp_path: Path) -> None:
     make_variants(sample_dir, photos / "variants", 12)
@@ -62,28 +56,17 @@ def test_spark_vectors_equal_local_engine(spark: Any, photos: Path, sample_dir: 
     (photos / "truncated.jpg").write_bytes((photos / "variants" / "img0001.jpg").read_bytes()[:300])
     with Collection.create(tmp_path / "local") as local:
         local_report = local.index([photos], workers=0, batch_size=8, show_progress=False)
-        expected = _stored(local)
+        expected = stored(local)
     with Collection.create(tmp_path / "spark") as col:
         report = col.index([photos], engine="spark", batch_size=8, show_progress=False)
-        got = _stored(col)
+        got = stored(col)
         assert report.added == local_report.added == len(got) - 2
         assert report.stage_seconds["spark_start"] > 0  # it did run on Spark
         assert report.stage_seconds["model_load"] > 0  # in the module's fresh Python workers
 
-        # the same files, the same outcome, the same vectors
-        assert got.keys() == expected.keys()
-        for uri, (status, vector) in expected.items():
-            assert got[uri][0] == status, uri
-            if vector is None:
-                assert got[uri][1] is None, uri
-                continue
-            other = got[uri][1]
-            assert other is not None
-            assert float(np.abs(vector - other).max()) <= 1e-5, uri
-
-        # bad files are failures with their reason, exactly as locally
-        reasons = {Path(f.uri).name: f.reason for f in report.failed}
-        assert reasons == {Path(f.uri).name: f.reason for f in local_report.failed}
+        # the same files, the same outcome, the same vectors; bad files are failures with
+        # their reason, exactly as locally
+        reasons = same_as_local(got, expected, report, local_report)
         assert reasons.keys() == {"empty.jpg", "truncated.jpg"}
 
         # a rerun finds nothing to do, so it never asks Spark for anything
