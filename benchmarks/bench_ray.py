@@ -30,22 +30,23 @@ from photos import ensure_photos
 
 
 def run_index(spec: dict[str, Any]) -> dict[str, Any]:
-    """Index the photo folder with one engine into a new collection (in a child process)."""
+    """Index the photo folder with one engine (local, ray or spark) into a new collection (in a
+    child process); bench_spark.py runs it too."""
     from lookalike import Collection
 
-    work = Path(tempfile.mkdtemp(prefix="bench-ray-", dir=spec["tmp"]))
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{spec['engine']}-", dir=spec["tmp"]))
     try:
         col = Collection.create(work / "collection", model="efficientnet-lite0", index="auto")
         col.embedder  # noqa: B018 - load the model before the clock starts
-        engine: Any = "local"
-        if spec["engine"] == "ray":
+        engine: Any = spec["engine"]
+        if engine == "ray":
             from lookalike.ingest.ray import RayEngine
 
             engine = RayEngine(actors=spec["actors"], cpus_per_actor=spec["cpus_per_actor"])
         # Sampled once a second, not every 50 ms: walking /proc for the ~300 threads of a local
         # Ray costs the driver ~7 ms of CPU per sample, which would be charged to the Ray engine.
         with Meter(interval=1.0) as memory:
-            started = time.perf_counter()  # the whole call: importing Ray is part of its cost
+            started = time.perf_counter()  # the whole call: importing Ray or PySpark is part
             report = col.index([spec["folder"]], engine=engine, batch_size=spec["batch_size"],
                                show_progress=False)
             seconds = time.perf_counter() - started

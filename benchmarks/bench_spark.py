@@ -19,49 +19,18 @@ time of every process of the run per image, and whether the vectors are the same
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common import OUT, Meter, child_spec, log, machine, mib, reply, run_child, table
+from bench_ray import ips, run_index
+from common import OUT, child_spec, log, machine, mib, reply, run_child, table
 from photos import ensure_photos
 
 ENGINES = ("local", "spark")
-
-
-def run_index(spec: dict[str, Any]) -> dict[str, Any]:
-    """Index the photo folder with one engine into a new collection (in a child process)."""
-    from lookalike import Collection
-
-    work = Path(tempfile.mkdtemp(prefix="bench-spark-", dir=spec["tmp"]))
-    try:
-        col = Collection.create(work / "collection", model="efficientnet-lite0", index="auto")
-        col.embedder  # noqa: B018 - load the model before the clock starts
-        with Meter(interval=1.0) as meter:  # 1 s: walking /proc costs the driver CPU too
-            started = time.perf_counter()  # the whole call: importing PySpark is part of it
-            report = col.index([spec["folder"]], engine=spec["engine"],
-                               batch_size=spec["batch_size"], show_progress=False)
-            seconds = time.perf_counter() - started
-        if spec.get("vectors_out"):
-            uris = sorted(str(path) for path in Path(spec["folder"]).glob("*.jpg"))
-            np.save(spec["vectors_out"], np.stack([col.store.vector(col.find(u)) for u in uris]))
-        result = {"images": report.added, "failed": len(report.failed), "seconds": seconds,
-                  "stages": report.stage_seconds, "tree_peak": meter.tree_peak,
-                  "other_cores": meter.other_cores, "cpu_seconds": meter.tree_cpu,
-                  "runtime": col.embedder.runtime}
-        col.close()
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def ips(result: dict[str, Any]) -> float:
-    return result["images"] / result["seconds"]
 
 
 def steady(result: dict[str, Any], batch_size: int) -> float:
