@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike.storage import EventWrite, NewImage, Store, new_store, open_store
+from lookalike.storage import Decision, EventWrite, NewImage, Store, new_store, open_store
 
 DIM = 8
 
@@ -334,6 +334,34 @@ def test_vector_by_hash(store: Store) -> None:
     store.mark_removed([a])  # its vector is still stored (a tombstone): still reusable
     got = store.vector_by_hash("same")
     assert got is not None and np.array_equal(got, v[0])
+
+
+def test_same_bytes_groups_active_images_by_content(store: Store) -> None:
+    v = unit_vectors(5)
+    a, b, c, _, e = store.write([image("/a.jpg", v[0], content_hash="x"),
+                                 image("/b.jpg", v[1], content_hash="x"),
+                                 image("/c.jpg", v[2], content_hash="x"),
+                                 image("/d.jpg", v[3], content_hash="y"),
+                                 image("/e.jpg", v[4], content_hash="z")])
+    store.write([image("/f.jpg", content_hash="z")])  # failed: not an image to group
+    assert store.same_bytes() == [[a, b, c]]
+    store.mark_removed([b, c])
+    assert store.same_bytes() == []
+    [g] = store.write([image("/g.jpg", v[4], content_hash="z")])
+    assert store.same_bytes() == [[e, g]]
+
+
+def test_decisions_are_kept_by_pair_replaced_and_forgotten(open_db: Opener) -> None:
+    store, other = open_db(), open_db()
+    generation = store.generation()
+    store.decide([Decision.of("b", "a", "distinct"), Decision.of("a", "c", "duplicate", "c")])
+    assert [(d.first, d.second, d.verdict, d.keep) for d in other.decisions()] == [
+        ("a", "b", "distinct", None), ("a", "c", "duplicate", "c")]
+    assert store.generation() == generation  # no image changed: readers have nothing to do
+    store.decide([Decision.of("a", "b", "duplicate", "a")], forget=[("c", "a")])
+    assert [(d.first, d.second, d.verdict, d.keep) for d in other.decisions()] == [
+        ("a", "b", "duplicate", "a")]
+    assert all(d.decided_at > 0 for d in other.decisions())
 
 
 def test_sample_vectors(store: Store) -> None:

@@ -15,14 +15,14 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import UsageError
-from .records import Changes, EventWrite, ImageRecord, NewImage
+from .records import VERDICTS, Changes, Decision, EventWrite, ImageRecord, NewImage
 from .sqlite import SQLiteStore
 from .uri import SQLITE, PostgresURI, connection_uri, is_postgres, new_schema_name, redact
 
 SQLITE_FILE = "lookalike.db"
 
-__all__ = ["SQLITE_FILE", "Changes", "EventWrite", "ImageRecord", "NewImage", "SQLiteStore",
-           "Store", "new_store", "open_store"]
+__all__ = ["SQLITE_FILE", "VERDICTS", "Changes", "Decision", "EventWrite", "ImageRecord",
+           "NewImage", "SQLiteStore", "Store", "new_store", "open_store"]
 
 
 class Store(Protocol):
@@ -105,6 +105,20 @@ class Store(Protocol):
 
     def failures(self) -> list[ImageRecord]:
         """Live failed rows, by uri."""
+        ...
+
+    def same_bytes(self) -> list[list[int]]:
+        """Active images that share a content hash, in groups of two or more, ids ascending."""
+        ...
+
+    def decisions(self) -> list[Decision]:
+        """Every recorded verdict on a pair of images (by content hash), oldest first."""
+        ...
+
+    def decide(self, decisions: Iterable[Decision] = (),
+               forget: Iterable[tuple[str, str]] = ()) -> None:
+        """Record ``decisions`` (replacing earlier ones on the same pairs) and forget those on
+        the pairs of hashes ``forget``, in one transaction."""
         ...
 
     def write(self, images: Iterable[NewImage]) -> list[int]:

@@ -55,6 +55,16 @@ STEPS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE {s}.images ADD COLUMN etag text",
         "CREATE TABLE {s}.event_positions (uri text PRIMARY KEY, position text NOT NULL)",
     ),
+    (  # 4: verdicts on pairs of images by content hash (lookalike.dedup)
+        """CREATE TABLE {s}.decisions (
+            first text NOT NULL,
+            second text NOT NULL,
+            verdict text NOT NULL CHECK (verdict IN ('distinct', 'duplicate')),
+            keep text,
+            decided_at double precision NOT NULL,
+            PRIMARY KEY (first, second)
+        )""",
+    ),
 )
 
 

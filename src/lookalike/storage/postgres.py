@@ -33,6 +33,7 @@ from ..errors import (
 from .migrations import migrate
 from .records import (
     Changes,
+    Decision,
     EventWrite,
     ImageRecord,
     NewImage,
@@ -274,6 +275,29 @@ class PostgresStore:
                                 "ON CONFLICT (uri) DO UPDATE SET position = EXCLUDED.position",
                                 [(stored_uri(u), p) for u, p in batch.positions.items()])
         return ids, retired
+
+    def same_bytes(self) -> list[list[int]]:
+        rows = self._read(
+            f"SELECT array_agg(id ORDER BY id) FROM {self._s}.images WHERE status = 'active' "
+            "AND content_hash IS NOT NULL GROUP BY content_hash HAVING count(*) > 1")
+        return [list(r[0]) for r in rows]
+
+    def decisions(self) -> list[Decision]:
+        rows = self._read(f"SELECT first, second, verdict, keep, decided_at FROM "
+                          f"{self._s}.decisions ORDER BY decided_at")
+        return [Decision(*row) for row in rows]
+
+    def decide(self, decisions: Iterable[Decision] = (),
+               forget: Iterable[tuple[str, str]] = ()) -> None:
+        now = time.time()
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {self._s}.decisions VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (first, second) DO UPDATE SET verdict = EXCLUDED.verdict, "
+                "keep = EXCLUDED.keep, decided_at = EXCLUDED.decided_at",
+                [(d.first, d.second, d.verdict, d.keep, now) for d in decisions])
+            cur.executemany(f"DELETE FROM {self._s}.decisions WHERE first = %s AND second = %s",
+                            [tuple(sorted(pair)) for pair in forget])
 
     def _insert(self, cur: Any, seq: int, now: float, batch: list[NewImage]) -> list[int]:
         if not batch:

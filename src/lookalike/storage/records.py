@@ -96,6 +96,27 @@ class NewImage:
     etag: str | None = None
 
 
+VERDICTS = ("distinct", "duplicate")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A person's verdict on two images, by content (their content hashes, ``first < second``),
+    so it holds for any file with those bytes: through re-indexing, renames and moves."""
+
+    first: str
+    second: str
+    verdict: str  # "distinct": not duplicates; "duplicate": confirmed copies
+    keep: str | None = None  # for "duplicate": the hash of the copy chosen to keep, if any
+    decided_at: float = 0.0
+
+    @classmethod
+    def of(cls, a: str, b: str, verdict: str, keep: str | None = None) -> Decision:
+        """The decision on the pair ``a``, ``b`` in either order."""
+        first, second = sorted((a, b))
+        return cls(first, second, verdict, keep)
+
+
 @dataclass(frozen=True)
 class EventWrite:
     """What a batch of stream events does to a store, in one transaction: images written (a live

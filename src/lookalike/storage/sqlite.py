@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import CorruptCollectionError, DiskWriteError
 from .records import (
     Changes,
+    Decision,
     EventWrite,
     ImageRecord,
     NewImage,
@@ -278,6 +279,35 @@ class SQLiteStore:
             f"SELECT {_COLUMNS} FROM images WHERE status = 'failed' ORDER BY uri"
         )
         return [ImageRecord.from_row(row) for row in rows]
+
+    def same_bytes(self) -> list[list[int]]:
+        """Active images that share a content hash, in groups of two or more, by id."""
+        rows = self._db.execute(
+            "SELECT group_concat(id) FROM images WHERE status = 'active' "
+            "AND content_hash IS NOT NULL GROUP BY content_hash HAVING COUNT(*) > 1")
+        return [sorted(int(i) for i in r[0].split(",")) for r in rows]
+
+    def decisions(self) -> list[Decision]:
+        rows = self._db.execute(
+            "SELECT first, second, verdict, keep, decided_at FROM decisions ORDER BY decided_at")
+        return [Decision(*row) for row in rows]
+
+    def decide(self, decisions: Iterable[Decision] = (),
+               forget: Iterable[tuple[str, str]] = ()) -> None:
+        """Record ``decisions`` (replacing earlier ones on the same pairs) and forget those on
+        the pairs ``forget``, in one transaction. No writer lock needed: no image changes."""
+        now = time.time()
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?)",
+                           ((d.first, d.second, d.verdict, d.keep, now) for d in decisions))
+            db.executemany("DELETE FROM decisions WHERE first = ? AND second = ?",
+                           (sorted(pair) for pair in forget))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     # -- writing (the caller holds the collection's writer lock) ----------------------------
 

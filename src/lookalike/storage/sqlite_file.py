@@ -17,7 +17,7 @@ from .records import NewImage, stored_uri
 
 IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,6 +50,15 @@ CREATE TABLE IF NOT EXISTS metadata (
 );
 -- The position of the newest stream event applied to each uri (lookalike.stream).
 CREATE TABLE IF NOT EXISTS event_positions (uri TEXT PRIMARY KEY, position TEXT NOT NULL);
+-- Verdicts on pairs of images by content hash (lookalike.dedup): they outlive the rows.
+CREATE TABLE IF NOT EXISTS decisions (
+    first TEXT NOT NULL,
+    second TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('distinct', 'duplicate')),
+    keep TEXT,
+    decided_at REAL NOT NULL,
+    PRIMARY KEY (first, second)
+);
 """
 
 
