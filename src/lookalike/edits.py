@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,11 +228,11 @@ SINGLE_EDITS: dict[str, Edit] = {
 }
 
 
-def chain(image: Image.Image, rng: np.random.Generator,
-          ranges: Ranges = STANDARD) -> tuple[Image.Image, str]:
-    """``chain_length`` (2-4) different single edits in a random order, each with its own
-    random parameters from ``ranges``."""
-    names = list(SINGLE_EDITS)
+def chain(image: Image.Image, rng: np.random.Generator, ranges: Ranges = STANDARD,
+          kinds: Sequence[str] | None = None) -> tuple[Image.Image, str]:
+    """``chain_length`` (2-4) different single edits (of ``kinds``; default: all) in a random
+    order, each with its own random parameters from ``ranges``."""
+    names = list(kinds or SINGLE_EDITS)
     low, high = ranges.chain_length
     picked = rng.choice(len(names), size=int(rng.integers(low, high + 1)), replace=False)
     details = []

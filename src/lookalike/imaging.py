@@ -118,7 +118,7 @@ def open_image(
     entered around decoding with :func:`decode_cost`; it may raise to refuse or to say "busy".
     Raises :class:`DecodeError` with the reason when the bytes are not a usable image.
     """
-    data = source if isinstance(source, bytes) else _read(source, max_bytes)
+    data = source if isinstance(source, bytes) else read_bytes(source, max_bytes)
     if name is None:
         name = "" if isinstance(source, bytes) else os.fspath(source)
     if not data:
@@ -254,7 +254,7 @@ def extension_for(image_format: str | None) -> str:
     return preferred.get(image_format or "", candidates[0] if candidates else ".img")
 
 
-def _read(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+def read_bytes(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     """The bytes of a regular file (or an ``s3://`` object) of at most ``max_bytes``: never
     waits on a FIFO, never reads a device or a file that grows without end."""
     if objects.is_object_uri(path):
@@ -375,7 +375,7 @@ def decode_file(uri: str, preprocess: Preprocess, max_pixels: int,
     when given, changes the decoded image (given its content hash) before it is resized for the
     model: how `lookalike learn` makes copies."""
     try:
-        data = _read(uri, max_bytes)
+        data = read_bytes(uri, max_bytes)
     except DecodeError as exc:
         return Decoded(uri, None, error=str(exc))
     digest = content_hash(data)

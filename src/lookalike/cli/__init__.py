@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (importing registers their commands)
     bench,
     commands,
     consume,
+    dedup,
     evaluate,
     lifecycle,
     serve,

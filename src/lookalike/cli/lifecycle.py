@@ -28,11 +28,14 @@ from .base import (
 @cli.command("add")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
+@click.option("--check", is_flag=True,
+              help="Also list each added image's exact and near duplicates in the collection "
+                   "(by the model's calibrated normal threshold).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @wait_option
 @runtime_options
-def add_command(paths: Sequence[str], collection: str | None, as_json: bool, wait: float,
-                **runtime: Any) -> None:
+def add_command(paths: Sequence[str], collection: str | None, check: bool, as_json: bool,
+                wait: float, **runtime: Any) -> None:
     """Add image files or folders (or S3 objects and prefixes, s3://...); nothing else in the
     collection is removed.
 
@@ -40,6 +43,7 @@ def add_command(paths: Sequence[str], collection: str | None, as_json: bool, wai
 
     \b
     Example:  lookalike add new-photo.jpg -c photos.lookalike
+    Check:    lookalike add new-photo.jpg --check
     """
     from ..collection import Collection
 
@@ -49,14 +53,37 @@ def add_command(paths: Sequence[str], collection: str | None, as_json: bool, wai
     with Collection.open_or_create(collection_path(collection), **runtime) as col:
         report = col.add(paths, workers=0, show_progress=False, wait=wait)
         ids = {p: col.find(p) for p in paths}
+        checked = _checked(col, paths) if check else {}
     if as_json:
         shown = {shown_uri(path): image_id for path, image_id in ids.items()}
-        click.echo(json.dumps({**report.to_dict(), "ids": shown}, indent=2))
+        extra = ({"duplicates": {shown_uri(uri): [m.to_dict() for m in found]
+                                 for uri, found in checked.items()}} if check else {})
+        click.echo(json.dumps({**report.to_dict(), "ids": shown, **extra}, indent=2))
         return
     for path, image_id in ids.items():
         click.echo(f"{image_id if image_id is not None else '-':>8}  {line_uri(path)}")
     for failure in report.failed:
         click.echo(f"  failed: {line_uri(failure.uri)}: {failure.reason}")
+    for uri, found in checked.items():
+        for m in found:
+            how = m.how or f"{m.cosine:.3f}"
+            click.echo(f"  {m.tier} duplicate ({how}) of {line_uri(uri)}: {m.image_id} "
+                       f"{line_uri(m.uri)}")
+
+
+def _checked(col: Any, paths: Sequence[str]) -> dict[str, list[Any]]:
+    """Each indexed image under ``paths``: its exact and near duplicates in the collection."""
+    from ..dedup import thresholds_for
+    from ..dedup.matching import duplicates_of
+    from ..ingest.local import walk
+
+    thresholds = thresholds_for(col.model_name)
+    found = {}
+    for entry in walk(paths)[0]:
+        image_id = col.find(entry.uri)
+        if image_id is not None:
+            found[entry.uri] = duplicates_of(col, image_id, thresholds)
+    return found
 
 
 @cli.command("remove")

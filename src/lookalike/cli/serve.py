@@ -47,6 +47,13 @@ from .consume import consume_options
 @click.option("--consume", "consume", default=None, metavar="SOURCE",
               help="Also apply this queue's image events to the collection, in this process "
                    "(see `lookalike consume --help`; with --workers N, each worker consumes).")
+@click.option("--screen-against", "screen_against", default=None, metavar="WATCHLIST",
+              help="Screen every upload against this watchlist collection (near copies, by its "
+                   "model's calibrated normal threshold).")
+@click.option("--screen-action", type=click.Choice(["flag", "reject"]), default="flag",
+              show_default=True,
+              help="flag: answer the match in the upload's `screened` field and log it; "
+                   "reject: refuse a matching upload with 422 `screened`.")
 @consume_options
 @runtime_options
 def serve_command(collection: str | None, host: str, port: int, workers: int,
@@ -54,7 +61,8 @@ def serve_command(collection: str | None, host: str, port: int, workers: int,
                   cors_origins: tuple[str, ...], head_timeout: float | None,
                   body_timeout: float | None, max_connections: int | None, max_k: int,
                   batching: bool, auto_compact: bool, consume: str | None, batch_size: int,
-                  max_attempts: int, allow_paths: tuple[str, ...], **runtime: Any) -> None:
+                  max_attempts: int, allow_paths: tuple[str, ...], screen_against: str | None,
+                  screen_action: str, **runtime: Any) -> None:
     """Serve the HTTP API and the web page over a collection.
 
     Open http://HOST:PORT/ for the web page and /docs for the API. The collection must exist
@@ -63,6 +71,8 @@ def serve_command(collection: str | None, host: str, port: int, workers: int,
     \b
     Example:  lookalike serve -c photos.lookalike --port 8000
               lookalike serve -c photos.lookalike --consume sqs://photos-events
+              lookalike serve -c photos.lookalike --screen-against banned.lookalike \\
+                  --screen-action reject
     """
     import uvicorn
 
@@ -80,8 +90,15 @@ def serve_command(collection: str | None, host: str, port: int, workers: int,
         background_load=workers == 1, consume=consume, consume_batch_size=batch_size,
         consume_max_attempts=max_attempts,
         consume_allow_paths=tuple(os.path.abspath(p) for p in allow_paths),
+        screen_against=os.path.abspath(os.path.expanduser(screen_against))
+        if screen_against else None, screen_action=screen_action,
     )
     Collection.open(config.collection).close()  # fail now, with the CLI's message, if missing
+    if config.screen_against:  # the watchlist too, and that its model has thresholds
+        from ..dedup import thresholds_for
+
+        with Collection.open(config.screen_against) as watchlist:
+            thresholds_for(watchlist.model_name)
     if host not in ("127.0.0.1", "localhost", "::1") and not (config.api_key or config.write_key):
         click.echo(f"Warning: listening on {host} with no API key: anyone who can reach this "
                    "port can upload and delete images. Set --api-key / --write-key.", err=True)

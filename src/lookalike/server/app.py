@@ -28,6 +28,7 @@ from starlette.datastructures import UploadFile
 from ..errors import ImageNotFoundError
 from ..types import MAX_IMAGE_ID, ImageDetails, SearchHit, is_decimal, shown_uri
 from .config import ServeConfig
+from .duplicates import duplicates_routes, upload_duplicates
 from .errors import ApiError, error_response, install_handlers
 from .middleware import DOCS_ASSETS, READ_SECONDS, ApiKeys, BodyLimit, RequestTiming
 from .models import (
@@ -46,7 +47,9 @@ MAX_QE = 100
 QE_HELP = ("Query expansion: rank by the query blended with its N best matches (0: off) "
            "[default: the query_expansion setting, 2].")
 _FORM_FIELDS = {"file", "metadata", "k", "ef", "qe"}
-_ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+_ASSETS = {"app.js": "text/javascript", "common.js": "text/javascript",
+           "duplicates.js": "text/javascript", "app.css": "text/css",
+           "favicon.svg": "image/svg+xml"}
 _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"},
@@ -172,15 +175,29 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
 
     @app.post("/images", response_model=UploadResponse, status_code=201, tags=["images"],
               openapi_extra=_UPLOAD_BODY)
-    async def upload(request: Request) -> Any:
+    async def upload(
+        request: Request,
+        check_duplicates: Annotated[bool, Query(
+            description="Also answer the image's exact and near duplicates in the collection "
+                        "(`duplicates`).")] = False,
+    ) -> Any:
         """Store an image in the collection; it is searchable when this returns. Identical
-        bytes uploaded before answer 200 with that image."""
+        bytes uploaded before answer 200 with that image. With `serve --screen-against`, the
+        image is first screened against the watchlist: its match is answered in `screened`, or
+        (`--screen-action reject`) the upload is refused with 422 `screened`."""
         data, fields = await _read_upload(request)
         metadata = _metadata(fields.get("metadata"))
         col = service.collection
+        body: dict[str, Any] = {}
+        if service.screening is not None:
+            screened = await run_in_threadpool(service.screening.check, data)
+            body["screened"] = screened.match.to_dict() if screened.match else None
         details, created = await run_in_threadpool(
             lambda: col.add_bytes(data, metadata=metadata, wait=config.write_wait))
-        body = {"image": _image(details), "created": created}
+        body = {"image": _image(details), "created": created, **body}
+        if check_duplicates:
+            body["duplicates"] = await run_in_threadpool(upload_duplicates, col,
+                                                         details.image_id)
         return JSONResponse(body, status_code=201 if created else 200)
 
     @app.get("/images/{image_id}", response_model=ImageOut, tags=["images"])
@@ -217,6 +234,8 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
         # Ids are never reused, so a thumbnail never changes.
         return Response(jpeg, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=31536000, immutable"})
+
+    duplicates_routes(app, lambda: service.collection)
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:

@@ -36,6 +36,8 @@ class ServeConfig:
     consume_batch_size: int = 32
     consume_max_attempts: int = 5
     consume_allow_paths: tuple[str, ...] = ()
+    screen_against: str | None = None  # a watchlist collection uploads are screened against
+    screen_action: str = "flag"  # flag: answer and log a match; reject: refuse the upload
     runtime: dict[str, Any] = field(default_factory=dict)  # Collection.open options
 
     def __post_init__(self) -> None:

@@ -22,6 +22,8 @@ from .errors import error_body
 # only what the README says). The README's security paragraph lists them; a test holds it to it.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/openapi.json",
                         "/docs/oauth2-redirect", "/redoc"})
+#: Routes that change the collection when posted to (or deleted): they need the write key.
+WRITE_PATHS = ("/images", "/duplicates/decisions")
 DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc scripts, served by the app
 READ_SECONDS = "lookalike.read_seconds"  # scope key: how long receiving the body took
 
@@ -99,8 +101,9 @@ class ApiKeys:
     """Checks ``X-API-Key`` (or ``Authorization: Bearer``) when keys are configured.
 
     With ``api_key`` every route but ``OPEN_PATHS`` and their assets needs a key; with
-    ``write_key`` uploads and deletes need that one (reads accept either). Keys are compared as
-    UTF-8 bytes, in constant time: a key may be any text, and a header is never decoded.
+    ``write_key`` uploads, deletes and duplicate decisions need that one (reads accept either).
+    Keys are compared as UTF-8 bytes, in constant time: a key may be any text, and a header is
+    never decoded.
     """
 
     def __init__(self, app: ASGIApp, api_key: str | None, write_key: str | None) -> None:
@@ -119,7 +122,7 @@ class ApiKeys:
             await self.app(scope, receive, send)
             return
         given = _presented_key(scope)
-        writing = method in ("POST", "PUT", "PATCH", "DELETE") and path.startswith("/images")
+        writing = method in ("POST", "PUT", "PATCH", "DELETE") and path.startswith(WRITE_PATHS)
         if writing and self.write_key:
             allowed = [self.write_key]
         else:

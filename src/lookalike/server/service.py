@@ -30,6 +30,7 @@ from ..serverless import EmbedResult, embed_bytes
 from ..stream import Consumer
 from .batching import QueryBatcher
 from .config import ServeConfig
+from .duplicates import Screening
 from .errors import ApiError
 from .middleware import Latencies
 
@@ -53,6 +54,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._consumer: Consumer | None = None
         self.consume_error: str | None = None
+        self.screening: Screening | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -78,6 +80,9 @@ class Service:
                 self._batcher = QueryBatcher(embedder)
                 # The batcher has Embedder's interface (duck-typed), not its class.
                 col.embedder = self._batcher  # type: ignore[assignment]
+            if self.config.screen_against:
+                self.screening = Screening(self.config.screen_against,
+                                           self.config.screen_action, self.config.runtime)
             col.serve_upkeep()  # from now on new main index files load in the upkeep thread
             self._collection = col
         except Exception as exc:  # shown by /readyz and the log; the process keeps answering
@@ -109,6 +114,8 @@ class Service:
             col.close()
         if self._batcher is not None:
             self._batcher.close()
+        if self.screening is not None:
+            self.screening.close()
 
     @property
     def collection(self) -> Collection:
