@@ -1,108 +1,49 @@
 // lookalike's web page: drop, choose or paste a photo, see its look-alikes, click one to go on.
-// Talks to the same-origin JSON API; no build step, no dependencies.
+// Talks to the same-origin JSON API; no build step, no dependencies. This module is the search
+// view and the page around it (header, API key, the two views and the address); the duplicates
+// review is duplicates.js, and what both use is common.js.
 
-const $ = (id) => document.getElementById(id);
+import {
+  $, els as shared, STORAGE, session, storageGet, storageSet, apiJson, showError, clearError,
+  formatMs, formatBytes, plural, splitPath, askForKey, releaseThumbs, setImage, openWithKey,
+  showNoticeIn,
+} from "./common.js";
+import {
+  isDuplicatesHash, dupHash, readDupParams, loadDuplicates, initDuplicates,
+} from "./duplicates.js";
+
 const els = {
+  ...shared,
   dropzone: $("dropzone"), fileInput: $("file-input"), queryImage: $("query-image"),
   queryInfo: $("query-info"), queryKind: $("query-kind"), queryName: $("query-name"),
   queryDetail: $("query-detail"), k: $("k"), addButton: $("add-button"), notice: $("notice"),
-  status: $("status"), error: $("error"), errorMessage: $("error-message"),
-  errorDismiss: $("error-dismiss"), empty: $("empty"), results: $("results"),
+  status: $("status"), empty: $("empty"), results: $("results"),
   resultsHeading: $("results-heading"), backButton: $("back-button"),
   imageCount: $("image-count"), modelName: $("model-name"),
-  keyForm: $("api-key-form"), keyInput: $("api-key"), keyForget: $("api-key-forget"),
-  keyChange: $("api-key-change"),
+  searchView: $("main"), resultsHead: $("results-head"),
+  skipLink: document.querySelector(".skip-link"),
+  tabSearch: $("tab-search"), tabDuplicates: $("tab-duplicates"),
+  dupView: $("dup-view"), dupHead: $("dup-head"), dupHeading: $("dup-heading"),
 };
 
-const STORAGE = { key: "lookalike.apiKey", k: "lookalike.k" };
 const EMPTY_TEXT = els.empty.textContent;
 
 const state = {
-  apiKey: storageGet(STORAGE.key),
   query: null, // {kind: "file", file, previewUrl, addedId} or {kind: "similar", id, uri}
   lastFile: null, // the last file query, so Back from a similar search can return to it
   seq: 0, // bumps on every search; a response for an older one is dropped
   controller: null,
-  retry: null, // what to run again once an API key is given
-  blobUrls: [], // thumbnails fetched with the API key, revoked on the next render
-  queryBlobUrl: null, // the query preview fetched with the API key, revoked when replaced
-  thumbObserver: null,
+  // Thumbnails fetched with the API key (blob URLs, revoked on the next render) and the observer
+  // that fetches them as they scroll into view: one pool for each view's list.
+  thumbs: { urls: [], observer: null },
+  // The query preview fetched with the API key, revoked when replaced.
+  queryPreview: { urls: [], observer: null, single: true },
 };
-
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
-function storageGet(name) {
-  try { return localStorage.getItem(name); } catch { return null; }
-}
-
-function storageSet(name, value) {
-  try {
-    if (value == null) localStorage.removeItem(name); else localStorage.setItem(name, value);
-  } catch { /* private mode: the setting lasts for this page only */ }
-}
-
-// -- talking to the server ------------------------------------------------------------------
-
-// Paths without a leading slash resolve against the page, so the app also works behind a prefix.
-async function api(path, { method = "GET", body, signal } = {}) {
-  const headers = {};
-  if (state.apiKey) headers["X-API-Key"] = state.apiKey;
-  let response;
-  try {
-    response = await fetch(path, { method, body, headers, signal });
-  } catch (error) {
-    if (error.name === "AbortError") throw error;
-    throw new ApiError(0, "network",
-      "Could not reach the lookalike server. Check that it is still running, then try again.");
-  }
-  if (response.ok) return response;
-  let code = `http_${response.status}`;
-  let message = `The server answered ${response.status} ${response.statusText}`.trim() + ".";
-  try {
-    const payload = await response.json();
-    if (payload?.error?.message) ({ code, message } = payload.error);
-  } catch { /* not the JSON error shape (a proxy page, say): keep the status line */ }
-  // 401: no key or a wrong one; 403: a read-only key used to change the collection.
-  if (response.status === 401 || response.status === 403) {
-    askForKey();
-    message += " Enter the key in the “API key” box at the top of the page.";
-  }
-  throw new ApiError(response.status, code, message);
-}
-
-async function apiJson(path, options) {
-  return (await api(path, options)).json();
-}
 
 // -- messages -------------------------------------------------------------------------------
 
-function showError(message) {
-  els.errorMessage.textContent = message;
-  els.error.hidden = false;
-}
-
-function clearError() {
-  els.error.hidden = true;
-  els.errorMessage.textContent = "";
-}
-
 function showNotice(text, action) {
-  els.notice.replaceChildren(document.createTextNode(text));
-  if (action) {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "link-button";
-    button.textContent = action.label;
-    button.addEventListener("click", action.run);
-    els.notice.append(" ", button);
-  }
-  els.notice.hidden = false;
+  showNoticeIn(els.notice, text, action);
 }
 
 function clearNotice() {
@@ -116,36 +57,7 @@ function setStatus(text, title = "") {
   els.status.title = title;
 }
 
-function formatMs(ms) {
-  if (ms == null || Number.isNaN(ms)) return "";
-  if (ms < 10) return `${ms.toFixed(1)} ms`;
-  if (ms < 10000) return `${Math.round(ms)} ms`;
-  return `${(ms / 1000).toFixed(1)} s`;
-}
-
-function formatBytes(n) {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MB`;
-}
-
-function plural(n, word) {
-  return `${n.toLocaleString()} ${word}${n === 1 ? "" : "s"}`;
-}
-
-function splitPath(uri) {
-  const cut = Math.max(uri.lastIndexOf("/"), uri.lastIndexOf("\\"));
-  return cut < 0 ? ["", uri] : [uri.slice(0, cut + 1), uri.slice(cut + 1) || uri];
-}
-
 // -- API key --------------------------------------------------------------------------------
-
-function askForKey() {
-  els.keyChange.hidden = true;
-  els.keyForm.hidden = false;
-  els.keyForget.hidden = !state.apiKey;
-  if (document.activeElement !== els.keyInput) els.keyInput.focus({ preventScroll: true });
-}
 
 // With a key saved the form folds into a small button; a refused key opens it again.
 function foldKeyForm() {
@@ -157,20 +69,20 @@ function saveKey(event) {
   event.preventDefault();
   const key = els.keyInput.value.trim();
   if (!key) return;
-  state.apiKey = key;
+  session.apiKey = key;
   storageSet(STORAGE.key, key);
   els.keyInput.value = "";
   foldKeyForm();
   els.keyChange.focus();
   clearError();
   refreshStats();
-  const retry = state.retry;
-  state.retry = null;
+  const retry = session.retry;
+  session.retry = null;
   if (retry) retry();
 }
 
 function forgetKey() {
-  state.apiKey = null;
+  session.apiKey = null;
   storageSet(STORAGE.key, null);
   els.keyForget.hidden = true;
   els.keyInput.focus();
@@ -224,7 +136,7 @@ function showQuery(src, kind, name, detail, title = "") {
   els.queryImage.alt = `Query: ${name}`;
   els.queryImage.classList.remove("broken");
   // src: a URL to show, null to clear, undefined to keep what is shown.
-  if (src) setImage(els.queryImage, src, { lazy: false });
+  if (src) setImage(els.queryImage, src, { lazy: false, pool: state.queryPreview });
   else if (src === null) els.queryImage.removeAttribute("src");
   els.queryInfo.hidden = false;
   els.queryKind.textContent = kind;
@@ -288,6 +200,7 @@ function rerun() {
 }
 
 async function runSearch(path, makeRequest, onBody) {
+  showView("search");
   const seq = ++state.seq;
   state.controller?.abort();
   const controller = (state.controller = new AbortController());
@@ -308,7 +221,7 @@ async function runSearch(path, makeRequest, onBody) {
     setStatus(`${plural(n, "result")} in ${formatMs(total)}`, breakdown);
   } catch (error) {
     if (error.name === "AbortError" || seq !== state.seq) return;
-    if (error.status === 401 || error.status === 403) state.retry = rerun;
+    if (error.status === 401 || error.status === 403) session.retry = rerun;
     // A file the server cannot read as an image cannot be added either.
     if (state.query?.kind === "file" && [400, 413, 415, 422].includes(error.status)) {
       setAddButton("unreadable");
@@ -340,9 +253,7 @@ function setBusy(busy) {
 // -- results --------------------------------------------------------------------------------
 
 function renderResults(results) {
-  for (const url of state.blobUrls) URL.revokeObjectURL(url);
-  state.blobUrls = [];
-  state.thumbObserver?.disconnect();
+  releaseThumbs(state.thumbs);
   els.results.replaceChildren(...(results ?? []).map(resultCard));
   if (results && results.length === 0) {
     els.empty.textContent = "No look-alikes: the collection has no other images yet.";
@@ -384,7 +295,7 @@ function resultCard(hit, index) {
     img.height = hit.height;
   }
   img.addEventListener("error", () => thumb.classList.add("missing"), { once: true });
-  setImage(img, hit.thumbnail_url, { lazy: true });
+  setImage(img, hit.thumbnail_url, { lazy: true, pool: state.thumbs });
   const rank = document.createElement("span");
   rank.className = "rank";
   rank.textContent = String(index + 1);
@@ -418,70 +329,6 @@ function resultCard(hit, index) {
 
   li.append(button, open);
   return li;
-}
-
-// Without a key a plain <img src> does the work (lazy, cached by the browser). With one, an <img>
-// cannot send the header, so the image is fetched with it and shown from a blob URL.
-function setImage(img, url, { lazy }) {
-  if (!state.apiKey || url.startsWith("blob:")) {
-    delete img.dataset.src; // a keyed fetch still under way must not replace this image
-    if (lazy) img.loading = "lazy";
-    if (lazy) img.srcset = `${withSize(url, 256)} 1x, ${withSize(url, 512)} 2x`;
-    img.src = url;
-    return;
-  }
-  img.dataset.src = lazy && window.devicePixelRatio > 1 ? withSize(url, 512) : url;
-  if (!lazy || !("IntersectionObserver" in window)) {
-    loadWithKey(img);
-    return;
-  }
-  state.thumbObserver ??= new IntersectionObserver((entries, observer) => {
-    for (const entry of entries) {
-      if (!entry.isIntersecting) continue;
-      observer.unobserve(entry.target);
-      loadWithKey(entry.target);
-    }
-  }, { rootMargin: "400px" });
-  state.thumbObserver.observe(img);
-}
-
-// Thumbnails come in a few sizes; sharp ones for high-density screens.
-function withSize(url, size) {
-  const full = new URL(url, document.baseURI);
-  full.searchParams.set("size", String(size));
-  return full.pathname + full.search;
-}
-
-async function loadWithKey(img) {
-  const url = img.dataset.src;
-  try {
-    const blob = await (await api(url)).blob();
-    if (img.dataset.src !== url) return;
-    const objectUrl = URL.createObjectURL(blob);
-    if (img === els.queryImage) {
-      if (state.queryBlobUrl) URL.revokeObjectURL(state.queryBlobUrl);
-      state.queryBlobUrl = objectUrl;
-    } else {
-      state.blobUrls.push(objectUrl);
-    }
-    img.src = objectUrl;
-  } catch {
-    img.dispatchEvent(new Event("error"));
-  }
-}
-
-async function openWithKey(event, url) {
-  if (!state.apiKey) return;
-  event.preventDefault();
-  const tab = window.open("", "_blank"); // opened now, while the click still allows pop-ups
-  try {
-    const blob = await (await api(url)).blob();
-    const objectUrl = URL.createObjectURL(blob);
-    if (tab) tab.location.href = objectUrl; else window.location.href = objectUrl;
-  } catch (error) {
-    tab?.close();
-    showError(`Could not open the original: ${error.message}`);
-  }
 }
 
 // -- adding the query to the collection -----------------------------------------------------
@@ -523,7 +370,7 @@ async function addToCollection() {
     refreshStats();
   } catch (error) {
     if (state.query !== query) return;
-    if (error.status === 401 || error.status === 403) state.retry = addToCollection;
+    if (error.status === 401 || error.status === 403) session.retry = addToCollection;
     setAddButton("ready");
     showError(`Could not add the photo: ${error.message}`);
   }
@@ -590,9 +437,62 @@ function onPaste(event) {
 }
 
 function routeFromHash({ push = false } = {}) {
+  if (isDuplicatesHash()) {
+    showView("duplicates");
+    readDupParams();
+    loadDuplicates();
+    return;
+  }
+  const fromDuplicates = !els.dupView.hidden;
+  showView("search");
   const match = /^#similar\/(\d+)$/.exec(location.hash);
-  if (match) searchSimilar(Number(match[1]), { push });
-  else if (state.query?.kind === "similar" && state.lastFile) searchFile(state.lastFile.file);
+  // Back from the duplicates to the search shown before it: that search is still on the page.
+  const shown = state.query?.kind === "similar" && state.query.id === Number(match?.[1]);
+  if (match && !(fromDuplicates && shown)) searchSimilar(Number(match[1]), { push });
+  else if (!match && state.query?.kind === "similar" && state.lastFile) {
+    searchFile(state.lastFile.file);
+  }
+}
+
+// -- views: search and duplicates -----------------------------------------------------------
+
+// One page, two views; the error box is the same element, moved into the view that is shown.
+function showView(view) {
+  const duplicates = view === "duplicates";
+  if (duplicates === !els.dupView.hidden) return;
+  clearError();
+  document.body.classList.toggle("view-duplicates", duplicates);
+  els.searchView.hidden = duplicates;
+  els.dupView.hidden = !duplicates;
+  const [shown, other] = duplicates ? [els.tabDuplicates, els.tabSearch]
+    : [els.tabSearch, els.tabDuplicates];
+  shown.setAttribute("aria-current", "page");
+  other.removeAttribute("aria-current");
+  (duplicates ? els.dupHead : els.resultsHead).after(els.error);
+  els.skipLink.textContent = duplicates ? "Skip to duplicates" : "Skip to results";
+  document.title = duplicates ? "lookalike — duplicates and look-alikes"
+    : "lookalike — find images that look like this one";
+}
+
+function openSearchView(event) {
+  event.preventDefault();
+  if (els.dupView.hidden) return;
+  const url = state.query?.kind === "similar" ? `#similar/${state.query.id}`
+    : location.pathname + location.search;
+  history.pushState(null, "", url);
+  routeFromHash();
+  els.resultsHeading.focus({ preventScroll: true });
+}
+
+function openDuplicatesView(event) {
+  event.preventDefault();
+  if (!els.dupView.hidden) {
+    els.dupHeading.focus();
+    return;
+  }
+  history.pushState(null, "", dupHash());
+  routeFromHash();
+  els.dupHeading.focus({ preventScroll: true });
 }
 
 // -- wiring ---------------------------------------------------------------------------------
@@ -600,7 +500,7 @@ function routeFromHash({ push = false } = {}) {
 function init() {
   const savedK = storageGet(STORAGE.k);
   if (savedK && [...els.k.options].some((option) => option.value === savedK)) els.k.value = savedK;
-  if (state.apiKey) foldKeyForm();
+  if (session.apiKey) foldKeyForm();
 
   els.dropzone.addEventListener("click", openPicker);
   els.dropzone.addEventListener("keydown", (event) => {
@@ -648,7 +548,17 @@ function init() {
   els.keyChange.addEventListener("click", askForKey);
   window.addEventListener("popstate", () => routeFromHash());
 
+  els.tabSearch.addEventListener("click", openSearchView);
+  els.tabDuplicates.addEventListener("click", openDuplicatesView);
+  // The skip link goes to the list of the view shown, without changing the address.
+  els.skipLink.addEventListener("click", (event) => {
+    event.preventDefault();
+    (els.dupView.hidden ? els.resultsHeading : els.dupHeading).focus();
+  });
+  initDuplicates();
+
   setAddButton("none");
+  if (isDuplicatesHash()) showView("duplicates");
   waitUntilReady().then(() => routeFromHash());
 }
 
