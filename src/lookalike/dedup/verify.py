@@ -100,9 +100,10 @@ def _slide(big: _Plane, small: Image.Image) -> float:
         w, h = round(small.width * scale), round(small.height * scale)
         if min(w, h) < MIN_SIDE or h > height or w > width:
             continue
-        template = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), np.float64)
-        template -= template.mean()
-        energy = float((template * template).sum())
+        # float32 throughout the FFTs (twice as fast as float64; the scores move by < 1e-4).
+        template = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), np.float32)
+        template = template - template.mean()
+        energy = float(np.dot(template.ravel(), template.ravel()))
         if energy <= 0:
             continue
         # Correlation at every placement inside ``big``: convolution with the flipped template.

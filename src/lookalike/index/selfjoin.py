@@ -22,6 +22,7 @@ import numpy as np
 EXACT_MAX = 20_000  # below this, exact bands cost less than learning cells (~3 s at 20k x 1280)
 CELL_SIZE = 256  # vectors per k-means cell, on average
 PCA_DIM = 64  # the subspace the cells are learnt and assigned in
+PCA_SAMPLE = 20_000  # rows its directions are learnt from
 POINTS_PER_CENTROID = 39  # training points per cell: the least Faiss's k-means takes quietly
 BLOCK = 4096  # rows per matrix product: a 4096 x 4096 float32 block is 64 MB
 
@@ -106,8 +107,10 @@ def _nearest_cells(vectors: np.ndarray, cells: int, nprobe: int, seed: int) -> n
     sample = np.sort(rng.choice(n, size=min(n, cells * POINTS_PER_CENTROID), replace=False))
     train = np.asarray(vectors[sample], np.float32)
     mean = train.mean(axis=0)
-    # The leading principal directions, from the sample's d x d covariance.
-    _, eigenvectors = np.linalg.eigh(np.cov(train - mean, rowvar=False))
+    # The leading principal directions, from a d x d covariance of part of the sample (20,000
+    # rows place 64 directions well; the whole sample in float64 would take GBs at 1,280-d).
+    part = train[rng.choice(len(train), size=min(len(train), PCA_SAMPLE), replace=False)]
+    _, eigenvectors = np.linalg.eigh(np.cov(part - mean, rowvar=False))
     basis = np.ascontiguousarray(eigenvectors[:, ::-1][:, :min(PCA_DIM, d)], np.float32)
 
     def reduced(rows: np.ndarray) -> np.ndarray:
