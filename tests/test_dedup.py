@@ -191,6 +191,14 @@ def test_not_duplicates_survive_reruns_reindexing_renames_and_moves(
         assert all(str(moved) not in uris(g) for g in find_duplicates(again).groups)
         decide(again, [again.find(moved) or 0, coffee], None)  # forget it
     assert any(str(moved) in uris(g) for g in find_duplicates(col).groups)
+    # Confirmed duplicates: the two shots of one scene become a near group, kept as chosen.
+    left, right = col.find(made["similar"]), col.find(made["similar"].parent / "rocket-right.jpg")
+    assert left and right
+    decide(col, [left, right], "duplicate", keep=right)
+    [group] = [g for g in find_duplicates(col).groups if right in g.ids]
+    assert (group.keep.image_id, group.reason) == (right, "chosen by you")
+    assert [(m.image_id, m.tier, m.how) for m in group.members] == [
+        (left, "near", "confirmed by you")]
     with pytest.raises(UsageError, match="two or more"):
         decide(col, [coffee, coffee], "distinct")
 

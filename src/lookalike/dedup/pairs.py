@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from .verify import verify_pairs
 
 MARGIN = 0.002  # the join reads float16 vectors: look this far below the floor, then re-score
 _CHUNK = 8192
+BYTES_CLIQUE = 100
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Pair:
     b: int
     score: float
     tier: str  # "exact", "near" or "similar"
-    how: str = ""  # for exact pairs: "same bytes" or "same pixels"
+    how: str = ""  # exact: "same bytes" or "same pixels"; near: "confirmed by you", if so
     check: tuple[float, float] | None = None  # (aligned, detail) when the pixels were checked
 
 
@@ -75,17 +76,27 @@ def find_pairs(collection: Collection, thresholds: Thresholds, tier: str, *,
     records = _records(store.get, involved)
     pairs = _tiered(a, b, scores, byte_groups, records, thresholds, tier,
                     collection.limits.max_pixels, collection.limits.max_file_bytes, workers)
-    pairs = [p for p in pairs if TIERS.index(p.tier) <= TIERS.index(tier)]
     made = store.decisions()
     if decisions:
-        pairs = without_distinct(pairs, records, made)
+        pairs = decided(pairs, records, made)
+    pairs = [p for p in pairs if TIERS.index(p.tier) <= TIERS.index(tier)]
     return Found(pairs, records, made, len(ids))
 
 
-def without_distinct(pairs: Iterable[Pair], records: dict[int, ImageRecord],
-                     decisions: Iterable[Decision]) -> list[Pair]:
-    distinct = {(d.first, d.second) for d in decisions if d.verdict == "distinct"}
-    return [p for p in pairs if _hashes(records, p.a, p.b) not in distinct]
+def decided(pairs: Iterable[Pair], records: dict[int, ImageRecord],
+            decisions: Iterable[Decision]) -> list[Pair]:
+    """``pairs`` as a person decided them: without those they said are distinct, and with
+    those they confirmed as duplicates near copies at least."""
+    verdicts = {(d.first, d.second): d.verdict for d in decisions}
+    out = []
+    for pair in pairs:
+        verdict = verdicts.get(_hashes(records, pair.a, pair.b))  # type: ignore[arg-type]
+        if verdict == "distinct":
+            continue
+        if verdict == "duplicate" and pair.tier == "similar":
+            pair = replace(pair, tier="near", how="confirmed by you")
+        out.append(pair)
+    return out
 
 
 def _hashes(records: dict[int, ImageRecord], a: int, b: int) -> tuple[str, str] | None:
@@ -144,9 +155,13 @@ def _tiered(a: np.ndarray, b: np.ndarray, scores: np.ndarray, byte_groups: list[
             max_bytes: int, workers: int | None) -> list[Pair]:
     pairs: dict[tuple[int, int], Pair] = {}
     for group in byte_groups:
-        for i, x in enumerate(group):
-            for y in group[i + 1:]:
-                pairs[(x, y)] = Pair(x, y, 1.0, "exact", "same bytes")
+        # Every pair of a run of identical files, in cliques of BYTES_CLIQUE: a file copied
+        # 10,000 times would otherwise make 50 million pairs (groups are capped anyway).
+        for start in range(0, len(group), BYTES_CLIQUE):
+            clique = group[start:start + BYTES_CLIQUE]
+            for i, x in enumerate(clique):
+                for y in clique[i + 1:]:
+                    pairs[(x, y)] = Pair(x, y, 1.0, "exact", "same bytes")
     pixels = PixelHashes(records, max_pixels, max_bytes)
     rest = []
     for x, y, score in zip(a.tolist(), b.tolist(), scores.tolist(), strict=True):
