@@ -222,12 +222,17 @@ def test_quarantine_moves_the_copies_not_kept_and_undo_puts_everything_back(
                                                or skipped[str(folder / "chelsea.jpg")])
     link = skipped.get(str(folder / "coins-link.jpg")) or skipped[str(folder / "coins.jpg")]
     assert link == "the same file as the kept copy (same device and inode)"
+    with pytest.raises(UsageError, match="holds indexed images"):
+        act(col, groups, "quarantine", to=folder / "copies" / "q")  # `index` would add it back
     done = act(col, groups, "quarantine", to=tmp_path / "q", apply=True)
     moved = {s.uri: s.target for s in done.acted}
     assert set(moved) == {str(made["bytes"]), str(made["near"])}
     assert (tmp_path / "q" / "copies" / "astronaut.jpg").is_file()  # relative paths kept
     assert all(col.find(uri) is None for uri in moved)  # out of the collection too
     assert (folder / "coins.jpg").is_file() and (folder / "coins-link.jpg").is_file()
+    with Collection.create(tmp_path / "other.lookalike") as other, \
+            pytest.raises(UsageError, match="records an action on"):
+        undo(other, done.manifest)  # type: ignore[arg-type]
     restored = undo(col, done.manifest)  # type: ignore[arg-type]
     assert sorted(restored.restored) == sorted(moved)
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
@@ -276,6 +281,12 @@ def test_add_check_dedup_and_screen_on_the_command_line(sample_dir: Path, tmp_pa
     assert [line.split()[0] for line in screened.stdout.splitlines()] == ["MATCH", "clear"]
     bad = run("dedup", "-c", col, "--preset", "normal", "--threshold", "0.9", check=False)
     assert bad.returncode == 2 and "not both" in bad.stderr
+    same = run("dedup", "-c", col, "--distinct", made["bytes"], made["bytes"].parent.parent /
+               "astronaut.jpg", check=False)
+    assert same.returncode == 2 and "the same bytes" in same.stderr
+    (tmp_path / "notes.jpg").write_text("not an image")
+    unread = run("screen", tmp_path / "notes.jpg", "--against", col, check=False)
+    assert unread.returncode == 1 and unread.stdout.startswith("error")
 
 
 def test_http_duplicates_decisions_upload_check_and_screening(
@@ -326,5 +337,7 @@ def test_thresholds_come_from_the_calibration_or_say_how_to_get_them() -> None:
     with pytest.raises(UsageError, match="--threshold"):
         thresholds_for("test-tiny")
     assert thresholds_for("test-tiny", threshold=0.9).near.threshold == 0.9
+    mine = thresholds_for("efficientnet-lite0-gem", threshold=0.9)  # the pixel check stays on
+    assert mine.near.verified and mine.near.aligned == normal.near.aligned
     with pytest.raises(UsageError, match="Unknown preset"):
         thresholds_for("efficientnet-lite0-gem", preset="lenient")

@@ -41,7 +41,7 @@ def threshold_options(func: Any) -> Any:
               help="Processes that check pixels [default: one per CPU].")
 @click.option("--max-group", type=Decimal(2, 100_000), default=50, show_default=True,
               help="Most images in one group.")
-@click.option("--prefer", multiple=True, type=click.Path(file_okay=False),
+@click.option("--prefer", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Keep copies in this folder first (repeat: earlier folders first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per image in a group.")
@@ -83,30 +83,25 @@ def dedup_command(collection: str | None, tier: str, preset: str | None,
     Not dupes:   lookalike dedup --distinct 17 42
     """
     from ..collection import Collection
-    from ..dedup import decide, find_duplicates
-    from ..dedup.actions import act, undo
+    from ..dedup import find_duplicates
+    from ..dedup.actions import act
 
     if as_json and as_csv:
         raise click.UsageError("Give --json or --csv, not both.")
     if apply and action is None:
         raise click.UsageError("--apply carries out an --action: name one.")
+    if to is not None and action != "quarantine":
+        raise click.UsageError("--to DIR is where --action quarantine moves the copies; it "
+                               "goes with that action only.")
+    if action == "quarantine" and to is None:
+        raise click.UsageError("--action quarantine needs --to DIR, the folder to move the "
+                               "copies to.")
+    if undo_manifest:
+        _undo(collection, undo_manifest)
+        return
     with Collection.open(collection_path(collection)) as col:
-        if undo_manifest:
-            undone = undo(col, undo_manifest)
-            for path in undone.restored:
-                click.echo(f"restored  {line_uri(path)}")
-            for path, why in undone.skipped:
-                click.echo(f"skipped   {line_uri(path)}: {why}")
-            click.echo(f"Undone: {len(undone.restored)} restored, {len(undone.skipped)} "
-                       "skipped.")
-            return
         if distinct or forget:
-            for a, b in distinct:
-                decide(col, [_image(col, a), _image(col, b)], "distinct")
-            for a, b in forget:
-                decide(col, [_image(col, a), _image(col, b)], None)
-            click.echo(f"Recorded {len(distinct)} 'not duplicates' and forgot {len(forget)} "
-                       "decisions.")
+            _decide(col, distinct, forget)
             return
         report = find_duplicates(col, tier=tier, preset=preset, threshold=threshold,
                                  verify=verify, workers=workers, max_group=max_group,
@@ -120,7 +115,43 @@ def dedup_command(collection: str | None, tier: str, preset: str | None,
     else:
         _echo_groups(report)
     if acted and not as_json:
-        _echo_action(acted)
+        _echo_action(acted, err=as_csv)  # the CSV on stdout stays one table
+
+
+def _undo(collection: str | None, manifest: str) -> None:
+    """Undo into the collection the manifest names (refusing another one given with -c)."""
+    from ..collection import Collection
+    from ..dedup.actions import manifest_collection, undo
+
+    recorded = manifest_collection(manifest)
+    if collection is not None and os.path.abspath(collection_path(collection)) != recorded:
+        raise click.UsageError(f"{manifest} undoes an action on the collection {recorded}, not "
+                               f"{collection}: leave out -c.")
+    with Collection.open(recorded) as col:
+        undone = undo(col, manifest)
+    for path in undone.restored:
+        click.echo(f"restored  {line_uri(path)}")
+    for path, why in undone.skipped:
+        click.echo(f"skipped   {line_uri(path)}: {why}")
+    click.echo(f"Undone in {recorded}: {len(undone.restored)} restored, "
+               f"{len(undone.skipped)} skipped.")
+    if undone.skipped:
+        raise click.exceptions.Exit(1)
+
+
+def _decide(col: Any, distinct: Sequence[tuple[str, str]],
+            forget: Sequence[tuple[str, str]]) -> None:
+    from ..dedup import decide
+
+    for a, b in [*distinct, *forget]:
+        first, second = _image(col, a), _image(col, b)
+        same = col.store.get([first, second])
+        if len(same) == 2 and same[first].content_hash == same[second].content_hash:
+            raise click.UsageError(f"{a} and {b} have the same bytes: identical files are "
+                                   "always exact duplicates.")
+        decide(col, [first, second], "distinct" if (a, b) in distinct else None)
+    click.echo(f"Recorded {len(distinct)} 'not duplicates' decision(s); cleared any decision "
+               f"on {len(forget)} pair(s).")
 
 
 def _image(col: Any, value: str) -> int:
@@ -142,15 +173,19 @@ def _echo_groups(report: Any) -> None:
             how = f" {m.how}" if m.how else f" {m.cosine:.3f}"
             click.echo(f"  {m.tier:<7}{how:>12}  {m.image_id:>8}  {line_uri(m.uri)}")
     t = report.thresholds
-    checked = (f" and pixels that align (>= {t.near.aligned:.2f}, detail >= "
-               f"{t.near.detail:.2f})" if t.near.verified else "")
-    measured = (f" (preset {t.preset}: precision {t.near.precision:.3f}, recall "
-                f"{t.near.recall:.3f} on self-made copies)"
-                if t.preset and t.near.precision is not None else "")
     copies = sum(len(g.members) for g in report.groups)
+    rule = "the same bytes or pixels"
+    if report.tier != "exact":
+        checked = (f" and pixels that align (>= {t.near.aligned:.2f}, detail >= "
+                   f"{t.near.detail:.2f})" if t.near.verified else " (pixel check off)")
+        measured = (f", preset {t.preset}: precision {t.near.precision:.3f}, recall "
+                    f"{t.near.recall:.3f} on self-made copies"
+                    if t.preset and t.near.precision is not None else "")
+        rule = f"near copies: cosine >= {t.near.threshold:.3f}{checked}{measured}"
+        if report.tier == "similar":
+            rule += f"; similar: cosine >= {t.similar.threshold:.3f}, not a near copy"
     click.echo(f"{len(report.groups)} groups, {copies} copies, among {report.images:,} images "
-               f"in {report.seconds:.1f} s. Near copies: cosine >= {t.near.threshold:.3f}"
-               f"{checked}{measured}; similar: >= {t.similar.threshold:.3f}.")
+               f"in {report.seconds:.1f} s. {rule[0].upper()}{rule[1:]}.")
 
 
 def _write_csv(report: Any) -> None:
@@ -166,23 +201,25 @@ def _write_csv(report: Any) -> None:
                              f"{m.cosine:.4f}", m.width, m.height, m.size, ""])
 
 
-def _echo_action(acted: Any) -> None:
+def _echo_action(acted: Any, *, err: bool = False) -> None:
     verb = {"quarantine": "moved", "hardlink": "linked", "remove": "removed"}[acted.action]
     for step in acted.steps:
         if step.skipped:
-            click.echo(f"skipped   {line_uri(step.uri)}: {step.skipped}")
+            click.echo(f"skipped   {line_uri(step.uri)}: {step.skipped}", err=err)
         elif not acted.applied:
             where = f" -> {line_uri(step.target)}" if step.target else ""
-            click.echo(f"would {acted.action}  {line_uri(step.uri)}{where}")
+            click.echo(f"would {acted.action}  {line_uri(step.uri)}{where}", err=err)
         elif step.done:
-            click.echo(f"{verb:<9} {line_uri(step.uri)}")
+            click.echo(f"{verb:<9} {line_uri(step.uri)}", err=err)
     todo = [s for s in acted.steps if not s.skipped]
-    if not acted.applied:
+    if not todo:
+        click.echo(f"Nothing to {acted.action}: {len(acted.steps)} copies skipped.", err=err)
+    elif not acted.applied:
         click.echo(f"Dry run: {len(todo)} copies to {acted.action}, "
-                   f"{len(acted.steps) - len(todo)} skipped. Add --apply to do it.")
+                   f"{len(acted.steps) - len(todo)} skipped. Add --apply to do it.", err=err)
     else:
         click.echo(f"Done: {len(acted.acted)} {verb}, {len(acted.steps) - len(acted.acted)} "
-                   f"skipped. Undo: lookalike dedup --undo {acted.manifest}")
+                   f"skipped. Undo: lookalike dedup --undo {acted.manifest}", err=err)
 
 
 @cli.command("screen")
@@ -190,10 +227,14 @@ def _echo_action(acted: Any) -> None:
 @click.option("--against", "watchlist", required=True,
               help="The watchlist: a collection folder (its store may be on another machine).")
 @click.option("--tier", type=click.Choice(["exact", "near", "similar"]), default="near",
-              show_default=True, help="Closest tier that counts as a match. " + TIER_HELP + ".")
+              show_default=True,
+              help="The loosest tier that counts as a match: exact (the same bytes or pixels), "
+                   "near (an edited copy), similar (the same scene: catches more, such as "
+                   "captioned copies the pixel check misses, and more false matches).")
 @threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--fail-on-match", is_flag=True, help="Exit with status 3 if any image matched.")
+@click.option("--fail-on-match", is_flag=True,
+              help="Exit with status 3 if any image matched (else 1 if any could not be read).")
 @runtime_options
 def screen_command(paths: Sequence[str], watchlist: str, tier: str, preset: str | None,
                    threshold: float | None, as_json: bool, fail_on_match: bool,
@@ -208,10 +249,12 @@ def screen_command(paths: Sequence[str], watchlist: str, tier: str, preset: str 
     from ..dedup import thresholds_for
     from ..dedup.matching import screen
 
-    with Collection.open(os.path.expanduser(watchlist), **runtime) as col:
+    watchlist = os.path.abspath(os.path.expanduser(watchlist))
+    with Collection.open(watchlist, **runtime) as col:
         thresholds = thresholds_for(col.model_name, preset=preset, threshold=threshold)
         results = screen(col, list(paths), thresholds, tier=tier)
     matched = [r for r in results if r.match]
+    failed = [r for r in results if r.error]
     if as_json:
         click.echo(json.dumps({"watchlist": watchlist, "tier": tier,
                                "threshold": thresholds.floor(tier),
@@ -226,6 +269,10 @@ def screen_command(paths: Sequence[str], watchlist: str, tier: str, preset: str 
                            f"{m.image_id} {line_uri(m.uri)}")
             else:
                 click.echo(f"clear  {line_uri(r.source)}")
-        click.echo(f"{len(matched)} of {len(results)} images matched the watchlist.", err=True)
+        unread = f"; {len(failed)} could not be read" if failed else ""
+        click.echo(f"{len(matched)} of {len(results)} images matched the watchlist{unread}.",
+                   err=True)
     if fail_on_match and matched:
         raise click.exceptions.Exit(3)
+    if failed:  # an image that could not be screened is never reported as clear
+        raise click.exceptions.Exit(1)

@@ -66,8 +66,8 @@ def add_command(paths: Sequence[str], collection: str | None, check: bool, as_js
         click.echo(f"  failed: {line_uri(failure.uri)}: {failure.reason}")
     for uri, found in checked.items():
         for m in found:
-            how = m.how or f"{m.cosine:.3f}"
-            click.echo(f"  {m.tier} duplicate ({how}) of {line_uri(uri)}: {m.image_id} "
+            how = m.how or f"cosine {m.cosine:.3f}"
+            click.echo(f"  {line_uri(uri)} is a {m.tier} copy ({how}) of {m.image_id} "
                        f"{line_uri(m.uri)}")
 
 

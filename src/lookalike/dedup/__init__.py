@@ -82,7 +82,8 @@ def decide(collection: Collection, images: Sequence[int], verdict: str | None, *
     from now on), or None to forget earlier verdicts. Kept by content hash, so it survives
     re-indexing, renames and moves. Returns the number of pairs."""
     if verdict is not None and verdict not in VERDICTS:
-        raise UsageError(f"Unknown verdict {verdict!r}: use one of {', '.join(VERDICTS)}.")
+        raise UsageError(f"Unknown verdict {verdict!r}: use one of {', '.join(VERDICTS)}, or "
+                         "null to forget a decision.")
     if len(set(images)) < 2:
         raise UsageError("A decision is about two or more different images.")
     if keep is not None and (verdict != "duplicate" or keep not in images):

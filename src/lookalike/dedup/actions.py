@@ -76,9 +76,8 @@ def act(collection: Collection, groups: list[DuplicateGroup], action: str, *,
         raise UsageError("--to DIR goes with --action quarantine (where the copies are moved), "
                          "and only with it.")
     folder = Path(to).expanduser().absolute() if to is not None else None
-    if folder is not None and (folder == collection.path or collection.path in folder.parents):
-        raise UsageError(f"The quarantine folder {folder} is inside the collection: pick "
-                         "another folder.")
+    if folder is not None:
+        _check_quarantine(collection, folder)
     steps = _plan(collection, groups, action)
     if folder is not None:
         steps = _targets(steps, folder)
@@ -95,6 +94,21 @@ def act(collection: Collection, groups: list[DuplicateGroup], action: str, *,
     _write_manifest(manifest, collection, action,
                     [{**e, "done": e["id"] in finished} for e in entries])
     return ActionReport(action, True, done, manifest)
+
+
+def _check_quarantine(collection: Collection, folder: Path) -> None:
+    """UsageError for a quarantine folder inside the collection, or inside a folder that holds
+    indexed files: indexing that folder again would add the quarantined copies back."""
+    if folder == collection.path or collection.path in folder.parents:
+        raise UsageError(f"The quarantine folder {folder} is inside the collection: pick "
+                         "another folder.")
+    indexed = {os.path.dirname(uri) for uri in collection.store.file_states()
+               if not objects.is_object_uri(uri)}
+    for parent in (folder, *folder.parents):
+        if str(parent) in indexed:
+            raise UsageError(f"The quarantine folder {folder} is inside {parent}, which holds "
+                             "indexed images: indexing it again would add the quarantined "
+                             "copies back. Pick a folder outside the indexed ones.")
 
 
 def _plan(collection: Collection, groups: list[DuplicateGroup], action: str) -> list[Step]:
@@ -231,20 +245,47 @@ class UndoReport:
     skipped: list[tuple[str, str]]  # (path, why)
 
 
+def read_manifest(manifest: str | os.PathLike[str]) -> dict[str, Any]:
+    """An undo manifest, checked: UsageError for anything :func:`act` did not write."""
+    path = Path(manifest).expanduser()
+    not_one = UsageError(f"{path} is not a lookalike undo manifest (the JSON file `dedup "
+                         "--apply` wrote); nothing was changed.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise not_one from None
+    if not (isinstance(data, dict) and isinstance(data.get("entries"), list)
+            and isinstance(data.get("collection"), str)
+            and all(isinstance(e, dict) and isinstance(e.get("path"), str)
+                    and isinstance(e.get("to"), str | None) for e in data["entries"])):
+        raise not_one
+    if data.get("version") != MANIFEST_VERSION or data.get("action") not in ACTIONS:
+        raise UsageError(f"{path} is an undo manifest this lookalike cannot read.")
+    return data
+
+
+def manifest_collection(manifest: str | os.PathLike[str]) -> str:
+    """The collection whose action ``manifest`` records."""
+    return str(read_manifest(manifest)["collection"])
+
+
 def undo(collection: Collection, manifest: str | os.PathLike[str]) -> UndoReport:
     """Undo what the action of ``manifest`` did: quarantined files go back to their paths,
     hard links become files of their own again, and images dropped from the collection are
-    indexed again (their vectors reused: nothing is embedded twice)."""
-    path = Path(manifest).expanduser()
-    try:
-        data = json.loads(path.read_text())
-        action, entries = data["action"], data["entries"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{path} is not a lookalike undo manifest: {exc}.") from None
-    if data.get("version") != MANIFEST_VERSION or action not in ACTIONS:
-        raise UsageError(f"{path} is an undo manifest this lookalike cannot read.")
+    indexed again (their vectors reused: nothing is embedded twice). Only files in the
+    manifest's own folder (the quarantine) are moved back."""
+    path = Path(manifest).expanduser().absolute()
+    data = read_manifest(path)
+    action, entries = data["action"], data["entries"]
+    if os.path.abspath(data["collection"]) != str(collection.path):
+        raise UsageError(f"{path} records an action on {data['collection']}, not on "
+                         f"{collection.path}.")
     restored, skipped = [], []
     for entry in entries:
+        to = entry.get("to")
+        if action == "quarantine" and (to is None or path.parent not in Path(to).parents):
+            skipped.append((entry["path"], f"{to} is not in the quarantine folder {path.parent}"))
+            continue
         reason = _undo_one(action, entry)
         if reason is None:
             restored.append(entry["path"])

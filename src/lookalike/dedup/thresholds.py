@@ -83,12 +83,13 @@ def calibrated_models() -> list[str]:
 def thresholds_for(model: str, *, preset: str | None = None, threshold: float | None = None,
                    verify: bool = True) -> Thresholds:
     """The thresholds for ``model``: a calibrated preset (default ``normal``; with ``verify``
-    false, the one for a cosine alone), or ``threshold``, a cosine alone, for near copies (then
-    ``similar`` stays the calibrated one, or is that threshold less 0.1 for a model without
-    calibration). UsageError for an unknown preset, a threshold out of range, or a model
-    without calibration and no ``threshold``."""
+    false, the one for a cosine alone), or ``threshold``, the near copies' cosine, with the
+    ``normal`` preset's pixel check when ``verify`` (and the model is calibrated: else the
+    cosine alone). ``similar`` stays the calibrated one, or is that threshold less 0.1 for a
+    model without calibration. UsageError for an unknown preset, a threshold out of range, or
+    a model without calibration and no ``threshold``."""
     if preset is not None and threshold is not None:
-        raise UsageError("Give --preset or --threshold, not both.")
+        raise UsageError("Give a preset or a threshold, not both.")
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"Unknown preset {preset!r}: use one of {', '.join(PRESETS)}.")
     if threshold is not None and not 0.0 < threshold <= 1.0:
@@ -97,9 +98,11 @@ def thresholds_for(model: str, *, preset: str | None = None, threshold: float | 
     if threshold is not None:
         similar = (Calibrated(**entry["similar"]) if entry
                    else Calibrated(max(0.0, threshold - 0.1)))
-        if similar.threshold > threshold:
+        if similar.threshold > threshold and not (verify and entry):
             similar = Calibrated(threshold)
-        return Thresholds(Calibrated(threshold), similar, None)
+        check = entry["near"][DEFAULT_PRESET] if verify and entry else {}
+        return Thresholds(Calibrated(threshold, aligned=check.get("aligned"),
+                                     detail=check.get("detail")), similar, None)
     if entry is None:
         raise UsageError(
             f"No duplicate thresholds are calibrated for model {model!r} (calibrated: "

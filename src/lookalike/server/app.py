@@ -183,15 +183,14 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
     ) -> Any:
         """Store an image in the collection; it is searchable when this returns. Identical
         bytes uploaded before answer 200 with that image. With `serve --screen-against`, the
-        image is first screened against the watchlist: its match is answered in `screened`, or
-        (`--screen-action reject`) the upload is refused with 422 `screened`."""
+        image is first screened against the watchlist: `screened` says whether it matched (and
+        the tier), or (`--screen-action reject`) the upload is refused with 422 `screened`."""
         data, fields = await _read_upload(request)
         metadata = _metadata(fields.get("metadata"))
         col = service.collection
         body: dict[str, Any] = {}
         if service.screening is not None:
-            screened = await run_in_threadpool(service.screening.check, data)
-            body["screened"] = screened.match.to_dict() if screened.match else None
+            body["screened"] = await run_in_threadpool(service.screening.check, data)
         details, created = await run_in_threadpool(
             lambda: col.add_bytes(data, metadata=metadata, wait=config.write_wait))
         body = {"image": _image(details), "created": created, **body}

@@ -17,7 +17,7 @@ from fastapi import Body, FastAPI, Query
 
 from ..collection import Collection
 from ..dedup import DuplicateReport, decide, find_duplicates, thresholds_for
-from ..dedup.matching import Screened, duplicates_of, screen
+from ..dedup.matching import duplicates_of, screen
 from .errors import ApiError
 
 log = logging.getLogger("lookalike.server")
@@ -58,18 +58,21 @@ class Screening:
         self.watchlist = Collection.open(watchlist, **runtime)
         self.thresholds = thresholds_for(self.watchlist.model_name)
 
-    def check(self, data: bytes) -> Screened:
+    def check(self, data: bytes) -> dict[str, Any] | None:
+        """What an upload's answer says of its screening: whether it matched and how closely
+        (the watchlist image and its score stay in the log: an uploader who saw them could edit
+        an image until it slips under the threshold)."""
         [result] = screen(self.watchlist, [data], self.thresholds)
-        if result.match is not None:
-            m = result.match
-            log.warning("Upload matches watchlist image %s (%s, %s, cosine %.3f)%s",
-                        m.image_id, m.uri, m.tier, m.cosine,
-                        ": refused" if self.action == "reject" else "")
-            if self.action == "reject":
-                raise ApiError(422, "screened",
-                               f"The image matches watchlist image {m.image_id} ({m.tier} "
-                               f"copy, cosine {m.cosine:.3f}); it was not stored.")
-        return result
+        if result.match is None:
+            return None
+        m = result.match
+        log.warning("Upload matches watchlist image %s (%s, %s, cosine %.3f)%s",
+                    m.image_id, m.uri, m.tier, m.cosine,
+                    ": refused" if self.action == "reject" else "")
+        if self.action == "reject":
+            raise ApiError(422, "screened", "The image matches an image on this server's "
+                           "watchlist; it was not stored.")
+        return {"matched": True, "tier": m.tier}
 
     def close(self) -> None:
         self.watchlist.close()
