@@ -101,6 +101,18 @@ def test_chains_do_not_merge_groups_and_every_member_passes_against_the_represen
     assert groups[0].weakest == pytest.approx(0.95)
 
 
+def test_a_look_alike_never_takes_an_original_away_from_its_copies() -> None:
+    records = {1: record(1, "/p/big.jpg", width=400), 2: record(2, "/p/photo.jpg"),
+               3: record(3, "/p/photo-small.jpg", width=50), 4: record(4, "/p/other.jpg")}
+    pairs = [Pair(1, 2, 0.80, "similar"), Pair(2, 3, 0.95, "near"), Pair(1, 4, 0.78, "similar")]
+    [copies, shots] = make_groups(pairs, records)
+    assert (copies.keep.image_id, [(m.image_id, m.tier) for m in copies.members]) == (
+        2, [(3, "near")])
+    assert (shots.keep.image_id, [m.image_id for m in shots.members]) == (1, [4])
+    [joined] = make_groups(pairs[:2], records)  # a look-alike with nobody else joins the copies
+    assert [(m.image_id, m.tier) for m in joined.members] == [(3, "near"), (1, "similar")]
+
+
 def test_groups_are_capped_and_the_copy_to_keep_follows_the_rules(tmp_path: Path) -> None:
     records = {1: record(1, "/a/x.jpg", size=900), 2: record(2, "/a/x.png", size=500),
                3: record(3, "/b/x.jpg", size=800), 4: record(4, "/a/y.jpg", size=100)}

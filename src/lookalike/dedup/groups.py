@@ -82,34 +82,65 @@ def make_groups(pairs: Sequence[Pair], records: dict[int, ImageRecord],
                 decisions: Iterable[Decision] = (), *, max_size: int = 50,
                 prefer: Sequence[str] = ()) -> list[DuplicateGroup]:
     """Groups around representatives (module docstring) of at most ``max_size`` images, best
-    group first; the representative is the best copy by :func:`keeper_order`."""
+    group first; the representative is the best copy by :func:`keeper_order`.
+
+    Copies (exact and near pairs) are grouped first, so a look-alike never takes an original
+    away from its own copies; then images only ``similar`` to others form groups of their own
+    the same way, and any left over joins the group of a representative it looks like (the
+    closest with room)."""
     if max_size < 2:
         raise ValueError("a group holds at least two images")
+    close = _links(p for p in pairs if p.tier != "similar")
+    loose = _links(p for p in pairs if p.tier == "similar")
+    order = keeper_order(list({*close, *loose}), records, decisions, prefer)
+    members: dict[int, list[tuple[int, Pair]]] = {}  # representative -> its members
+    grouped: set[int] = set()
+    _greedy(order, close, grouped, members, max_size)
+    _greedy(order, loose, grouped, members, max_size)
+    for image_id in order:  # a look-alike left over joins a group it looks like
+        if image_id in grouped:
+            continue
+        joins = [(pair.score, other, pair) for pair in loose[image_id]
+                 if (other := pair.b if pair.a == image_id else pair.a) in members
+                 and len(members[other]) < max_size - 1]
+        if joins:
+            _, rep, pair = max(joins, key=lambda j: (j[0], -j[1]))
+            members[rep].append((image_id, pair))
+            grouped.add(image_id)
+    groups = []
+    for rep, taken in members.items():
+        ranked = [rep, *(other for other, _ in taken)]
+        runner_up = min(ranked[1:], key=keeper_order(ranked, records, decisions, prefer).index)
+        ordered = sorted(taken, key=lambda t: (TIERS.index(t[1].tier), -t[1].score, t[0]))
+        groups.append(DuplicateGroup(
+            _member(records[rep]), _reason(records[rep], records[runner_up], decisions, prefer),
+            tuple(_member(records[other], pair) for other, pair in ordered)))
+    groups.sort(key=lambda g: (TIERS.index(g.tier), -len(g.members), -g.weakest, g.keep.uri))
+    return groups
+
+
+def _links(pairs: Iterable[Pair]) -> dict[int, list[Pair]]:
     links: dict[int, list[Pair]] = defaultdict(list)
     for pair in pairs:
         links[pair.a].append(pair)
         links[pair.b].append(pair)
-    order = keeper_order(list(links), records, decisions, prefer)
-    grouped: set[int] = set()
-    groups = []
+    return links
+
+
+def _greedy(order: list[int], links: dict[int, list[Pair]], grouped: set[int],
+            members: dict[int, list[tuple[int, Pair]]], max_size: int) -> None:
+    """Best first, each image not grouped yet takes its neighbours (by ``links``) that are not
+    grouped yet, closest first, into a group it represents."""
     for image_id in order:
-        if image_id in grouped:
+        if image_id in grouped or image_id not in links:
             continue
         ties = sorted(((p.b if p.a == image_id else p.a, p) for p in links[image_id]),
                       key=lambda t: (TIERS.index(t[1].tier), -t[1].score, t[0]))
         taken = [(other, pair) for other, pair in ties if other not in grouped][:max_size - 1]
-        if not taken:
-            continue
-        grouped.add(image_id)
-        grouped.update(other for other, _ in taken)
-        keep = _member(records[image_id])
-        members = tuple(_member(records[other], pair) for other, pair in taken)
-        ranked = [image_id, *(other for other, _ in taken)]
-        runner_up = min(ranked[1:], key=keeper_order(ranked, records, decisions, prefer).index)
-        groups.append(DuplicateGroup(keep, _reason(records[image_id], records[runner_up],
-                                                   decisions, prefer), members))
-    groups.sort(key=lambda g: (TIERS.index(g.tier), -len(g.members), -g.weakest, g.keep.uri))
-    return groups
+        if taken:
+            grouped.add(image_id)
+            grouped.update(other for other, _ in taken)
+            members[image_id] = taken
 
 
 def keeper_order(ids: list[int], records: dict[int, ImageRecord],

@@ -75,7 +75,9 @@ def find_pairs(collection: Collection, thresholds: Thresholds, tier: str, *,
     involved = set(a.tolist()) | set(b.tolist()) | {i for g in byte_groups for i in g}
     records = _records(store.get, involved)
     pairs = _tiered(a, b, scores, byte_groups, records, thresholds, tier,
-                    collection.limits.max_pixels, collection.limits.max_file_bytes, workers)
+                    collection.limits.max_pixels, collection.limits.max_file_bytes, workers,
+                    (lambda done, total: progress("checking pixels", done, total))
+                    if progress else None)
     made = store.decisions()
     if decisions:
         pairs = decided(pairs, records, made)
@@ -152,7 +154,8 @@ def _records(get: Callable[[Sequence[int]], dict[int, ImageRecord]],
 
 def _tiered(a: np.ndarray, b: np.ndarray, scores: np.ndarray, byte_groups: list[list[int]],
             records: dict[int, ImageRecord], thresholds: Thresholds, tier: str, max_pixels: int,
-            max_bytes: int, workers: int | None) -> list[Pair]:
+            max_bytes: int, workers: int | None,
+            progress: Callable[[int, int], None] | None) -> list[Pair]:
     pairs: dict[tuple[int, int], Pair] = {}
     for group in byte_groups:
         # Every pair of a run of identical files, in cliques of BYTES_CLIQUE: a file copied
@@ -176,7 +179,8 @@ def _tiered(a: np.ndarray, b: np.ndarray, scores: np.ndarray, byte_groups: list[
     if tier != "exact" and thresholds.near.verified:
         checks = verify_pairs([key for key, score in rest if score >= thresholds.near.threshold],
                               records, max_pixels=max_pixels, max_bytes=max_bytes,
-                              aligned_floor=thresholds.near.aligned, workers=workers)
+                              aligned_floor=thresholds.near.aligned, workers=workers,
+                              progress=progress)
     for key, score in rest:
         check = checks.get(key)
         if (level := thresholds.tier_of(score, check)) is not None:
@@ -235,8 +239,8 @@ def stderr_progress(show: bool | None, images: int) -> Callable[[str, int, int],
         if bar is None:
             for other in bars.values():
                 other.close()
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="" if stage == "comparing"
-                                     else "img", leave=False)
+            unit = {"reading": "img", "checking pixels": "pair"}.get(stage, "")
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit=unit, leave=False)
         bar.total = total
         bar.update(done - bar.n)
 

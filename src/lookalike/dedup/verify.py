@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -42,6 +44,8 @@ BLUR, DETAIL_BLUR = 1.0, 3.0  # σ in thumbnail pixels
 MIN_SIDE = 12  # scaled thumbnails smaller than this are not tried
 FLAT = 0.25  # a window with a quarter of the template's variance or less cannot match it
 PAIRS_PER_WORKER = 200  # about 5 s of checks: fewer do not pay for starting a process
+CHUNK = 250  # pairs a worker checks at a time
+THUMBS_KEPT = 500  # thumbnails a process keeps (about 0.4 MB each)
 
 
 @dataclass(frozen=True)
@@ -122,40 +126,54 @@ def _slide(big: _Plane, small: Image.Image) -> float:
 
 def verify_pairs(pairs: Sequence[tuple[int, int]], records: dict[int, ImageRecord], *,
                  max_pixels: int, max_bytes: int, aligned_floor: float | None = None,
-                 workers: int | None = None) -> dict[tuple[int, int], tuple[float, float] | None]:
+                 workers: int | None = None, progress: Callable[[int, int], None] | None = None
+                 ) -> dict[tuple[int, int], tuple[float, float] | None]:
     """:func:`scores` of each pair of indexed images, read as they were indexed; None for a
-    pair one of whose files cannot be read unchanged. Many pairs are shared out among
-    ``workers`` processes (default: one per CPU), each keeping the thumbnails it made."""
-    pairs = sorted(pairs)
+    pair one of whose files cannot be read unchanged. Many pairs are shared out, in runs of
+    :data:`CHUNK`, among ``workers`` processes (default: one per CPU), each keeping the
+    thumbnails it made last; ``progress(done, total)`` follows them."""
+    pairs = sorted(pairs)  # runs of sorted pairs share their first image: one thumbnail
     workers = min(workers or os.cpu_count() or 1, max(1, len(pairs) // PAIRS_PER_WORKER))
-    if workers <= 1:
-        return _verify_chunk(pairs, records, max_pixels, max_bytes, aligned_floor)
-    # Contiguous runs of sorted pairs share their first image: its thumbnail is made once.
-    chunks = [list(c) for c in np.array_split(np.asarray(pairs, np.int64), workers)]
+    chunks = [pairs[start:start + CHUNK] for start in range(0, len(pairs), CHUNK)]
     found: dict[tuple[int, int], tuple[float, float] | None] = {}
+    if workers <= 1:
+        try:
+            for chunk in chunks:
+                found.update(_verify_chunk(chunk, records, max_pixels, max_bytes, aligned_floor))
+                if progress:
+                    progress(len(found), len(pairs))
+        finally:
+            _thumbs.clear()  # this process may live on (a server): keep no thumbnails
+        return found
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_verify_chunk, [(int(a), int(b)) for a, b in chunk],
-                            {i: records[i] for pair in chunk for i in pair}, max_pixels,
-                            max_bytes, aligned_floor) for chunk in chunks]
-        for job in jobs:
-            found.update(job.result())
+        jobs = pool.map(_verify_chunk, chunks,
+                        [{i: records[i] for pair in chunk for i in pair} for chunk in chunks],
+                        repeat(max_pixels), repeat(max_bytes), repeat(aligned_floor))
+        for result in jobs:
+            found.update(result)
+            if progress:
+                progress(len(found), len(pairs))
     return found
+
+
+_thumbs: OrderedDict[int, Thumb | None] = OrderedDict()  # a process's latest thumbnails
 
 
 def _verify_chunk(pairs: Sequence[tuple[int, int]], records: dict[int, ImageRecord],
                   max_pixels: int, max_bytes: int, aligned_floor: float | None
                   ) -> dict[tuple[int, int], tuple[float, float] | None]:
-    thumbs: dict[int, Thumb | None] = {}
-
     def thumb_of(image_id: int) -> Thumb | None:
-        if image_id not in thumbs:
-            try:
-                data = read_indexed(records[image_id], max_bytes)
-            except LookalikeError:
-                thumbs[image_id] = None
-            else:
-                thumbs[image_id] = thumb(data, max_pixels)
-        return thumbs[image_id]
+        if image_id in _thumbs:
+            _thumbs.move_to_end(image_id)  # ids are never reused: a kept one is still right
+            return _thumbs[image_id]
+        try:
+            made = thumb(read_indexed(records[image_id], max_bytes), max_pixels)
+        except LookalikeError:
+            made = None
+        _thumbs[image_id] = made
+        if len(_thumbs) > THUMBS_KEPT:
+            _thumbs.popitem(last=False)
+        return made
 
     found: dict[tuple[int, int], tuple[float, float] | None] = {}
     for a, b in pairs:
