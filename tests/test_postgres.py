@@ -24,7 +24,7 @@ from lookalike.errors import (
     StoreUnavailableError,
     UsageError,
 )
-from lookalike.storage import EventWrite, NewImage, open_store
+from lookalike.storage import Decision, EventWrite, NewImage, open_store
 from lookalike.storage.migrations import STEPS
 from lookalike.storage.postgres import PostgresStore
 from lookalike.storage.uri import PostgresURI, connection_uri
@@ -233,15 +233,18 @@ def test_a_version_2_schema_is_upgraded_in_place(postgres: PostgresServer, pg_ur
     store = PostgresStore(uri, 8, create=True)
     [kept] = store.write([NewImage("/a.jpg", 1, 1, "h", vector=np.ones(8, np.float32) / 8 ** 0.5)])
     store.close()
-    with postgres.admin() as conn:  # as version 2 left it: no etags, no event positions
+    with postgres.admin() as conn:  # as version 2 left it: no etags, event positions, decisions
         conn.execute(f'ALTER TABLE "{uri.schema}".images DROP COLUMN etag')
         conn.execute(f'DROP TABLE "{uri.schema}".event_positions')
+        conn.execute(f'DROP TABLE "{uri.schema}".decisions')
         conn.execute(f"UPDATE \"{uri.schema}\".meta SET value = '2' WHERE key = 'schema_version'")
     store = PostgresStore(uri, 8)
     try:
         assert store.get([kept])[kept].etag is None and store.event_positions(["/a.jpg"]) == {}
         store.apply_events(EventWrite(positions={"/a.jpg": "01"}))
         assert store.event_positions(["/a.jpg"]) == {"/a.jpg": "01"}
+        store.decide([Decision.of("h", "g", "distinct")])
+        assert [d.verdict for d in store.decisions()] == ["distinct"]
     finally:
         store.close()
 

@@ -46,6 +46,12 @@ class SimilarResponse(SearchResponse):
 class UploadResponse(BaseModel):
     image: ImageOut
     created: bool = Field(description="False when identical bytes were uploaded before.")
+    duplicates: list[dict[str, Any]] | None = Field(
+        None, description="With check_duplicates=true: the image's exact and near duplicates "
+                          "in the collection (id, uri, tier, cosine, how, aligned, detail).")
+    screened: dict[str, Any] | None = Field(
+        None, description="With serve --screen-against: {\"matched\": true, \"tier\": ...} "
+                          "when the image matches the watchlist, else null.")
 
 
 class DeleteResponse(BaseModel):
