@@ -57,10 +57,10 @@ def find_duplicates(collection: Collection, *, tier: str = "near", preset: str |
                     workers: int | None = None, show_progress: bool | None = None
                     ) -> DuplicateReport:
     """The collection's groups of duplicates of ``tier`` or closer, by the model's calibrated
-    ``preset`` (default ``normal``) or a near-copy ``threshold`` (a cosine alone); at most
-    ``max_group`` images a group; copies in the ``prefer`` folders are kept first. Near copies
-    are confirmed on their pixels (:mod:`.verify`, in ``workers`` processes) unless ``verify``
-    is false. Pairs a person decided are not duplicates (:func:`decide`) are never grouped."""
+    ``preset`` (default ``normal``) or a near-copy cosine ``threshold``; at most ``max_group``
+    images a group; copies in the ``prefer`` folders are kept first. Near copies are confirmed
+    on their pixels (:mod:`.verify`, in ``workers`` processes) unless ``verify`` is false.
+    Pairs a person decided are not duplicates (:func:`decide`) are never grouped."""
     if max_group < 2:
         raise UsageError(f"A group holds at least 2 images, got --max-group {max_group}.")
     started = time.perf_counter()
