@@ -5,8 +5,8 @@
 
 import {
   $, els as shared, STORAGE, session, storageGet, storageSet, apiJson, showError, clearError,
-  formatMs, formatBytes, plural, splitPath, askForKey, releaseThumbs, setImage, openWithKey,
-  showNoticeIn,
+  formatMs, formatBytes, plural, splitPath, askForKey, releaseThumbs, setImage, thumbnail,
+  openWithKey, showNoticeIn,
 } from "./common.js";
 import {
   isDuplicatesHash, dupHash, readDupParams, loadDuplicates, initDuplicates,
@@ -287,15 +287,7 @@ function resultCard(hit, index) {
 
   const thumb = document.createElement("span");
   thumb.className = "thumb";
-  const img = document.createElement("img");
-  img.alt = "";
-  img.decoding = "async";
-  if (hit.width && hit.height) {
-    img.width = hit.width;
-    img.height = hit.height;
-  }
-  img.addEventListener("error", () => thumb.classList.add("missing"), { once: true });
-  setImage(img, hit.thumbnail_url, { lazy: true, pool: state.thumbs });
+  const img = thumbnail(thumb, hit, state.thumbs);
   const rank = document.createElement("span");
   rank.className = "rank";
   rank.textContent = String(index + 1);

@@ -167,6 +167,21 @@ export function setImage(img, url, { lazy, pool }) {
   pool.observer.observe(img);
 }
 
+// A lazily loaded thumbnail of ``image`` (a search hit or a group member: width, height,
+// thumbnail_url) in ``holder``, which is marked "missing" if it fails to load.
+export function thumbnail(holder, image, pool) {
+  const img = document.createElement("img");
+  img.alt = "";
+  img.decoding = "async";
+  if (image.width && image.height) {
+    img.width = image.width;
+    img.height = image.height;
+  }
+  img.addEventListener("error", () => holder.classList.add("missing"), { once: true });
+  setImage(img, image.thumbnail_url, { lazy: true, pool });
+  return img;
+}
+
 // Thumbnails come in a few sizes; sharp ones for high-density screens.
 function withSize(url, size) {
   const full = new URL(url, document.baseURI);

@@ -4,7 +4,7 @@
 
 import {
   $, session, apiJson, showError, clearError, formatMs, formatBytes, plural,
-  splitPath, releaseThumbs, setImage, openWithKey, showNoticeIn,
+  splitPath, releaseThumbs, thumbnail, openWithKey, showNoticeIn,
 } from "./common.js";
 
 // This view's own elements; the error box and the key form are common.js's.
@@ -275,15 +275,7 @@ function imageTile(image, n, group, card) {
   link.title = [image.uri, cosine].filter(Boolean).join("\n");
   link.setAttribute("aria-label", `Open the original of ${name}`);
   link.addEventListener("click", (event) => openWithKey(event, image.file_url));
-  const img = document.createElement("img");
-  img.alt = "";
-  img.decoding = "async";
-  if (image.width && image.height) {
-    img.width = image.width;
-    img.height = image.height;
-  }
-  img.addEventListener("error", () => link.classList.add("missing"), { once: true });
-  setImage(img, image.thumbnail_url, { lazy: true, pool: dup.thumbs });
+  const img = thumbnail(link, image, dup.thumbs);
   const number = document.createElement("span");
   number.className = "rank";
   number.textContent = String(n + 1);
