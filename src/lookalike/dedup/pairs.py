@@ -53,11 +53,11 @@ class Found:
 
 
 def find_pairs(collection: Collection, thresholds: Thresholds, tier: str, *,
-               max_per_image: int = 64, decisions: bool = True, workers: int | None = None,
+               max_per_image: int = 64, workers: int | None = None,
                progress: Callable[[str, int, int], None] | None = None) -> Found:
-    """Every pair of active images of ``tier`` or closer (exact < near < similar); pairs
-    decided "distinct" are left out unless ``decisions`` is false. ``workers``: processes that
-    check pixels (default: one per CPU)."""
+    """Every pair of active images of ``tier`` or closer (exact < near < similar), as a person
+    decided them (:func:`decided`). ``workers``: processes that check pixels (default: one
+    per CPU)."""
     if tier not in TIERS:
         raise UsageError(f"Unknown tier {tier!r}: use one of {', '.join(TIERS)}.")
     store = collection.store
@@ -74,22 +74,27 @@ def find_pairs(collection: Collection, thresholds: Thresholds, tier: str, *,
     byte_groups = store.same_bytes()
     involved = set(a.tolist()) | set(b.tolist()) | {i for g in byte_groups for i in g}
     records = _records(store.get, involved)
+    made = store.decisions()
+    verdicts = {(d.first, d.second): d.verdict for d in made}
+    # Pairs decided distinct go before their pixels are checked: they would be dropped after.
+    kept = np.array([verdicts.get(_hashes(records, x, y)) != "distinct"  # type: ignore[arg-type]
+                     for x, y in zip(a.tolist(), b.tolist(), strict=True)], np.bool_)
+    if len(kept):
+        a, b, scores = a[kept], b[kept], scores[kept]
     pairs = _tiered(a, b, scores, byte_groups, records, thresholds, tier,
                     collection.limits.max_pixels, collection.limits.max_file_bytes, workers,
                     (lambda done, total: progress("checking pixels", done, total))
                     if progress else None)
-    made = store.decisions()
-    if decisions:
-        pairs = decided(pairs, records, made)
-    pairs = [p for p in pairs if TIERS.index(p.tier) <= TIERS.index(tier)]
+    pairs = [p for p in decided(pairs, records, verdicts)
+             if TIERS.index(p.tier) <= TIERS.index(tier)]
     return Found(pairs, records, made, len(ids))
 
 
 def decided(pairs: Iterable[Pair], records: dict[int, ImageRecord],
-            decisions: Iterable[Decision]) -> list[Pair]:
-    """``pairs`` as a person decided them: without those they said are distinct, and with
-    those they confirmed as duplicates near copies at least."""
-    verdicts = {(d.first, d.second): d.verdict for d in decisions}
+            verdicts: dict[tuple[str, str], str]) -> list[Pair]:
+    """``pairs`` as a person decided them (``verdicts`` by pair of content hashes): without
+    those they said are distinct, and with those they confirmed as duplicates near copies at
+    least."""
     out = []
     for pair in pairs:
         verdict = verdicts.get(_hashes(records, pair.a, pair.b))  # type: ignore[arg-type]
