@@ -23,12 +23,14 @@ from lookalike.embedders import Embedder, ModelSpec, register_model
 from lookalike.settings import SETTINGS
 from lookalike.types import Preprocess
 from pgserver import CannotStart, PostgresServer, connect_or_start
+from stores import Opener, opener
 
 if TYPE_CHECKING:
     import torch
 
     from cloud import KafkaBroker, MotoServer
     from lookalike.collection import Collection
+    from lookalike.storage import Store
 
 #: The test model's name; collections built with it record it like any other model.
 TINY = "test-tiny"
@@ -330,3 +332,15 @@ def live_server(served_copy: Path, start_server: Callable[..., LiveServer]) -> L
     server = start_server(served_copy)
     server.collection_path = served_copy  # type: ignore[attr-defined]
     return server
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens stores on one fresh database; each call is another connection to it."""
+    uri = request.getfixturevalue("pg_uri") if request.param == "postgresql" else None
+    yield from opener(request.param, tmp_path, uri)
+
+
+@pytest.fixture
+def store(open_db: Opener) -> Store:
+    return open_db()

@@ -235,6 +235,9 @@ def test_a_version_2_schema_is_upgraded_in_place(postgres: PostgresServer, pg_ur
     store.close()
     with postgres.admin() as conn:  # as version 2 left it: no etags, event positions, decisions
         conn.execute(f'ALTER TABLE "{uri.schema}".images DROP COLUMN etag')
+        conn.execute(f'ALTER TABLE "{uri.schema}".images DROP COLUMN file_fields')
+        conn.execute(f'DROP TABLE "{uri.schema}".fields')
+        conn.execute(f'DROP TABLE "{uri.schema}".field_counts')
         conn.execute(f'DROP TABLE "{uri.schema}".event_positions')
         conn.execute(f'DROP TABLE "{uri.schema}".decisions')
         conn.execute(f"UPDATE \"{uri.schema}\".meta SET value = '2' WHERE key = 'schema_version'")
@@ -245,6 +248,36 @@ def test_a_version_2_schema_is_upgraded_in_place(postgres: PostgresServer, pg_ur
         assert store.event_positions(["/a.jpg"]) == {"/a.jpg": "01"}
         store.decide([Decision.of("h", "g", "distinct")])
         assert [d.verdict for d in store.decisions()] == ["distinct"]
+    finally:
+        store.close()
+
+
+def test_a_version_4_schema_gets_its_fields_when_opened(
+    postgres: PostgresServer, pg_uri: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lookalike.storage import postgres_fields
+    from lookalike.where import Where
+
+    monkeypatch.setattr(postgres_fields, "BACKFILL_CHUNK", 2)  # several pages
+    uri = PostgresURI.parse(pg_uri)
+    store = PostgresStore(uri, 8, create=True)
+    vector = np.ones(8, np.float32) / 8 ** 0.5
+    ids = store.write([NewImage(f"/p/{n}.jpg", n, n, f"h{n}", 4, 3, vector,
+                                metadata=json.dumps({"n": n, "tags": ["a", str(n)]}))
+                       for n in range(5)] + [NewImage("/p/bad.jpg", 1, 1, "x", error="bad")])
+    store.retire([ids[1]])
+    fields, keys = store.fields(ids), store.field_keys()
+    store.close()
+    with postgres.admin() as conn:  # as version 4 left it
+        conn.execute(f'DROP TABLE "{uri.schema}".fields')
+        conn.execute(f'DROP TABLE "{uri.schema}".field_counts')
+        conn.execute(f'ALTER TABLE "{uri.schema}".images DROP COLUMN file_fields')
+        conn.execute(f"UPDATE \"{uri.schema}\".meta SET value = '4' WHERE key = 'schema_version'")
+    store = PostgresStore(uri, 8)
+    try:
+        assert set(fields) == {ids[0], *ids[2:5]}
+        assert store.fields(ids) == fields and store.field_keys() == keys
+        assert store.matching(Where.parse("tags = a and n >= 1")).tolist() == ids[2:5]
     finally:
         store.close()
 

@@ -12,56 +12,14 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lookalike.storage import Decision, EventWrite, NewImage, Store, new_store, open_store
-
-DIM = 8
-
-
-def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def image(uri: str, vector: np.ndarray | None = None, *, error: str | None = None,
-          content_hash: str | None = None, metadata: str | None = None) -> NewImage:
-    return NewImage(uri, 1000 + len(uri), 1_700_000_000_123_456_789, content_hash or f"h-{uri}",
-                    64, 48, vector, error=error if vector is None else None, metadata=metadata)
-
-
-Opener = Callable[[], Store]
-
-
-def _opener(kind: str, folder: Path, postgres_uri: str | None) -> Iterator[Opener]:
-    given = postgres_uri if kind == "postgresql" else None
-    recorded = new_store(given or "sqlite", folder, DIM)
-    opened: list[Store] = []
-
-    def open_one() -> Store:
-        store = open_store(recorded, folder=folder, dim=DIM, given=given)
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens stores on one fresh database; each call is another connection to it."""
-    uri = request.getfixturevalue("pg_uri") if request.param == "postgresql" else None
-    yield from _opener(request.param, tmp_path, uri)
-
-
-@pytest.fixture
-def store(open_db: Opener) -> Store:
-    return open_db()
+from lookalike.storage import Decision, EventWrite, Store
+from lookalike.where import Where
+from stores import DIM, Opener, image, opener, unit_vectors
 
 
 def test_write_then_read_back(store: Store) -> None:
@@ -381,8 +339,8 @@ def test_sample_vectors(store: Store) -> None:
 @pytest.mark.postgres
 def test_both_stores_answer_alike(tmp_path: Path, pg_uri: str) -> None:
     """The same operations give the same answers, ids included, from SQLite and PostgreSQL."""
-    openers = [_opener("sqlite", tmp_path / "s", None), _opener("postgresql", tmp_path / "p",
-                                                                pg_uri)]
+    openers = [opener("sqlite", tmp_path / "s", None),
+               opener("postgresql", tmp_path / "p", pg_uri)]
     (tmp_path / "s").mkdir()
     (tmp_path / "p").mkdir()
     stores = [next(o)() for o in openers]
@@ -407,11 +365,16 @@ def test_both_stores_answer_alike(tmp_path: Path, pg_uri: str) -> None:
         return (top, strip, s.tombstones(), s.counts(), [r.id for r in s.failures()],
                 {u: r.id for u, r in s.file_states().items()}, vectors,
                 s.sample_vectors(7, seed=3).tobytes(),
-                [json.loads(s.metadata(i) or "null") for i in range(1, top + 1)])
+                [json.loads(s.metadata(i) or "null") for i in range(1, top + 1)],
+                {i: {k: v for k, v in f.items() if k != "added"}
+                 for i, f in s.fields(range(1, top + 1)).items()},
+                s.field_keys(), s.facets(["step", "name"], top=3),
+                [s.matching(Where.parse(w)).tolist() for w in (
+                    "step >= 4", "not exists step", "name like '1*' or step in [1, 2]")])
 
     assert view(stores[0]) == view(stores[1])
-    for opener in openers:
-        opener.close()
+    for running in openers:
+        running.close()
 
 
 def test_retire_says_which_rows_it_retired(open_db: Opener) -> None:
@@ -423,3 +386,6 @@ def test_retire_says_which_rows_it_retired(open_db: Opener) -> None:
     assert other.retire([a, b, c, failed]) == [c, failed]  # already retired: not reported again
     assert store.retire([a, c]) == [] and store.retire([]) == []
     assert store.counts() == {"active": 0, "failed": 0, "removed": 4}
+
+
+# -- fields and filters ----------------------------------------------------------------------

@@ -8,13 +8,14 @@ password; ``tests/test_store_contract.py`` runs one suite against both.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from ..errors import UsageError
+from ..where import Value, Where
 from .records import VERDICTS, Changes, Decision, EventWrite, ImageRecord, NewImage
 from .sqlite import SQLiteStore
 from .uri import SQLITE, PostgresURI, connection_uri, is_postgres, new_schema_name, redact
@@ -91,6 +92,31 @@ class Store(Protocol):
         rows in every store), (m, dim) float32 in id order, from one consistent snapshot."""
         ...
 
+    def fields(self, ids: Sequence[int], keys: Collection[str] | None = None
+               ) -> dict[int, dict[str, list[Value]]]:
+        """The fields of each of ``ids`` that has any (whatever its status: only active images
+        have fields), keys sorted, each key's values sorted, numbers first (see .fields); only
+        ``keys``, when given (what a filter reads, say)."""
+        ...
+
+    def matching(self, where: Where) -> np.ndarray:
+        """Active image ids passing ``where``, ascending int64."""
+        ...
+
+    def count_matching(self, where: Where) -> int:
+        """How many active images pass ``where``."""
+        ...
+
+    def facets(self, keys: Sequence[str], where: Where | None = None, *, top: int = 20
+               ) -> dict[str, list[tuple[Value, int]]]:
+        """For each key, its ``top`` most common values among active images passing ``where``,
+        with how many images have each: count descending, then value (numbers first)."""
+        ...
+
+    def field_keys(self) -> list[tuple[str, int]]:
+        """Every field key active images have, and how many have it; most common first."""
+        ...
+
     def integrity_problems(self) -> list[str]:
         """Damage the database itself reports (a page that fails its checks), as sentences."""
         ...
@@ -125,7 +151,13 @@ class Store(Protocol):
         """Insert a batch in one transaction, retiring live rows with the same uri; new ids."""
         ...
 
-    def set_metadata(self, image_id: int, metadata: str) -> None: ...
+    def set_metadata(self, image_id: int, metadata: str) -> None:
+        """Replace the metadata (JSON object text) of an image, and so its fields."""
+        ...
+
+    def set_metadata_many(self, metadata: Mapping[int, str]) -> None:
+        """Replace the metadata (JSON object text) of several images in one transaction."""
+        ...
 
     def mark_removed(self, ids: Iterable[int]) -> int:
         """Retire rows that are not removed yet; how many were."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,12 @@ from ..errors import (
     StoreUnavailableError,
     UsageError,
 )
+from ..where import Value, Where
+from . import postgres_fields
+from .fields import Fields, checked
+from .filtering import FieldQueries
 from .migrations import migrate
+from .postgres_rows import insert_rows, retire_rows
 from .records import (
     Changes,
     Decision,
@@ -94,6 +99,7 @@ class PostgresStore:
             uri.conninfo(), min_size=POOL_MIN, max_size=POOL_MAX, kwargs=kwargs, open=False,
             name=f"lookalike:{uri.schema}", timeout=30.0,
         )
+        self._queries = FieldQueries("postgres", f"{s}.", self._read)
         try:
             self._pool.open(wait=True, timeout=30.0)
         except self._psycopg.Error as exc:
@@ -223,6 +229,23 @@ class PostgresStore:
             lambda seq, last: self._read(query, (upto, seq, last, chunk), binary=True),
             after, self.dim, vectors, chunk)
 
+    def fields(self, ids: Sequence[int], keys: Collection[str] | None = None
+               ) -> dict[int, Fields]:
+        return postgres_fields.fields(self._read, self._s, storable_ids(ids), keys)
+
+    def matching(self, where: Where) -> np.ndarray:
+        return self._queries.matching(checked(where))
+
+    def count_matching(self, where: Where) -> int:
+        return self._queries.count_matching(checked(where))
+
+    def facets(self, keys: Sequence[str], where: Where | None = None, *, top: int = 20
+               ) -> dict[str, list[tuple[Value, int]]]:
+        return self._queries.facets(keys, where and checked(where), top)
+
+    def field_keys(self) -> list[tuple[str, int]]:
+        return self._queries.field_keys()
+
     def integrity_problems(self) -> list[str]:
         """Nothing to check here: PostgreSQL checksums and recovers its own pages."""
         return []
@@ -254,7 +277,7 @@ class PostgresStore:
     def write(self, images: Iterable[NewImage]) -> list[int]:
         """Insert a batch in one transaction; a live row with the same uri is retired first."""
         with self._transaction() as (cur, seq):
-            return self._insert(cur, seq, time.time(), list(images))
+            return insert_rows(cur, self._s, self._sequence, seq, time.time(), list(images))
 
     def event_positions(self, uris: Sequence[str]) -> dict[str, str]:
         rows = self._read(f"SELECT uri, position FROM {self._s}.event_positions "
@@ -264,12 +287,9 @@ class PostgresStore:
     def apply_events(self, batch: EventWrite) -> tuple[list[int], list[int]]:
         now = time.time()
         with self._transaction() as (cur, seq):
-            retired = self._retire(cur, seq, now, batch.retire)
-            ids = self._insert(cur, seq, now, list(batch.images))
-            if batch.metadata:
-                cur.executemany(f"INSERT INTO {self._s}.metadata VALUES (%s, %s::jsonb) "
-                                "ON CONFLICT (image_id) DO UPDATE SET json = EXCLUDED.json",
-                                list(batch.metadata.items()))
+            retired = retire_rows(cur, self._s, seq, now, batch.retire)
+            ids = insert_rows(cur, self._s, self._sequence, seq, now, list(batch.images))
+            postgres_fields.set_metadata(cur, self._s, batch.metadata)
             if batch.positions:
                 cur.executemany(f"INSERT INTO {self._s}.event_positions VALUES (%s, %s) "
                                 "ON CONFLICT (uri) DO UPDATE SET position = EXCLUDED.position",
@@ -299,64 +319,19 @@ class PostgresStore:
             cur.executemany(f"DELETE FROM {self._s}.decisions WHERE first = %s AND second = %s",
                             [tuple(sorted(pair)) for pair in forget])
 
-    def _insert(self, cur: Any, seq: int, now: float, batch: list[NewImage]) -> list[int]:
-        if not batch:
-            return []
-        last = {stored_uri(image.uri): n for n, image in enumerate(batch)}
-        ids = sorted(r[0] for r in cur.execute(
-            "SELECT nextval(%s) FROM generate_series(1, %s)", (self._sequence, len(batch))
-        ).fetchall())
-        cur.execute(f"UPDATE {self._s}.images SET status = 'removed', removed_at = %s, "
-                    "seq = %s WHERE uri = ANY(%s) AND status <> 'removed'",
-                    (now, seq, list(last)))
-        rows = []
-        for n, (image_id, im) in enumerate(zip(ids, batch, strict=True)):
-            uri = stored_uri(im.uri)
-            # The same uri later in this batch retires this row at once, as a second
-            # write would.
-            retired = last[uri] != n
-            status = "removed" if retired else "failed" if im.vector is None else "active"
-            rows.append((image_id, uri, im.size, im.mtime_ns, im.content_hash, im.width,
-                         im.height, status, im.error and stored_uri(im.error), now,
-                         now if retired else None, seq, im.etag))
-        cur.executemany(
-            f"INSERT INTO {self._s}.images (id, uri, size, mtime_ns, content_hash, width, "
-            "height, status, error, added_at, removed_at, seq, etag) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows,
-        )
-        vectors = [(i, self._encode(im.vector)) for i, im in zip(ids, batch, strict=True)
-                   if im.vector is not None]
-        if vectors:
-            cur.executemany(f"INSERT INTO {self._s}.vectors VALUES (%s, %b)", vectors)
-        metadata = [(i, im.metadata) for i, im in zip(ids, batch, strict=True)
-                    if im.metadata is not None]
-        if metadata:
-            cur.executemany(f"INSERT INTO {self._s}.metadata VALUES (%s, %s::jsonb)",
-                            metadata)
-        return ids
-
     def set_metadata(self, image_id: int, metadata: str) -> None:
+        self.set_metadata_many({image_id: metadata})
+
+    def set_metadata_many(self, metadata: Mapping[int, str]) -> None:
         with self._transaction() as (cur, _):
-            cur.execute(f"INSERT INTO {self._s}.metadata VALUES (%s, %s::jsonb) "
-                        "ON CONFLICT (image_id) DO UPDATE SET json = EXCLUDED.json",
-                        (image_id, metadata))
+            postgres_fields.set_metadata(cur, self._s, metadata)
 
     def mark_removed(self, ids: Iterable[int]) -> int:
         return len(self.retire(ids))
 
     def retire(self, ids: Iterable[int]) -> list[int]:
         with self._transaction() as (cur, seq):
-            return self._retire(cur, seq, time.time(), ids)
-
-    def _retire(self, cur: Any, seq: int, now: float, ids: Iterable[int]) -> list[int]:
-        wanted = storable_ids(ids)
-        if not wanted:
-            return []
-        # The generation row is locked first, so a racing retire waits, then sees this one.
-        rows = cur.execute(f"UPDATE {self._s}.images SET status = 'removed', "
-                           "removed_at = %s, seq = %s WHERE id = ANY(%s) "
-                           "AND status <> 'removed' RETURNING id", (now, seq, wanted)).fetchall()
-        return sorted(r[0] for r in rows)
+            return retire_rows(cur, self._s, seq, time.time(), ids)
 
     def drop_tombstoned_vectors(self, upto: int) -> int:
         """Forget the vectors of images retired by generation ``upto`` or earlier: an index
@@ -420,9 +395,6 @@ class PostgresStore:
             "Check that the server runs and accepts connections from here; a password comes "
             "from the store URI (--store or LOOKALIKE_STORE), PGPASSWORD or ~/.pgpass."
         )
-
-    def _encode(self, vector: np.ndarray) -> bytes:
-        return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
     def _decode(self, blob: bytes) -> np.ndarray:
         return np.frombuffer(blob, dtype=np.float32).copy()

@@ -94,6 +94,9 @@ class NewImage:
     error: str | None = None
     metadata: str | None = None  # a JSON object, for images uploaded with metadata
     etag: str | None = None
+    # What the decoder read from the file (format, EXIF taken, make, model, lat, lon): part of
+    # the image's fields (see .fields); the store derives format from the extension without it.
+    file_fields: Mapping[str, str | float] | None = None
 
 
 VERDICTS = ("distinct", "duplicate")

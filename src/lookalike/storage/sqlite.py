@@ -16,13 +16,17 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import CorruptCollectionError, DiskWriteError
+from ..where import Value, Where
+from . import sqlite_fields
+from .fields import Fields, checked
+from .filtering import FieldQueries
 from .records import (
     Changes,
     Decision,
@@ -244,6 +248,28 @@ class SQLiteStore:
             lambda seq, last: self._db.execute(query, (upto, seq, last, chunk)).fetchall(),
             after, self.dim, vectors, chunk)
 
+    def fields(self, ids: Sequence[int], keys: Collection[str] | None = None
+               ) -> dict[int, Fields]:
+        """The fields of each of ``ids`` that has any: the active ones (see .fields)."""
+        return sqlite_fields.fields(self._db, storable_ids(ids), keys)
+
+    def matching(self, where: Where) -> np.ndarray:
+        """Active image ids passing ``where``, ascending int64."""
+        return self._queries.matching(checked(where))
+
+    def count_matching(self, where: Where) -> int:
+        return self._queries.count_matching(checked(where))
+
+    def facets(self, keys: Sequence[str], where: Where | None = None, *, top: int = 20
+               ) -> dict[str, list[tuple[Value, int]]]:
+        """For each key, its ``top`` most common values among active images passing ``where``,
+        with how many images have each: count descending, then value (numbers first)."""
+        return self._queries.facets(keys, where and checked(where), top)
+
+    def field_keys(self) -> list[tuple[str, int]]:
+        """Every field key active images have, and how many have it; most common first."""
+        return self._queries.field_keys()
+
     def integrity_problems(self) -> list[str]:
         """What SQLite's integrity check finds wrong with the database file (empty: nothing)."""
         try:
@@ -331,15 +357,18 @@ class SQLiteStore:
         with self._transaction() as (db, seq):
             retired = retire_rows(db, seq, now, batch.retire)
             ids = insert_rows(db, seq, now, batch.images)
-            db.executemany("INSERT OR REPLACE INTO metadata VALUES (?, ?)",
-                           batch.metadata.items())
+            sqlite_fields.set_metadata(db, batch.metadata)
             db.executemany("INSERT OR REPLACE INTO event_positions VALUES (?, ?)",
                            ((stored_uri(u), p) for u, p in batch.positions.items()))
         return ids, retired
 
     def set_metadata(self, image_id: int, metadata: str) -> None:
+        self.set_metadata_many({image_id: metadata})
+
+    def set_metadata_many(self, metadata: Mapping[int, str]) -> None:
+        """Replace the metadata (JSON object text) of several images in one transaction."""
         with self._transaction() as (db, _):
-            db.execute("INSERT OR REPLACE INTO metadata VALUES (?, ?)", (image_id, metadata))
+            sqlite_fields.set_metadata(db, metadata)
 
     def mark_removed(self, ids: Iterable[int]) -> int:
         return len(self.retire(ids))
@@ -358,10 +387,13 @@ class SQLiteStore:
             )
         return cursor.rowcount
 
+    @property
+    def _queries(self) -> FieldQueries:
+        return FieldQueries("sqlite", "",
+                            lambda query, params: self._db.execute(query, params).fetchall())
+
     def _transaction(self) -> Transaction:
         return Transaction(self._db, self.path)
 
     def _decode(self, blob: bytes) -> np.ndarray:
         return np.frombuffer(blob, dtype=np.float32).copy()
-
-

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorruptCollectionError, DiskWriteError, ReadOnlyCollectionError
+from .fields import Fields, file_fields_json, image_fields
 from .records import NewImage, stored_uri
+from .sqlite_fields import IN_CHUNK, forget_fields, rebuild, write_fields
 
-IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
-
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS images (
     added_at REAL NOT NULL,
     removed_at REAL,
     seq INTEGER NOT NULL DEFAULT 0,  -- the generation that inserted or last retired the row
-    etag TEXT
+    etag TEXT,
+    file_fields TEXT  -- what the decoder read from the file (JSON), see .fields
 );
 CREATE UNIQUE INDEX IF NOT EXISTS images_live_uri ON images(uri) WHERE status != 'removed';
 CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
@@ -59,6 +60,18 @@ CREATE TABLE IF NOT EXISTS decisions (
     decided_at REAL NOT NULL,
     PRIMARY KEY (first, second)
 );
+-- What filters see (see .fields): derived from the active images and their metadata.
+CREATE TABLE IF NOT EXISTS fields (
+    image_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    text TEXT,
+    num REAL
+);
+CREATE INDEX IF NOT EXISTS fields_text ON fields(key, text, image_id);
+CREATE INDEX IF NOT EXISTS fields_num ON fields(key, num, image_id);
+CREATE INDEX IF NOT EXISTS fields_image ON fields(image_id);
+-- How many active images have each key: counting them from fields takes seconds at 1M images.
+CREATE TABLE IF NOT EXISTS field_counts (key TEXT PRIMARY KEY, images INTEGER NOT NULL);
 """
 
 
@@ -90,9 +103,13 @@ def migrate(db: sqlite3.Connection, writable: Path | None) -> None:
             db.execute("ALTER TABLE images ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
         if columns and "etag" not in columns:  # versions 1 and 2
             db.execute("ALTER TABLE images ADD COLUMN etag TEXT")
+        if columns and "file_fields" not in columns:  # versions 1 to 4
+            db.execute("ALTER TABLE images ADD COLUMN file_fields TEXT")
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
+        if version < 5:  # before the fields table: derive it
+            rebuild(db)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                    (str(SCHEMA_VERSION),))
         db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
@@ -136,27 +153,35 @@ def insert_rows(db: sqlite3.Connection, seq: int, now: float,
                 images: Iterable[NewImage]) -> list[int]:
     """Insert ``images`` in generation ``seq``, each retiring the live row of its uri."""
     ids: list[int] = []
+    fields: dict[int, Fields] = {}  # of the images inserted, written at the end
     for image in images:
         uri = stored_uri(image.uri)
-        db.execute(
+        retired = [r[0] for r in db.execute(
             "UPDATE images SET status = 'removed', removed_at = ?, seq = ? "
-            "WHERE uri = ? AND status != 'removed'", (now, seq, uri)
-        )
+            "WHERE uri = ? AND status != 'removed' RETURNING id", (now, seq, uri)
+        ).fetchall()]
+        forget_fields(db, [i for i in retired if fields.pop(i, None) is None])
         status = "failed" if image.vector is None else "active"
+        file_fields = file_fields_json(image.file_fields)
         cursor = db.execute(
             "INSERT INTO images (uri, size, mtime_ns, content_hash, width, height, status,"
-            " error, added_at, seq, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " error, added_at, seq, etag, file_fields) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (uri, image.size, image.mtime_ns, image.content_hash, image.width,
              image.height, status, image.error and stored_uri(image.error), now, seq,
-             image.etag),
+             image.etag, file_fields),
         )
         image_id = int(cursor.lastrowid or 0)
         ids.append(image_id)
         if image.vector is not None:
             blob = np.ascontiguousarray(image.vector, dtype=np.float32).tobytes()
             db.execute("INSERT INTO vectors VALUES (?, ?)", (image_id, blob))
+            source = (uri, image.size, image.mtime_ns, image.width, image.height, now,
+                      file_fields)
+            fields[image_id] = image_fields(source, image.metadata)
         if image.metadata is not None:
             db.execute("INSERT INTO metadata VALUES (?, ?)", (image_id, image.metadata))
+    write_fields(db, fields)
     return ids
 
 
@@ -171,6 +196,7 @@ def retire_rows(db: sqlite3.Connection, seq: int, now: float, ids: Iterable[int]
             f"({', '.join('?' * len(chunk))}) AND status != 'removed' RETURNING id",
             (now, seq, *chunk),
         ))
+    forget_fields(db, retired)
     return sorted(retired)
 
 
