@@ -126,6 +126,22 @@ class Data:
         self.truth = self.ids[order]
         self.kth = np.take_along_axis(self.scores, order, axis=1)[:, -1]
 
+    def allowed(self, share: float, seed: int = 0) -> np.ndarray:
+        """A seeded random ``share`` of the ids, ascending: a filter's passing images."""
+        rng = np.random.default_rng(seed)
+        return np.sort(rng.choice(self.ids, max(1, int(share * len(self.ids))), replace=False))
+
+    def filtered_recall(self, ids: np.ndarray, allowed: np.ndarray) -> float:
+        """Recall@k against exact search among ``allowed`` (ties within TIE count as right);
+        every found id must be allowed."""
+        assert set(ids[ids >= 0].tolist()) <= set(allowed.tolist())
+        position = {int(i): p for p, i in enumerate(self.ids)}
+        scores = self.scores[:, [position[int(i)] for i in allowed]]
+        kth = np.sort(scores, axis=1)[:, ::-1][:, min(K, len(allowed)) - 1]
+        hits = sum(1 for q, row in enumerate(ids) for i in row
+                   if i >= 0 and self.scores[q, position[int(i)]] >= kth[q] - TIE)
+        return hits / (len(ids) * min(K, len(allowed)))
+
     def recall(self, ids: np.ndarray) -> float:
         """Recall@k, a found id counting as right if it scores within TIE of the k-th best."""
         position = {int(i): p for p, i in enumerate(self.ids)}
@@ -159,6 +175,25 @@ def lite(tmp_path_factory: pytest.TempPathFactory, data: Data):
     yield indexes
     for index in indexes.values():
         index.close()
+
+
+@needs_milvus
+@pytest.mark.parametrize("share", [0.005, 0.1, 0.5])
+def test_an_id_filter_gives_exact_filtered_search_in_milvus_and_faiss(
+        lite: dict, data: Data, share: float) -> None:
+    allowed = data.allowed(share)
+    exact = share < 0.05  # what the searcher asks for a set this small (lookalike.collection)
+    for name in ("flat", "hnsw", "ivf"):
+        found = lite[name].search(data.queries, K, allowed=allowed, exact=exact,
+                                  ef_search=64)[1]
+        floor = 1.0 if name == "flat" or exact else 0.9
+        assert data.filtered_recall(found, allowed) >= floor, (name, exact)
+    for spec, exact in [("HNSW8,efConstruction=40", True), ("HNSW8,efConstruction=40", False),
+                        ("IVF64,Flat", True), ("Flat", False)]:
+        faiss_index = build_index(parse_spec(spec), DIM, data.ids, data.base)
+        found = faiss_index.search(data.queries, K, allowed=allowed, exact=exact,
+                                   ef_search=max(64, int(K / share)))[1]
+        assert data.filtered_recall(found, allowed) >= (1.0 if exact else 0.9), (spec, exact)
 
 
 @needs_milvus

@@ -235,6 +235,16 @@ def test_exact_gives_the_same_top_k_as_faiss_flat(engines: dict, data: Data, eng
 
 
 @needs_qdrant
+@pytest.mark.parametrize("share", [0.005, 0.1, 0.5])
+def test_an_id_filter_gives_exact_filtered_search(engines: dict, data: Data,
+                                                  share: float) -> None:
+    allowed = data.allowed(share)
+    for name in ("edge", "server", "edge-hnsw"):  # allowed ids are compared exactly
+        found = engines[name].search(data.queries, K, allowed=allowed, ef_search=64)[1]
+        assert data.filtered_recall(found, allowed) == 1.0, name
+
+
+@needs_qdrant
 @pytest.mark.parametrize("ef", [10, 20, 40])
 def test_hnsw_recall_matches_faiss_hnsw(engines: dict, data: Data, ef: int) -> None:
     assert engines["edge-hnsw"].in_graphs() == len(data.ids)  # not an exhaustive scan

@@ -42,8 +42,12 @@ class VectorIndex(Protocol):
     def save(self, path: Path) -> None: ...
     def search(self, queries: np.ndarray, k: int, *, ef_search: int | None = None,
                nprobe: int | None = None, k_factor: int | None = None,
-               leaves: int | None = None,
-               exclude: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray]: ...
+               leaves: int | None = None, exclude: Collection[int] = (),
+               allowed: np.ndarray | None = None,
+               exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), best first, -1 padding; only ``allowed`` ids when given (each
+        compared exactly with ``exact``, where the engine can tell it to)."""
+        ...
 
 
 def build_index(spec: IndexSpec, dim: int, ids: np.ndarray | None = None,

@@ -56,6 +56,7 @@ class FaissIndex:
         self.spec = spec
         self._max_id: int | None = None  # cached: asked for on every write and refresh
         self._id_array: np.ndarray | None = None  # internal label -> id, cached for searches
+        self._id_order: tuple[np.ndarray, np.ndarray] | None = None  # labels, ids in id order
         self._nbytes: int | None = None
 
     @classmethod
@@ -171,7 +172,7 @@ class FaissIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         self._index.add_with_ids(vectors, ids)
-        self._id_array = self._nbytes = None
+        self._id_array = self._id_order = self._nbytes = None
         if len(ids):
             self._max_id = max(self.max_id(), int(ids.max()))
 
@@ -185,6 +186,8 @@ class FaissIndex:
         k_factor: int | None = None,
         leaves: int | None = None,
         exclude: Collection[int] = (),
+        allowed: np.ndarray | None = None,
+        exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k), best first; missing results have id -1.
 
@@ -192,12 +195,17 @@ class FaissIndex:
         they belong to: ``ef_search`` (HNSW, default 64, raised to k); ``nprobe`` (IVF cells to
         visit, default nlist/16 but at least 8; more for queries whose cells hold fewer than k
         live vectors); ``k_factor`` (candidates re-ranked exactly per result, default 4).
-        ``leaves`` is ScaNN's. Ids in ``exclude`` are skipped during the search.
+        ``leaves`` is ScaNN's. Ids in ``exclude`` are skipped during the search. With
+        ``allowed`` (ids), only those can come back: a bitmap over the index's labels filters
+        the search; with ``exact`` too, every allowed vector is compared with the query.
         """
         import faiss
 
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, self.ntotal)) if self.ntotal else 1
+        if allowed is not None:
+            return self._search_allowed(queries, k, allowed, exclude, exact, ef_search, nprobe,
+                                        k_factor)
         selector = None
         if exclude:
             banned = np.fromiter(exclude, dtype=np.int64, count=len(exclude))
@@ -207,6 +215,12 @@ class FaissIndex:
                 self._index.id_map,  # type: ignore[arg-type]
                 faiss.IDSelectorNot(faiss.IDSelectorBatch(banned)),
             )
+        return self._probing(queries, k, selector, ef_search, nprobe, k_factor)
+
+    def _probing(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None,
+                 ef_search: int | None, nprobe: int | None,
+                 k_factor: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of a search, visiting more IVF cells for queries short of k."""
         probes = max(1, min(nprobe or self.spec.default_nprobe, self.spec.nlist))
         scores, labels = self._search(queries, k, selector, ef_search, probes, k_factor)
         short = (labels < 0).any(axis=1)
@@ -217,6 +231,84 @@ class FaissIndex:
                                                         probes, k_factor)
             short = (labels < 0).any(axis=1)
         return scores, self._to_ids(labels)
+
+    def _search_allowed(self, queries: np.ndarray, k: int, allowed: np.ndarray,
+                        exclude: Collection[int], exact: bool, ef_search: int | None,
+                        nprobe: int | None, k_factor: int | None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Search among the ``allowed`` ids only (less ``exclude``)."""
+        import faiss
+
+        if exclude:
+            allowed = np.setdiff1d(allowed, np.fromiter(exclude, np.int64, len(exclude)))
+        labels = self._labels_of(allowed)
+        n = len(queries)
+        if not len(labels):
+            return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+        flat = self._flat_vectors() if exact else None
+        if flat is not None:
+            # Read just the allowed rows (cost by their number): a selector would test every
+            # label (measured at 1M: 8.5 ms a query for 10,000 allowed, against 2 ms).
+            scores = queries @ flat[labels].T
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :k] if scores.shape[1] <= 4 * k \
+                else _top_k(scores, k)
+            found = np.full((n, k), -1, np.int64)
+            best = np.full((n, k), -np.inf, np.float32)
+            found[:, :top.shape[1]] = self._id_map()[labels[top]]
+            best[:, :top.shape[1]] = np.take_along_axis(scores, top, axis=1)
+            return best, found
+        bits = np.zeros(self.ntotal, bool)
+        bits[labels] = True
+        bitmap = np.packbits(bits, bitorder="little")  # Faiss reads bit i of byte i >> 3
+        selector = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bitmap))
+        if exact and self.spec.kind != "flat":
+            # Every allowed vector, compared exactly from its codes: an HNSW graph's SQ8
+            # storage through the selector, or an IVF's every cell.
+            inner = self._inner
+            if isinstance(inner, faiss.IndexHNSW):
+                inner = faiss.downcast_index(inner.storage)
+            if not isinstance(inner, faiss.IndexIVF):
+                params = faiss.SearchParameters()
+                params.sel = selector
+                with omp_threads(1) if n == 1 else contextlib.nullcontext():
+                    scores, found = inner.search(queries, k, params=params)
+                return scores, self._to_ids(found)
+            nprobe = self.spec.nlist
+        return self._probing(queries, k, selector, ef_search, nprobe, k_factor)
+
+    def _flat_vectors(self) -> np.ndarray | None:
+        """The vectors the index keeps uncompressed, as a (ntotal, d) view (no copy; valid
+        until the next add), or None (compressed: SQ8, PQ)."""
+        import faiss
+
+        inner = self._inner
+        if isinstance(inner, faiss.IndexHNSW):
+            inner = faiss.downcast_index(inner.storage)
+        elif isinstance(inner, faiss.IndexRefine):
+            inner = faiss.downcast_index(inner.refine_index)
+        if not isinstance(inner, faiss.IndexFlat) or not inner.ntotal:
+            return None
+        return faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(
+            inner.ntotal, inner.d)
+
+    def _labels_of(self, ids: np.ndarray) -> np.ndarray:
+        """The internal labels of those of ``ids`` this index holds."""
+        cached = self._id_order
+        if cached is None or len(cached[0]) != self.ntotal:
+            order = np.argsort(self._id_map(), kind="stable")
+            cached = self._id_order = (order, self._id_map()[order])
+        order, held = cached
+        ids = np.asarray(ids, np.int64)
+        at = np.minimum(np.searchsorted(held, ids), max(len(held) - 1, 0))
+        found = held[at] == ids if len(held) else np.zeros(len(ids), bool)
+        return order[at[found]]
+
+    def _id_map(self) -> np.ndarray:
+        """Internal label -> id (cached)."""
+        id_array = self._id_array
+        if id_array is None or len(id_array) != self.ntotal:
+            id_array = self._id_array = self.ids()
+        return id_array
 
     def _search(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None,
                 ef_search: int | None, nprobe: int,
@@ -250,12 +342,17 @@ class FaissIndex:
         return faiss.SearchParameters()
 
     def _to_ids(self, labels: np.ndarray) -> np.ndarray:
-        id_array = self._id_array
-        if id_array is None or len(id_array) != self.ntotal:
-            id_array = self._id_array = self.ids()
+        id_array = self._id_map()
         if not len(id_array):
             return np.full(labels.shape, -1, np.int64)
         return np.where(labels >= 0, id_array[np.maximum(labels, 0)], -1)
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indexes of each row's k highest scores, best first."""
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
 
 
 def _spec_of(inner: faiss.Index, spec: IndexSpec) -> IndexSpec | None:

@@ -225,6 +225,29 @@ class MilvusIndex(DatabaseClient):
             held.update(self._query(f"{ID} in {chunk}", limit=len(chunk)))
         return held
 
+    def _exact_among(self, queries: np.ndarray, k: int, allowed: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search among the ``allowed`` ids, from their vectors read back."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        ids: list[int] = []
+        vectors: list[list[float]] = []
+        for start in range(0, len(allowed), MAX_TOPK):
+            chunk = np.asarray(allowed[start:start + MAX_TOPK], np.int64).tolist()
+            with self._calls("query"):
+                rows = self._client.query(self.name, filter=f"{ID} in {chunk}",
+                                          output_fields=[ID, VECTOR], limit=len(chunk))
+            ids += [int(row[ID]) for row in rows]
+            vectors += [row[VECTOR] for row in rows]
+        n = len(queries)
+        scores = np.full((n, k), -np.inf, np.float32)
+        found = np.full((n, k), -1, np.int64)
+        if ids:
+            sims = queries @ np.asarray(vectors, np.float32).T
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            scores[:, :top.shape[1]] = np.take_along_axis(sims, top, axis=1)
+            found[:, :top.shape[1]] = np.asarray(ids, np.int64)[top]
+        return scores, found
+
     def _query(self, expression: str, limit: int = MAX_TOPK) -> list[int]:
         with self._calls("query"):
             rows = self._client.query(self.name, filter=expression, output_fields=[ID],
@@ -259,16 +282,23 @@ class MilvusIndex(DatabaseClient):
 
     def search(self, queries: np.ndarray, k: int, *, ef_search: int | None = None,
                nprobe: int | None = None, k_factor: int | None = None,
-               leaves: int | None = None,
-               exclude: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+               leaves: int | None = None, exclude: Collection[int] = (),
+               allowed: np.ndarray | None = None,
+               exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k), best first; missing results have id -1.
 
         Per call, like the Faiss backend: ``ef_search`` becomes HNSW's ``ef`` (default 64,
         raised to k), ``nprobe`` IVF_FLAT's (default nlist/16, at least 8; doubled for queries
         that found fewer than k). ``k_factor`` and ``leaves`` belong to other backends. Ids in
-        ``exclude`` are filtered out inside Milvus.
+        ``exclude`` are filtered out inside Milvus, and only ``allowed`` ids (when given) come
+        back. With ``exact`` too, the allowed vectors are read back and compared here: Milvus
+        Lite's HNSW, filtered down to a few ids, finds one or two of them (measured: recall
+        0.11 at 0.5 % of 5,000 vectors), where a handful of dot products finds them all.
         """
         del k_factor, leaves
+        if allowed is not None and exact:
+            return self._exact_among(queries, k, np.setdiff1d(allowed, np.fromiter(
+                exclude, np.int64, len(exclude))))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (n, {self.dim}), got {queries.shape}")
@@ -278,7 +308,10 @@ class MilvusIndex(DatabaseClient):
         if not n:
             return scores, ids
         banned = sorted({int(i) for i in exclude})
-        expression = f"{ID} not in {banned}" if banned else ""
+        tests = [f"{ID} not in {banned}"] if banned else []
+        if allowed is not None:  # ints formatted by Python: nothing of a user's reaches it
+            tests.append(f"{ID} in {np.asarray(allowed, np.int64).tolist()}")
+        expression = " and ".join(tests)
         kind, nlist = self.target.index_type, self.spec.nlist
         probes = max(1, min(nprobe or self.spec.default_nprobe, nlist)) if nlist else 0
         todo = np.arange(n)

@@ -231,17 +231,22 @@ class QdrantEdgeIndex(DatabaseClient):
 
     def search(self, queries: np.ndarray, k: int, *, ef_search: int | None = None,
                nprobe: int | None = None, k_factor: int | None = None,
-               leaves: int | None = None,
-               exclude: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+               leaves: int | None = None, exclude: Collection[int] = (),
+               allowed: np.ndarray | None = None,
+               exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k), best first; missing results have id -1.
-        ``ef_search`` per call as in :meth:`lookalike.index.qdrant_index.QdrantIndex.search`."""
-        del nprobe, k_factor, leaves
+        ``ef_search``, ``allowed`` and ``exact`` as in
+        :meth:`lookalike.index.qdrant_index.QdrantIndex.search`."""
+        del nprobe, k_factor, leaves, exact  # allowed ids are always compared exactly
         edge = self._edge
         banned = {int(i) for i in exclude}
-        where = edge.Filter(must_not=[edge.HasIdCondition(banned)]) if banned else None
+        must = ([edge.HasIdCondition(set(np.asarray(allowed, np.int64).tolist()))]
+                if allowed is not None else None)
+        must_not = [edge.HasIdCondition(banned)] if banned else None
+        where = edge.Filter(must=must, must_not=must_not) if must or must_not else None
 
         def search(batch: np.ndarray, limit: int) -> list[list[Any]]:
-            ef = search_ef(self.spec, ef_search, limit)
+            ef = None if allowed is not None else search_ef(self.spec, ef_search, limit)
             params = (edge.SearchParams(exact=True) if ef is None
                       else edge.SearchParams(hnsw_ef=ef))
             request = edge.QueryBatchRequest([

@@ -232,23 +232,28 @@ class QdrantIndex(DatabaseClient):
 
     def search(self, queries: np.ndarray, k: int, *, ef_search: int | None = None,
                nprobe: int | None = None, k_factor: int | None = None,
-               leaves: int | None = None,
-               exclude: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+               leaves: int | None = None, exclude: Collection[int] = (),
+               allowed: np.ndarray | None = None,
+               exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k), best first; missing results have id -1.
 
         Per call, like the Faiss backend: ``ef_search`` becomes HNSW's ``hnsw_ef`` (default 64,
         raised to k); an ``index=exact`` spec compares with every vector. ``nprobe``,
         ``k_factor`` and ``leaves`` belong to other backends. Ids in ``exclude`` are filtered
-        out inside Qdrant.
+        out inside Qdrant, and only ``allowed`` ids (when given) come back, each compared
+        exactly: Qdrant's graph, filtered by ids, finds few of them (measured on Qdrant Edge:
+        recall@10 0.03 with a tenth of 5,000 vectors allowed), so ``exact`` is always taken.
         """
-        del nprobe, k_factor, leaves
+        del nprobe, k_factor, leaves, exact
         models = self._models
         banned = sorted({int(i) for i in exclude})
-        where = (models.Filter(must_not=[models.HasIdCondition(has_id=banned)])
-                 if banned else None)
+        must = ([models.HasIdCondition(has_id=np.asarray(allowed, np.int64).tolist())]
+                if allowed is not None else None)
+        must_not = [models.HasIdCondition(has_id=banned)] if banned else None
+        where = models.Filter(must=must, must_not=must_not) if must or must_not else None
 
         def search(batch: np.ndarray, limit: int) -> list[list[Any]]:
-            ef = search_ef(self.spec, ef_search, limit)
+            ef = None if allowed is not None else search_ef(self.spec, ef_search, limit)
             params = (models.SearchParams(exact=True) if ef is None
                       else models.SearchParams(hnsw_ef=ef))
             requests = [models.QueryRequest(query=q.tolist(), limit=limit, params=params,

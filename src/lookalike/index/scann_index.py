@@ -185,12 +185,16 @@ class ScannIndex:
         k_factor: int | None = None,
         leaves: int | None = None,
         exclude: Collection[int] = (),
+        allowed: np.ndarray | None = None,
+        exact: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k), best first; missing results have id -1.
 
         ``leaves`` (tree leaves to search, default a tenth) and ``k_factor`` (candidates
         re-ranked exactly per result, default 10) apply to this call only; ``ef_search`` and
-        ``nprobe`` are other kinds' knobs and ignored. Ids in ``exclude`` never come back.
+        ``nprobe`` are other kinds' knobs and ignored. Ids in ``exclude`` never come back, nor
+        ids not in ``allowed`` (when given): ScaNN cannot filter inside its search, so it
+        fetches more until enough pass, or it has searched everything (``exact`` then).
         """
         del ef_search, nprobe
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -203,7 +207,9 @@ class ScannIndex:
         most_leaves = _leaves(self.spec)
         searched = max(1, min(leaves or most_leaves // SEARCHED_LEAVES_DIVISOR, most_leaves))
         factor = k_factor or DEFAULT_K_FACTOR
-        fetch = k if banned is None else min(total, 2 * k)
+        fetch = k if banned is None and allowed is None else min(total, 2 * k)
+        if allowed is not None and exact:
+            fetch, searched = total, most_leaves
         todo = np.arange(n)
         while len(todo):
             rows, dist = self._fetch(queries[todo], fetch, min(total, factor * fetch), searched)
@@ -211,6 +217,8 @@ class ScannIndex:
             ids = np.where(keep, self._ids[np.where(keep, rows, 0).astype(np.int64)], -1)
             if banned is not None:
                 keep &= ~np.isin(ids, banned)
+            if allowed is not None:
+                keep &= np.isin(ids, allowed)
             complete = keep.sum(axis=1) >= k
             final = fetch >= total and searched >= most_leaves
             for i in np.flatnonzero(complete | final):

@@ -83,8 +83,11 @@ class LiveIndex(Protocol):
         ...
 
     def search(self, queries: np.ndarray, k: int, *, exclude: set[int] | None = None,
+               allowed: np.ndarray | None = None, exact: bool = False,
                **knobs: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (n, k), best first; -1 pads missing results."""
+        """(scores, ids), each (n, k), best first; -1 pads missing results. With ``allowed``
+        (ids), only those come back, filtered inside the engine (a pre-filter); ``exact``
+        asks it to compare the query with every allowed vector (for a small set)."""
         ...
 
     def save_delta(self) -> None:

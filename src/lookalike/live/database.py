@@ -77,8 +77,9 @@ class VectorDatabase(Protocol):
     def delete(self, ids: Iterable[int]) -> None: ...
     def search(self, queries: np.ndarray, k: int, *, ef_search: int | None = None,
                nprobe: int | None = None, k_factor: int | None = None,
-               leaves: int | None = None,
-               exclude: Collection[int] = ()) -> tuple[np.ndarray, np.ndarray]: ...
+               leaves: int | None = None, exclude: Collection[int] = (),
+               allowed: np.ndarray | None = None,
+               exact: bool = False) -> tuple[np.ndarray, np.ndarray]: ...
     def flush(self) -> None: ...
     def compact(self) -> None: ...
     def close(self) -> None: ...
@@ -168,11 +169,14 @@ class DatabaseLiveIndex(FollowsStore):
     # -- searching --------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int, *, exclude: set[int] | None = None,
+               allowed: np.ndarray | None = None, exact: bool = False,
                **knobs: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n, k), best first; -1 pads missing results. ``knobs`` are the
-        per-call search parameters (``ef_search``, ``nprobe``)."""
+        per-call search parameters (``ef_search``, ``nprobe``); ``allowed`` becomes the
+        engine's own filter on ids, which plans a filtered search itself."""
         self.refresh()
-        return self._index.search(self.project(queries), k, exclude=exclude or (), **knobs)
+        return self._index.search(self.project(queries), k, exclude=exclude or (),
+                                  allowed=allowed, exact=exact, **knobs)
 
     # -- state ------------------------------------------------------------------------------
 

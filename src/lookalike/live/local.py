@@ -240,15 +240,18 @@ class MainDeltaIndex(FollowsStore):
     # -- searching --------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int, *, exclude: set[int] | None = None,
+               allowed: np.ndarray | None = None, exact: bool = False,
                **knobs: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n, k), best first over main and delta; -1 pads missing results.
 
-        ``knobs`` are the per-call search parameters (``ef_search``, ``nprobe``, ...)."""
+        ``knobs`` are the per-call search parameters (``ef_search``, ``nprobe``, ...);
+        ``allowed`` and ``exact`` as :meth:`LiveIndex.search` says."""
         self.refresh()
         queries = self.project(queries)
         with self._lock.read():
             banned = self._tombstones | exclude if exclude else self._tombstones
-            parts = [index.search(queries, k, exclude=banned, **knobs)
+            parts = [index.search(queries, k, exclude=banned, allowed=allowed, exact=exact,
+                                  **knobs)
                      for index in (self._main, self._delta) if index.ntotal]
         n = len(queries)
         if not parts:
