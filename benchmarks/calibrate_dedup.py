@@ -27,7 +27,7 @@ recipe and edit kind are reported apart. photos-2000's pairs of overlapping crop
 are left out of precision and of the headline: true copies, but 40,000 easy ones.
 
 The thresholds are then measured on the held-out half; those numbers go into
-src/lookalike/dedup/thresholds.json. ``--split-seeds 0,1,2`` also calibrates on other seeded
+src/lookalike/thresholds.json. ``--split-seeds 0,1,2`` also calibrates on other seeded
 splits and prints the thresholds' spread; the first seed's are written.
 
     python benchmarks/calibrate_dedup.py                              # all six models
@@ -50,13 +50,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dupchecks import WORKERS, checked, exact_pairs  # noqa: E402  (benchmarks are scripts)
 from dupset import FOLDER, ensure_dupset, split  # noqa: E402
 from lookalike import Collection  # noqa: E402
-from lookalike.dedup.thresholds import SAME_PIXELS_COSINE  # noqa: E402
+from lookalike.thresholds import SAME_PIXELS_COSINE  # noqa: E402
 
 MODELS = ("efficientnet-lite0-gem", "efficientnet-lite0", "efficientnet-lite1-gem",
           "efficientnet-lite1", "efficientnet-lite2-gem", "efficientnet-lite2")
 PRESETS = {"strict": 0.999, "normal": 0.99, "loose": 0.95}
 SIMILAR_PRECISION = 0.9
-THRESHOLDS = Path(__file__).resolve().parents[1] / "src/lookalike/dedup/thresholds.json"
+THRESHOLDS = Path(__file__).resolve().parents[1] / "src/lookalike/thresholds.json"
 UNRELATED, COPY, SIMILAR, LEFT_OUT = 0, 1, 2, 3
 CALIBRATION, HELD_OUT = 0, 1
 FLOOR = 0.70  # the lowest cosine whose pairs are checked (and the grid's lowest): --floor

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dupset import DUP_SET_VERSION, FOLDER  # noqa: E402  (benchmarks are scripts)
 from lookalike.dedup import verify  # noqa: E402
 from lookalike.dedup.pairs import pixel_digest  # noqa: E402
-from lookalike.dedup.thresholds import SAME_PIXELS_COSINE  # noqa: E402
 from lookalike.imaging import content_hash  # noqa: E402
+from lookalike.thresholds import SAME_PIXELS_COSINE  # noqa: E402
 
 WORKERS, CHUNK, THUMBS_KEPT = 2, 250, 1500
 CHECKS = FOLDER / "checks"

@@ -48,6 +48,11 @@ def test_search_by_indexed_path_and_by_id(indexed: Path, sample_dir: Path) -> No
     assert first not in {r["image_id"] for r in by_id["results"]}
     assert by_id["results"] == json.loads(
         run("search", str(first), "-c", indexed, "--json", "-k", "3").stdout)["results"]
+    sliced = run("search", sample_dir / "moon.jpg", "-c", indexed, "--where",
+                 'name like "c*" or format != jpeg', "--max-per", "folder=2").stdout.splitlines()
+    assert len(sliced) == 2 and all(line.split()[1] in ("exact", "copy", "similar", "-")
+                                    and Path(line.split()[-1]).name.startswith("c")
+                                    for line in sliced)
 
 
 def test_info_and_models(indexed: Path, sample_dir: Path) -> None:
@@ -77,6 +82,9 @@ def test_info_and_models(indexed: Path, sample_dir: Path) -> None:
         (["remove", "99999999999999999999999", "-c", "{col}"], 2,
          "No indexed image has id 99999999999999999999999"),
         (["search", "{photo}", "-c", "{col}", "-k", "0"], 2, "Invalid value for '-k'"),
+        (["search", "{photo}", "-c", "{col}", "--where", "album ="], 2,
+         "Bad filter expression: expected a value"),
+        (["search", "{photo}", "-c", "{col}", "--max-per", "album"], 2, "max_per takes KEY=N"),
         (["index", "{photos}", "--index", "IVF1024", "-c", "{new}"], 2, "Unknown index spec"),
         (["frobnicate"], 2, "No such command"),
         (["search", "{notimage}", "-c", "{col}"], 1, "not an image"),

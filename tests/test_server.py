@@ -80,7 +80,8 @@ def test_visual_search_finds_the_original_of_an_edited_copy(
         assert plain["results"][0]["score"] == pytest.approx(body["results"][0]["score"])
         hit = body["results"][0]
         assert set(hit) == {"image_id", "uri", "score", "distance", "width", "height",
-                            "thumbnail_url", "file_url"}
+                            "thumbnail_url", "file_url", "match", "copies"}
+        assert hit["match"] in ("exact", "copy", "similar", None) and hit["copies"] == []
         assert hit["distance"] == pytest.approx((2 - 2 * (2 * hit["score"] - 1)) ** 0.5, abs=1e-4)
         assert set(body["took_ms"]) == {"read", "decode", "embed", "search", "total"}
 
@@ -111,6 +112,41 @@ def test_similar_by_id_leaves_the_image_out(live_server) -> None:
     assert 1 not in {hit["image_id"] for hit in plain["results"]}
     refused = httpx.get(f"{live_server.url}/search/similar/1", params={"qe": -1})
     assert refused.status_code == 422 and "qe must be between 0 and 100" in refused.text
+
+
+def test_search_within_a_slice_and_its_facets(served_copy: Path, start_server,
+                                              sample_dir: Path) -> None:
+    with Collection.open(served_copy) as col:
+        col.tag([1, 2, 3], {"album": "trip"})
+        col.tag([4], {"album": "home"})
+        vector = col.store.vector(1)
+    server = start_server(served_copy)
+    trip = 'album = "trip"'
+    similar = httpx.get(f"{server.url}/search/similar/5", params={"where": trip, "k": 10})
+    assert {h["image_id"] for h in similar.json()["results"]} == {1, 2, 3}
+    photo = sorted(sample_dir.glob("*.jpg"))[6]
+    visual = httpx.post(f"{server.url}/search/visual", data={"where": trip, "max_per": "album=1"},
+                        files={"file": (photo.name, photo.read_bytes(), "image/jpeg")})
+    assert len(visual.json()["results"]) == 1 and visual.json()["results"][0]["image_id"] in {
+        1, 2, 3}
+    body = httpx.post(f"{server.url}/search/vector",
+                      json={"vector": vector.tolist(), "k": 3, "where": trip}).json()
+    assert [h["image_id"] for h in body["results"]][0] == 1
+    assert body["results"][0]["match"] is None  # the test model has no calibration
+    bad = assert_error(httpx.get(f"{server.url}/search/similar/5",
+                                 params={"where": "album = = trip"}), 400, "invalid_filter")
+    assert "Bad filter expression" in bad["error"]["message"] and "^" in bad["error"]["message"]
+    assert_error(httpx.get(f"{server.url}/search/similar/5", params={"max_per": "album"}), 400,
+                 "bad_request")
+    assert_error(httpx.post(f"{server.url}/search/vector", json={"vector": [1.0]}), 400,
+                 "bad_request")
+    fields = {f["key"]: f["images"] for f in httpx.get(f"{server.url}/fields").json()["fields"]}
+    assert fields["album"] == 4 and fields["name"] == fields["width"] > 4
+    facets = httpx.get(f"{server.url}/facets", params={"keys": "album,format"}).json()["facets"]
+    assert facets["album"] == [{"value": "trip", "images": 3}, {"value": "home", "images": 1}]
+    assert facets["format"][0] == {"value": "jpeg", "images": fields["name"]}
+    within = httpx.get(f"{server.url}/facets", params={"keys": "album", "where": trip}).json()
+    assert within["facets"]["album"] == [{"value": "trip", "images": 3}]
 
 
 # -- uploads and deletes ---------------------------------------------------------------------

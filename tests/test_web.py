@@ -130,7 +130,10 @@ def test_search_by_upload_then_by_clicking_results(
     assert page.is_enabled("#add-button")
     top = page.locator("#results .card").first
     assert top.locator(".name").inner_text() == original.name
-    assert top.locator(".score").inner_text() == f"{body['results'][0]['score'] * 100:.1f}%"
+    # Its match label comes first; the score only on demand (never as a percentage).
+    labels = {"exact": "Exact", "copy": "Copy", "similar": "Similar", None: "—"}
+    assert top.locator(".match").inner_text() == labels[body["results"][0]["match"]]
+    assert top.locator(".score").is_hidden() and "%" not in top.inner_text()
     assert first.get_attribute("title").startswith(str(original))  # full path on hover
     wait_for_thumbnails(page)
     page.screenshot(path=tmp_path / "results.png", full_page=True)

@@ -24,7 +24,7 @@ import stat
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import objects
 from .errors import DecodeError, LookalikeError, ObjectStoreError
+from .exif import FileFields, file_fields
 from .types import IMAGE_EXTENSIONS, Preprocess
 
 try:  # HEIC/AVIF are read when the optional `heif` extra is installed.
@@ -90,6 +91,7 @@ class Decoded:
     height: int = 0
     content_hash: str = ""
     error: str | None = None
+    fields: FileFields = field(default_factory=dict)  # read from the file (lookalike.exif)
 
 
 def content_hash(data: bytes) -> str:
@@ -136,13 +138,14 @@ def open_image(
             with reserve(decode_cost(image, draft_to)) if reserve else contextlib.nullcontext():
                 image.load()
                 # Only now: a PNG's EXIF may follow its pixels, so reading it loads them.
-                orientation = image.getexif().get(_ORIENTATION_TAG)
-                image_format = image.format
+                exif = image.getexif()
+                orientation = exif.get(_ORIENTATION_TAG)
+                image_format, fields = image.format, file_fields(image, exif)
                 rgb = _to_rgb(_oriented(_reduced(image, draft_to, squash), orientation))
             if orientation in _TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
             rgb.info["lookalike_size"] = (width, height)
-            rgb.info["lookalike_format"] = image_format
+            rgb.info["lookalike_format"], rgb.info["lookalike_fields"] = image_format, fields
             return rgb
     except LookalikeError:  # ours: a DecodeError, or reserve() saying "busy"
         raise
@@ -231,6 +234,11 @@ def original_format(image: Image.Image) -> str | None:
     return image.info.get("lookalike_format")
 
 
+def original_fields(image: Image.Image) -> FileFields:
+    """What :func:`lookalike.exif.file_fields` read from the file :func:`open_image` opened."""
+    return image.info.get("lookalike_fields", {})
+
+
 def decode_bytes(data: bytes, preprocess: Preprocess, max_pixels: int,
                  reserve: Reserve | None = None) -> Decoded:
     """Decode the bytes of an uploaded file to model input; raises :class:`DecodeError`.
@@ -243,7 +251,7 @@ def decode_bytes(data: bytes, preprocess: Preprocess, max_pixels: int,
     pixels = to_model_input(image, preprocess)
     width, height = original_size(image)
     return Decoded(extension_for(original_format(image)), pixels, width, height,
-                   content_hash(data))
+                   content_hash(data), fields=original_fields(image))
 
 
 def extension_for(image_format: str | None) -> str:
@@ -386,4 +394,4 @@ def decode_file(uri: str, preprocess: Preprocess, max_pixels: int,
     except DecodeError as exc:
         return Decoded(uri, None, content_hash=digest, error=str(exc))
     width, height = original_size(image)
-    return Decoded(uri, pixels, width, height, digest)
+    return Decoded(uri, pixels, width, height, digest, fields=original_fields(image))

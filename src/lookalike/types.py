@@ -78,6 +78,11 @@ class SearchHit:
     ``sqrt(2 - 2 * cosine)``, in [0, 2]: the same order, reversed. With query expansion (on by
     default) results are ranked by the query blended with its best matches, so a score may be a
     little higher than the one ranked above it; it is always the query's own similarity.
+
+    ``match`` says what the image is to the query, by the model's calibrated thresholds:
+    ``"exact"`` (the same bytes), ``"copy"`` (an edited copy), ``"similar"`` (the same scene or
+    a look-alike) or None. ``copies`` holds the hits folded into this one when a search
+    collapses copies.
     """
 
     image_id: int
@@ -86,6 +91,8 @@ class SearchHit:
     width: int | None = None
     height: int | None = None
     distance: float = 0.0
+    match: str | None = None
+    copies: tuple[SearchHit, ...] = ()
 
     @classmethod
     def from_cosine(cls, image_id: int, uri: str, cosine: float, width: int | None = None,
@@ -99,7 +106,9 @@ class SearchHit:
         return 2.0 * self.score - 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "uri": shown_uri(self.uri)}
+        return {"image_id": self.image_id, "uri": shown_uri(self.uri), "score": self.score,
+                "width": self.width, "height": self.height, "distance": self.distance,
+                "match": self.match, "copies": [c.to_dict() for c in self.copies]}
 
 
 @dataclass(frozen=True)

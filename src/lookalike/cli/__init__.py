@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (importing registers their commands)
     dedup,
     evaluate,
     lifecycle,
+    metadata,
     serve,
     shards,
 )

@@ -11,6 +11,7 @@ import click
 
 from ..objects import is_object_uri
 from ..types import line_uri, shown_uri
+from ..where import Where, parse_max_per
 from .base import (
     COLLECTION_HELP,
     Decimal,
@@ -22,6 +23,7 @@ from .base import (
     runtime_options,
     wait_option,
 )
+from .metadata import METADATA_HELP, echo_unmatched
 
 
 @cli.command("index")
@@ -60,6 +62,8 @@ from .base import (
                    "local[N] [env LOOKALIKE_SPARK_MASTER; default: start a local Spark for the "
                    "run].")
 @click.option("--rebuild", is_flag=True, help="Also rebuild the index from the stored vectors.")
+@click.option("--metadata", "metadata_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help=METADATA_HELP)
 @no_learn_option
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
@@ -69,8 +73,9 @@ from .base import (
 def index_command(paths: Sequence[str], collection: str | None, model: str | None,
                   index_spec: str | None, store: str | None, batch_size: int | None,
                   workers: int | None, engine: str | None, ray_address: str | None,
-                  spark_master: str | None, rebuild: bool, learn: bool, progress: bool | None,
-                  as_json: bool, wait: float, **runtime: Any) -> None:
+                  spark_master: str | None, rebuild: bool, metadata_file: str | None,
+                  learn: bool, progress: bool | None, as_json: bool, wait: float,
+                  **runtime: Any) -> None:
     """Index image files and folders (recursively) into a collection.
 
     PATHS may also be S3 objects and prefixes (s3://bucket/key, s3://bucket/prefix/).
@@ -84,8 +89,10 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
     From S3:  lookalike index s3://media/photos/ -c photos.lookalike
     On Ray:   lookalike index /shared/photos -c photos.lookalike --engine ray
     On Spark: lookalike index /shared/photos -c photos.lookalike --engine spark
+    Metadata: lookalike index ~/Pictures --metadata captions.csv
     """
     from ..collection import Collection
+    from ..collection.metadata import read_metadata_file
     from ..ingest.engines import chosen_engine
 
     for path in paths:
@@ -93,15 +100,23 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
             raise click.BadParameter(f"{path} does not exist.", param_hint="PATHS")
     # The engine's options, checked before a new collection is made for them.
     chosen_engine(engine, ray_address=ray_address, spark_master=spark_master, workers=workers)
+    # A bad metadata file stops the run before anything is indexed.
+    rows = read_metadata_file(metadata_file) if metadata_file else None
     with Collection.open_or_create(collection_path(collection), model=model, index=index_spec,
                                    store=store, **runtime) as col:
         report = col.index(paths, batch_size=batch_size, workers=workers, show_progress=progress,
                            engine=engine, ray_address=ray_address,
                            spark_master=spark_master, wait=wait, learn=learn)
+        tagged = col.apply_metadata(rows, wait=wait) if rows is not None else None
         if rebuild:
             col.rebuild()
+    if tagged is not None:
+        echo_unmatched(tagged)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        data = report.to_dict()
+        if tagged is not None:
+            data["metadata"] = tagged.to_dict()
+        click.echo(json.dumps(data, indent=2))
         return
     click.echo(
         f"Indexed {report.added + report.updated} images in {report.seconds:.1f} s "
@@ -111,6 +126,8 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
     )
     for failure in report.failed:
         click.echo(f"  failed: {line_uri(failure.uri)}: {failure.reason}")
+    if tagged is not None:
+        click.echo(f"Metadata set for {tagged.applied} images.")
     if report.learned:
         echo_learned(report.learned)
 
@@ -127,22 +144,37 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
 @click.option("--qe", type=Decimal(0, 100), default=None,
               help="Query expansion: re-rank with the query plus its N best matches "
                    "(0: off) [default 2, setting query_expansion].")
+@click.option("--where", default=None, metavar="EXPR",
+              help="Only images whose fields pass EXPR, e.g. 'format = jpeg and width >= "
+                   "1000', 'album in [trip, home]', 'taken between 2021-01 and 2021-06', "
+                   "'exists make' (see the README's Filters).")
+@click.option("--max-per", default=None, metavar="KEY=N",
+              help="At most N results per value of a field, e.g. album=2.")
+@click.option("--collapse", is_flag=True,
+              help="Fold copies of a better result into it (shown as '+N copies').")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @runtime_options
 def search_command(image: str | None, image_id: int | None, collection: str | None, k: int,
-                   ef: int | None, qe: int | None, as_json: bool, **runtime: Any) -> None:
+                   ef: int | None, qe: int | None, where: str | None, max_per: str | None,
+                   collapse: bool, as_json: bool, **runtime: Any) -> None:
     """Find the indexed images most similar to IMAGE.
 
     IMAGE is an image file or S3 object (s3://bucket/key), or the path, URI or id of an indexed
     image (then its stored vector is used and the image itself is left out of the results).
+    Each result is labelled by the model's calibrated thresholds: exact (the same bytes), copy
+    (an edited copy), similar (the same scene or a look-alike), or '-'.
 
     \b
-    Example:  lookalike search holiday.jpg -k 5
+    Examples:  lookalike search holiday.jpg -k 5
+               lookalike search holiday.jpg --where 'album = trip' --max-per folder=2
     """
     from ..collection import Collection
 
     if (image is None) == (image_id is None):
         raise click.UsageError("Give either IMAGE or --id, not both.")
+    within: dict[str, Any] = {  # parsed before opening: a bad one is exit 2 at once
+        "where": Where.parse(where) if where is not None else None,
+        "max_per": parse_max_per(max_per), "collapse": collapse}
     with Collection.open(collection_path(collection), **runtime) as col:
         if image is not None and image_id is None:
             if is_object_uri(image) or os.path.isfile(image):
@@ -150,16 +182,21 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
             else:
                 image_id = _as_id(image)
         if image_id is not None:
-            hits = col.search_similar(known_id(image_id), k, ef=ef, qe=qe)
+            hits = col.search_similar(known_id(image_id), k, ef=ef, qe=qe, **within)
         else:
-            hits = col.search(image, k, ef=ef, qe=qe)
+            hits = col.search(image, k, ef=ef, qe=qe, **within)
     if as_json:
         results = [{"rank": r, **hit.to_dict()} for r, hit in enumerate(hits, 1)]
         query = shown_uri(image) if image is not None else image_id
         click.echo(json.dumps({"query": query, "results": results}, indent=2))
         return
     for rank, hit in enumerate(hits, 1):
-        click.echo(f"{rank:>4}  {hit.score:.4f}  {line_uri(hit.uri)}")
+        click.echo(f"{rank:>4}  {hit.match or '-':<7}  {hit.score:.4f}  {line_uri(hit.uri)}")
+        if hit.copies:
+            click.echo(f"        +{len(hit.copies)} "
+                       f"cop{'y' if len(hit.copies) == 1 else 'ies'}: "
+                       + ", ".join(line_uri(c.uri) for c in hit.copies[:3])
+                       + (", ..." if len(hit.copies) > 3 else ""))
 
 
 def _as_id(value: str) -> int:

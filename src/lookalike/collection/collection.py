@@ -34,13 +34,16 @@ from ..types import (
     ReduceReport,
     SearchHit,
 )
+from ..where import Where
 from .feeding import Feeder, check_exist
 from .files import ImageFile
 from .images import DecodeLimits, Images
 from .indexes import Indexes
 from .info import collection_info
 from .manifest import MANIFEST, Manifest, new_manifest, read_manifest, write_manifest
-from .searching import Searcher
+from .metadata import MetadataReport, MetadataRow, Tagger, read_metadata_file
+from .searching import Searcher, Within
+from .slices import Plan
 
 
 class Collection:
@@ -69,8 +72,9 @@ class Collection:
         self._embedder: Embedder | None = None
         self.indexes = Indexes(path, manifest, self.store)
         self.images = Images(path, self.store, self.indexes, self.limits, lambda: self.embedder)
-        self._searcher = Searcher(self.store, self.indexes, self.embed)
+        self._searcher = Searcher(self.store, self.indexes, self.embed, self.model_name)
         self._feeder = Feeder(self.store, self.indexes, self.limits, lambda: self.embedder)
+        self._tagger = Tagger(self.store, self.images, self.indexes.writer)
 
     # -- opening --------------------------------------------------------------------------
 
@@ -247,6 +251,19 @@ class Collection:
         """
         return self.images.add_bytes(data, metadata=metadata, wait=wait)
 
+    def apply_metadata(self, rows: str | os.PathLike[str] | list[MetadataRow], *,
+                       wait: float = 10.0) -> MetadataReport:
+        """Replace the metadata of the images a ``.jsonl`` or ``.csv`` file (or its rows, see
+        :func:`.metadata.read_metadata_file`) names, in one transaction."""
+        found = rows if isinstance(rows, list) else read_metadata_file(rows)
+        return self._tagger.apply(found, wait=wait)
+
+    def tag(self, images: Iterable[int | str | os.PathLike[str]], values: dict[str, Any], *,
+            remove: Iterable[str] = (), wait: float = 10.0) -> list[ImageDetails]:
+        """Merge ``values`` into the metadata of images (ids or paths), less the ``remove``
+        keys; ImageNotFoundError, before any change, if one is not indexed."""
+        return self._tagger.tag(images, values, remove, wait=wait)
+
     def details(self, image_id: int) -> ImageDetails:
         """An indexed image's location, size and metadata."""
         return self.images.details(image_id)
@@ -265,21 +282,46 @@ class Collection:
     # -- searching --------------------------------------------------------------------------
 
     def search(self, image: ImageSource | Any, k: int = 10, *, ef: int | None = None,
-               qe: int | None = None) -> list[SearchHit]:
+               qe: int | None = None, where: str | Where | None = None,
+               max_per: str | tuple[str, int] | None = None,
+               collapse: bool = False) -> list[SearchHit]:
         """The ``k`` indexed images most similar to ``image`` (a path, an ``s3://`` URI, file
-        bytes or a PIL image)."""
-        return self._searcher.search(image, k, ef=ef, qe=qe)
+        bytes or a PIL image), each with its ``match`` label.
+
+        ``where`` keeps images whose fields pass a filter expression (see
+        :mod:`lookalike.where`), e.g. ``"album = trip and taken >= 2021"``; ``max_per``
+        (``"KEY=N"``) keeps at most N per value of a field; ``collapse`` folds copies of a
+        better hit into its ``copies``. A bad expression raises WhereError (a UsageError)."""
+        return self._searcher.search(image, k, ef=ef, qe=qe,
+                                     within=Within.of(where, max_per, collapse))
 
     def search_similar(self, image_id: int, k: int = 10, *, ef: int | None = None,
-                       qe: int | None = None) -> list[SearchHit]:
-        """Look-alikes of an indexed image, from its stored vector (the image itself excluded)."""
-        return self._searcher.search_similar(image_id, k, ef=ef, qe=qe)
+                       qe: int | None = None, where: str | Where | None = None,
+                       max_per: str | tuple[str, int] | None = None,
+                       collapse: bool = False) -> list[SearchHit]:
+        """Look-alikes of an indexed image, from its stored vector (the image itself excluded);
+        ``where``, ``max_per`` and ``collapse`` as :meth:`search`."""
+        return self._searcher.search_similar(image_id, k, ef=ef, qe=qe,
+                                             within=Within.of(where, max_per, collapse))
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, ef: int | None = None,
-                      qe: int | None = None, exclude: set[int] | None = None) -> list[SearchHit]:
+                      qe: int | None = None, exclude: set[int] | None = None,
+                      where: str | Where | None = None,
+                      max_per: str | tuple[str, int] | None = None,
+                      collapse: bool = False, query_hash: str | None = None
+                      ) -> list[SearchHit]:
         """The ``k`` images nearest to an embedding, ranked best first (see
-        :meth:`.searching.Searcher.search_vector` for how query expansion ranks them)."""
-        return self._searcher.search_vector(vector, k, ef=ef, qe=qe, exclude=exclude)
+        :meth:`.searching.Searcher.search_vector` for how query expansion ranks them);
+        ``where``, ``max_per`` and ``collapse`` as :meth:`search`; ``query_hash``, the content
+        hash of the query's file, labels a hit with the same bytes ``exact``."""
+        return self._searcher.search_vector(vector, k, ef=ef, qe=qe, exclude=exclude,
+                                            within=Within.of(where, max_per, collapse),
+                                            query_hash=query_hash)
+
+    def search_plan(self, where: str | Where) -> Plan:
+        """How a search within ``where`` would run now: post-filter, pre-filter or exact,
+        and the share of images expected to pass (see :mod:`.slices`)."""
+        return self._searcher.plan(where)
 
     def embed(self, images: Iterable[ImageSource | Any]) -> np.ndarray:
         """Embed images (paths, file bytes or PIL images) exactly as indexing does."""

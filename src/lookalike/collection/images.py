@@ -126,6 +126,7 @@ class Images:
                 [image_id] = self.store.write([NewImage(
                     str(path), stat.st_size, stat.st_mtime_ns, decoded.content_hash,
                     decoded.width, decoded.height, vector[0], metadata=meta,
+                    file_fields=decoded.fields,
                 )])
                 self.indexes.committed()
                 created = True

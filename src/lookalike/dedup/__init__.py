@@ -20,9 +20,9 @@ from typing import Any
 from ..collection import Collection
 from ..errors import ImageNotFoundError, UsageError
 from ..storage import VERDICTS, Decision
+from ..thresholds import PRESETS, TIERS, Thresholds, thresholds_for
 from .groups import DuplicateGroup, Member, make_groups
 from .pairs import find_pairs, stderr_progress
-from .thresholds import PRESETS, TIERS, Thresholds, thresholds_for
 
 __all__ = ["PRESETS", "TIERS", "DuplicateGroup", "DuplicateReport", "Member", "Thresholds",
            "decide", "find_duplicates", "thresholds_for"]

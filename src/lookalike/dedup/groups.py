@@ -20,9 +20,9 @@ from typing import Any
 from PIL import Image
 
 from ..storage import Decision, ImageRecord
+from ..thresholds import TIERS
 from ..types import shown_uri
 from .pairs import Pair
-from .thresholds import TIERS
 
 #: Formats that keep every pixel as it was: a copy in one of these beats a re-encoded one.
 LOSSLESS = {".png", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".dng", ".raw",

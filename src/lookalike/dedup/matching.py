@@ -19,10 +19,10 @@ from ..errors import ImageNotFoundError, LookalikeError, UsageError
 from ..imaging import content_hash, read_bytes
 from ..ingest.local import walk
 from ..storage import ImageRecord
+from ..thresholds import SAME_PIXELS_COSINE, TIERS, Thresholds
 from ..types import shown_uri
 from .groups import Member
 from .pairs import PixelHashes, pixel_digest
-from .thresholds import SAME_PIXELS_COSINE, TIERS, Thresholds
 from .verify import Thumb, scores, thumb, verify_pairs
 
 CANDIDATES = 20  # index hits re-scored per image: more than any real image has copies

@@ -23,7 +23,7 @@ from ..errors import LookalikeError, UsageError
 from ..imaging import open_image
 from ..index.selfjoin import similar_pairs
 from ..storage import Decision, ImageRecord
-from .thresholds import SAME_PIXELS_COSINE, TIERS, Thresholds
+from ..thresholds import SAME_PIXELS_COSINE, TIERS, Thresholds
 from .verify import verify_pairs
 
 MARGIN = 0.002  # the join reads float16 vectors: look this far below the floor, then re-score

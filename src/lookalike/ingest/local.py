@@ -350,7 +350,7 @@ class Ingestor:
                 uri=item.uri, size=entry.size, mtime_ns=entry.mtime_ns,
                 content_hash=item.content_hash or None, width=item.width or None,
                 height=item.height or None, vector=vectors.get(item.uri), error=item.error,
-                etag=entry.etag,
+                etag=entry.etag, file_fields=item.fields,
             ))
             if item.error:
                 tally.failed.append(FailedFile(item.uri, item.error))

@@ -230,6 +230,7 @@ def _unpack(batch: dict[str, np.ndarray]) -> Batch:
     decoded, vectors = [], {}
     for i, uri in enumerate(batch["uri"]):
         uri, error = str(uri), str(batch["error"][i]) or None
+        # No file fields (format, EXIF) travel back: the store derives format from the name.
         decoded.append(Decoded(uri, None, int(batch["width"][i]), int(batch["height"][i]),
                                str(batch["hash"][i]), error))
         if error is None:

@@ -147,6 +147,7 @@ class ShardSource:
                 continue
             todo.discard(uri)
             error = columns["error"][i]
+            # Shards hold no file fields (format, EXIF): the store derives format from the name.
             decoded.append(Decoded(uri, None, columns["width"][i] or 0,
                                    columns["height"][i] or 0, columns["content_hash"][i] or "",
                                    None if error is None else loaded_uri(error)))

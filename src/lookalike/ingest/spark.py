@@ -137,6 +137,7 @@ class SparkSource:
     def _unpack(self, rows: list[Any], stages: dict[str, float]) -> Batch:
         decoded, vectors = [], {}
         for row in rows:
+            # No file fields (format, EXIF) travel back: the store derives format from the name.
             decoded.append(Decoded(row.uri, None, row.width, row.height, row.hash, row.error))
             if row.vector is not None:
                 vectors[row.uri] = np.frombuffer(row.vector, "<f4").astype(np.float32)

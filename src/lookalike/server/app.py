@@ -26,10 +26,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..errors import ImageNotFoundError
-from ..types import MAX_IMAGE_ID, ImageDetails, SearchHit, is_decimal, shown_uri
+from ..imaging import content_hash
+from ..types import MAX_IMAGE_ID, ImageDetails, SearchHit, is_decimal
 from .config import ServeConfig
 from .duplicates import duplicates_routes, upload_duplicates
 from .errors import ApiError, error_response, install_handlers
+from .filters import (
+    COLLAPSE_HELP,
+    CollapseParam,
+    MaxPerParam,
+    WhereParam,
+    filter_routes,
+    hit,
+    within,
+)
 from .middleware import DOCS_ASSETS, READ_SECONDS, ApiKeys, BodyLimit, RequestTiming
 from .models import (
     DeleteResponse,
@@ -46,9 +56,10 @@ THUMBNAIL_SIDES = (64, 128, 256, 512)
 MAX_QE = 100
 QE_HELP = ("Query expansion: rank by the query blended with its N best matches (0: off) "
            "[default: the query_expansion setting, 2].")
-_FORM_FIELDS = {"file", "metadata", "k", "ef", "qe"}
+_FORM_FIELDS = {"file", "metadata", "k", "ef", "qe", "where", "max_per", "collapse"}
 _ASSETS = {"app.js": "text/javascript", "common.js": "text/javascript",
-           "duplicates.js": "text/javascript", "app.css": "text/css",
+           "duplicates.js": "text/javascript", "filters.js": "text/javascript",
+           "results.js": "text/javascript", "app.css": "text/css",
            "favicon.svg": "image/svg+xml"}
 _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -131,17 +142,23 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
         k: Annotated[Integer | None, Query(description="Number of results [default 10].")] = None,
         ef: Annotated[Integer | None, Query(description="HNSW efSearch for this query.")] = None,
         qe: Annotated[Integer | None, Query(description=QE_HELP)] = None,
+        where: WhereParam = None, max_per: MaxPerParam = None,
+        collapse: Annotated[bool | None, Query(description=COLLAPSE_HELP)] = None,
     ) -> dict[str, Any]:
-        """Images most similar to the uploaded one (multipart field `file`, or the raw body)."""
+        """Images most similar to the uploaded one (multipart field `file`, or the raw body);
+        the options may also come as form fields."""
         started = time.perf_counter()
         data, fields = await _read_upload(request)
         k = _bounded("k", k if k is not None else fields.get("k"), 10, 1, config.max_k)
         ef = _bounded("ef", ef if ef is not None else fields.get("ef"), None, 1, 100_000)
         qe = _bounded("qe", qe if qe is not None else fields.get("qe"), None, 0, MAX_QE)
+        options = within(where if where is not None else fields.get("where"),
+                         max_per if max_per is not None else fields.get("max_per"),
+                         collapse if collapse is not None else fields.get("collapse"))
         took = {"read": request.scope.get(READ_SECONDS, 0.0) + time.perf_counter() - started}
-        hits = await run_in_threadpool(_search_bytes, service, data, k, ef, qe, took)
+        hits = await run_in_threadpool(_search_bytes, service, data, k, ef, qe, took, options)
         took["total"] = time.perf_counter() - started + request.scope.get(READ_SECONDS, 0.0)
-        return {"results": [_hit(h) for h in hits],
+        return {"results": [hit(h) for h in hits],
                 "took_ms": {stage: round(s * 1000.0, 2) for stage, s in took.items()}}
 
     @app.post("/embed", response_model=EmbedResponse, tags=["search"],
@@ -161,16 +178,18 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
     @app.get("/search/similar/{image_id}", response_model=SimilarResponse, tags=["search"])
     def search_similar(image_id: Integer, k: Integer | None = None, ef: Integer | None = None,
                        qe: Annotated[Integer | None, Query(description=QE_HELP)] = None,
-                       ) -> dict[str, Any]:
+                       where: WhereParam = None, max_per: MaxPerParam = None,
+                       collapse: CollapseParam = False) -> dict[str, Any]:
         """Look-alikes of an indexed image, from its stored vector (itself left out)."""
         started = time.perf_counter()
         image_id = _known_id(image_id)
         col = service.collection
         hits = col.search_similar(image_id, _bounded("k", k, 10, 1, config.max_k),
                                   ef=_bounded("ef", ef, None, 1, 100_000),
-                                  qe=_bounded("qe", qe, None, 0, MAX_QE))
+                                  qe=_bounded("qe", qe, None, 0, MAX_QE),
+                                  **within(where, max_per, collapse))
         query = col.details(image_id)
-        return {"query": _image(query), "results": [_hit(h) for h in hits],
+        return {"query": _image(query), "results": [hit(h) for h in hits],
                 "took_ms": {"total": round((time.perf_counter() - started) * 1000.0, 2)}}
 
     @app.post("/images", response_model=UploadResponse, status_code=201, tags=["images"],
@@ -235,6 +254,7 @@ def _routes(app: FastAPI, service: Service, config: ServeConfig) -> None:
                         headers={"Cache-Control": "private, max-age=31536000, immutable"})
 
     duplicates_routes(app, lambda: service.collection)
+    filter_routes(app, lambda: service.collection, config.max_k)
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:
@@ -365,24 +385,17 @@ def _finite_float(text: str) -> float:
 
 
 def _search_bytes(service: Service, data: bytes, k: int, ef: int | None, qe: int | None,
-                  took: dict[str, float]) -> list[SearchHit]:
+                  took: dict[str, float], options: dict[str, Any]) -> list[SearchHit]:
     col = service.collection
     started = time.perf_counter()
     pixels = col.model_input(data)
     decoded = time.perf_counter()
     vector = col.embedder.embed_pixels(pixels[None])[0]
     embedded = time.perf_counter()
-    hits = col.search_vector(vector, k, ef=ef, qe=qe)
+    hits = col.search_vector(vector, k, ef=ef, qe=qe, query_hash=content_hash(data), **options)
     took.update(decode=decoded - started, embed=embedded - decoded,
                 search=time.perf_counter() - embedded)
     return hits
-
-
-def _hit(hit: SearchHit) -> dict[str, Any]:
-    return {"image_id": hit.image_id, "uri": shown_uri(hit.uri), "score": round(hit.score, 6),
-            "distance": round(hit.distance, 6), "width": hit.width, "height": hit.height,
-            "thumbnail_url": f"/images/{hit.image_id}/thumbnail",
-            "file_url": f"/images/{hit.image_id}/file"}
 
 
 def _image(details: ImageDetails) -> dict[str, Any]:

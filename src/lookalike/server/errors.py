@@ -26,6 +26,7 @@ from ..errors import (
     ReadOnlyCollectionError,
     UsageError,
 )
+from ..where import WhereError
 
 log = logging.getLogger("lookalike.server")
 
@@ -88,6 +89,8 @@ def as_api_error(exc: BaseException) -> ApiError:
         return ApiError(403, "read_only", message)
     if isinstance(exc, BusyError):
         return ApiError(503, "busy", message, {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, WhereError):
+        return ApiError(400, "invalid_filter", message)
     if isinstance(exc, UsageError):
         return ApiError(400, "bad_request", message)
     if isinstance(exc, LookalikeError):

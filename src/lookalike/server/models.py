@@ -12,10 +12,16 @@ class Hit(BaseModel):
     uri: str
     score: float = Field(description="(1 + cosine) / 2 in [0, 1]; higher is more similar.")
     distance: float = Field(description="Euclidean distance of the unit embeddings, in [0, 2].")
+    match: str | None = Field(
+        None, description="What the image is to the query, by the model's calibrated "
+                          "thresholds: exact (the same bytes), copy (an edited copy), similar "
+                          "(the same scene or a look-alike), or null.")
     width: int | None
     height: int | None
     thumbnail_url: str
     file_url: str
+    copies: list[Hit] = Field(default_factory=list,
+                              description="With collapse: copies of this image folded into it.")
 
 
 class SearchResponse(BaseModel):

@@ -63,7 +63,8 @@ def fetch(uri: str, preprocess: Preprocess, max_pixels: int, max_bytes: int,
         return Fetched(NewImage(uri, error=decoded.error,
                                 content_hash=decoded.content_hash or None, **facts))
     return Fetched(NewImage(uri, content_hash=decoded.content_hash, width=decoded.width,
-                            height=decoded.height, **facts), pixels=decoded.pixels)
+                            height=decoded.height, file_fields=decoded.fields, **facts),
+                   pixels=decoded.pixels)
 
 
 class Fetcher:

@@ -1,16 +1,22 @@
 // lookalike's web page: drop, choose or paste a photo, see its look-alikes, click one to go on.
 // Talks to the same-origin JSON API; no build step, no dependencies. This module is the search
-// view and the page around it (header, API key, the two views and the address); the duplicates
-// review is duplicates.js, and what both use is common.js.
+// view and the page around it (header, API key, the two views and the address); the search's
+// results are drawn by results.js, its filter and facets are filters.js, the duplicates review is
+// duplicates.js, and what they share is common.js.
 
 import {
   $, els as shared, STORAGE, session, storageGet, storageSet, apiJson, showError, clearError,
-  formatMs, formatBytes, plural, splitPath, askForKey, releaseThumbs, setImage, thumbnail,
-  openWithKey, showNoticeIn,
+  formatMs, formatBytes, plural, splitPath, askForKey, releaseThumbs, setImage,
+  showNoticeIn,
 } from "./common.js";
 import {
   isDuplicatesHash, dupHash, readDupParams, loadDuplicates, initDuplicates,
 } from "./duplicates.js";
+import {
+  initFilters, readFilterHash, filterQuery, filterHash, activeWhere, refreshFacets,
+  showFilterError,
+} from "./filters.js";
+import { resultCard } from "./results.js";
 
 const els = {
   ...shared,
@@ -24,6 +30,7 @@ const els = {
   skipLink: document.querySelector(".skip-link"),
   tabSearch: $("tab-search"), tabDuplicates: $("tab-duplicates"),
   dupView: $("dup-view"), dupHead: $("dup-head"), dupHeading: $("dup-heading"),
+  showScores: $("show-scores"),
 };
 
 const EMPTY_TEXT = els.empty.textContent;
@@ -76,6 +83,7 @@ function saveKey(event) {
   els.keyChange.focus();
   clearError();
   refreshStats();
+  refreshFacets({ force: true });
   const retry = session.retry;
   session.retry = null;
   if (retry) retry();
@@ -167,8 +175,11 @@ function searchFile(file, label = file.name || "Untitled image") {
   };
   setAddButton(query.addedId == null ? "ready" : "added");
   clearNotice();
-  if (location.hash) history.pushState(null, "", location.pathname + location.search);
-  runSearch(`search/visual?k=${currentK()}`, () => {
+  const hash = searchHash("");
+  if (location.hash !== hash) {
+    history.pushState(null, "", hash || location.pathname + location.search);
+  }
+  runSearch(`search/visual?k=${currentK()}&${filterQuery()}`, () => {
     const form = new FormData();
     form.append("file", file, file.name || "pasted-image");
     return { method: "POST", body: form };
@@ -181,9 +192,10 @@ function searchSimilar(id, { uri, thumbnailUrl, push = true } = {}) {
   showQuery(thumbnailUrl ?? null, `Image #${id}`, name, dir, uri);
   setAddButton("indexed");
   clearNotice();
-  const hash = `#similar/${id}`;
+  const hash = searchHash(`similar/${id}`);
   if (push && location.hash !== hash) history.pushState(null, "", hash);
-  runSearch(`search/similar/${encodeURIComponent(id)}?k=${currentK()}`, () => ({}), (body) => {
+  const path = `search/similar/${encodeURIComponent(id)}?k=${currentK()}&${filterQuery()}`;
+  runSearch(path, () => ({}), (body) => {
     const query = body.query;
     if (!query || state.query?.id !== id) return;
     state.query.uri = query.uri;
@@ -191,6 +203,21 @@ function searchSimilar(id, { uri, thumbnailUrl, push = true } = {}) {
     const src = thumbnailUrl ? undefined : query.thumbnail_url; // keep a preview already shown
     showQuery(src, `Image #${id}`, qname, qdir, query.uri);
   });
+}
+
+// The search view's address: its route (similar/ID for an indexed image's look-alikes, none for
+// a photo from this computer) and then the filter, ?where=… ("" when both are empty).
+function searchHash(route = state.query?.kind === "similar" ? `similar/${state.query.id}` : "") {
+  const filter = filterHash();
+  return route || filter ? `#${route}${filter ? `?${filter}` : ""}` : "";
+}
+
+function onFilterChange() {
+  const hash = searchHash();
+  if (location.hash !== hash) {
+    history.replaceState(null, "", hash || location.pathname + location.search);
+  }
+  rerun();
 }
 
 function rerun() {
@@ -222,6 +249,13 @@ async function runSearch(path, makeRequest, onBody) {
   } catch (error) {
     if (error.name === "AbortError" || seq !== state.seq) return;
     if (error.status === 401 || error.status === 403) session.retry = rerun;
+    // A bad filter is told where it is typed, with the server's pointer to the problem.
+    if (error.code === "invalid_filter") {
+      renderResults(null);
+      setStatus("No results: the filter has a mistake.");
+      showFilterError(error.message);
+      return;
+    }
     // A file the server cannot read as an image cannot be added either.
     if (state.query?.kind === "file" && [400, 413, 415, 422].includes(error.status)) {
       setAddButton("unreadable");
@@ -254,73 +288,22 @@ function setBusy(busy) {
 
 function renderResults(results) {
   releaseThumbs(state.thumbs);
-  els.results.replaceChildren(...(results ?? []).map(resultCard));
+  const open = (hit) => {
+    searchSimilar(hit.image_id, { uri: hit.uri, thumbnailUrl: hit.thumbnail_url });
+    const still = matchMedia("(prefers-reduced-motion: reduce)").matches;
+    window.scrollTo({ top: 0, behavior: still ? "auto" : "smooth" });
+    els.resultsHeading.focus({ preventScroll: true });
+  };
+  els.results.replaceChildren(...(results ?? []).map((hit, i) =>
+    resultCard(hit, String(i + 1), { pool: state.thumbs, open })));
   if (results && results.length === 0) {
-    els.empty.textContent = "No look-alikes: the collection has no other images yet.";
+    els.empty.textContent = activeWhere() ? "No images pass the filter."
+      : "No look-alikes: the collection has no other images yet.";
     els.empty.hidden = false;
   } else {
     els.empty.textContent = EMPTY_TEXT;
     els.empty.hidden = results !== null || Boolean(state.query);
   }
-}
-
-function resultCard(hit, index) {
-  const [dir, name] = splitPath(hit.uri);
-  const percent = `${(Math.max(0, Math.min(1, hit.score)) * 100).toFixed(1)}%`;
-  const li = document.createElement("li");
-  li.className = "card";
-
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "result";
-  button.dataset.imageId = String(hit.image_id);
-  button.dataset.uri = hit.uri;
-  button.title = `${hit.uri}\nSimilarity ${hit.score.toFixed(3)} · click for its look-alikes`;
-  button.setAttribute("aria-label",
-    `${index + 1}. ${name}, ${percent} similar. Show its look-alikes.`);
-  button.addEventListener("click", () => {
-    searchSimilar(hit.image_id, { uri: hit.uri, thumbnailUrl: hit.thumbnail_url });
-    const still = matchMedia("(prefers-reduced-motion: reduce)").matches;
-    window.scrollTo({ top: 0, behavior: still ? "auto" : "smooth" });
-    els.resultsHeading.focus({ preventScroll: true });
-  });
-
-  const thumb = document.createElement("span");
-  thumb.className = "thumb";
-  const img = thumbnail(thumb, hit, state.thumbs);
-  const rank = document.createElement("span");
-  rank.className = "rank";
-  rank.textContent = String(index + 1);
-  thumb.append(img, rank);
-
-  const meta = document.createElement("span");
-  meta.className = "meta";
-  meta.innerHTML =
-    '<span class="score-row"><span class="score"></span>' +
-    '<span class="bar"><span></span></span></span>' +
-    '<span class="name"></span><span class="path"><span></span></span>';
-  meta.querySelector(".score").textContent = percent;
-  meta.querySelector(".bar").style.setProperty("--score", String(Math.max(0, hit.score)));
-  meta.querySelector(".name").textContent = name;
-  // The directory is clipped from the left, so the part nearest the file stays visible.
-  const size = hit.width ? ` · ${hit.width}×${hit.height}` : "";
-  meta.querySelector(".path span").textContent = `\u200E${dir}${size}\u200E`;
-  button.append(thumb, meta);
-
-  const open = document.createElement("a");
-  open.className = "open";
-  open.href = hit.file_url;
-  open.target = "_blank";
-  open.rel = "noopener";
-  open.title = "Open the original file";
-  open.setAttribute("aria-label", `Open the original of ${name}`);
-  open.innerHTML = '<svg viewBox="0 0 20 20" aria-hidden="true">' +
-    '<path d="M11 3h6v6M17 3l-8 8M8 4H4v12h12v-4" fill="none" stroke="currentColor"' +
-    ' stroke-width="2" stroke-linecap="round" stroke-linejoin="round"/></svg>';
-  open.addEventListener("click", (event) => openWithKey(event, hit.file_url));
-
-  li.append(button, open);
-  return li;
 }
 
 // -- adding the query to the collection -----------------------------------------------------
@@ -360,6 +343,7 @@ async function addToCollection() {
       { uri: image.uri, thumbnailUrl: image.thumbnail_url }) });
     els.notice.dataset.imageId = String(image.image_id);
     refreshStats();
+    refreshFacets({ force: true });
   } catch (error) {
     if (state.query !== query) return;
     if (error.status === 401 || error.status === 403) session.retry = addToCollection;
@@ -437,12 +421,16 @@ function routeFromHash({ push = false } = {}) {
   }
   const fromDuplicates = !els.dupView.hidden;
   showView("search");
-  const match = /^#similar\/(\d+)$/.exec(location.hash);
+  const refiltered = readFilterHash();
+  const match = /^#similar\/(\d+)(?:\?|$)/.exec(location.hash);
   // Back from the duplicates to the search shown before it: that search is still on the page.
   const shown = state.query?.kind === "similar" && state.query.id === Number(match?.[1]);
-  if (match && !(fromDuplicates && shown)) searchSimilar(Number(match[1]), { push });
-  else if (!match && state.query?.kind === "similar" && state.lastFile) {
+  if (match && !(fromDuplicates && shown && !refiltered)) {
+    searchSimilar(Number(match[1]), { push });
+  } else if (!match && state.query?.kind === "similar" && state.lastFile) {
     searchFile(state.lastFile.file);
+  } else if (!match && refiltered && state.query?.kind === "file") {
+    rerun();
   }
 }
 
@@ -469,9 +457,7 @@ function showView(view) {
 function openSearchView(event) {
   event.preventDefault();
   if (els.dupView.hidden) return;
-  const url = state.query?.kind === "similar" ? `#similar/${state.query.id}`
-    : location.pathname + location.search;
-  history.pushState(null, "", url);
+  history.pushState(null, "", searchHash() || location.pathname + location.search);
   routeFromHash();
   els.resultsHeading.focus({ preventScroll: true });
 }
@@ -493,6 +479,8 @@ function init() {
   const savedK = storageGet(STORAGE.k);
   if (savedK && [...els.k.options].some((option) => option.value === savedK)) els.k.value = savedK;
   if (session.apiKey) foldKeyForm();
+  els.showScores.checked = storageGet(STORAGE.scores) === "1";
+  document.body.classList.toggle("show-scores", els.showScores.checked);
 
   els.dropzone.addEventListener("click", openPicker);
   els.dropzone.addEventListener("keydown", (event) => {
@@ -530,6 +518,11 @@ function init() {
     rerun();
   });
   els.addButton.addEventListener("click", addToCollection);
+  els.showScores.addEventListener("change", () => {
+    document.body.classList.toggle("show-scores", els.showScores.checked);
+    storageSet(STORAGE.scores, els.showScores.checked ? "1" : null);
+  });
+  initFilters(onFilterChange);
   els.errorDismiss.addEventListener("click", clearError);
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && !els.error.hidden) clearError();

@@ -11,7 +11,7 @@ export const els = {
   keyChange: $("api-key-change"),
 };
 
-export const STORAGE = { key: "lookalike.apiKey", k: "lookalike.k" };
+export const STORAGE = { key: "lookalike.apiKey", k: "lookalike.k", scores: "lookalike.scores" };
 
 // What both views read and change: the key sent with every request, and the request a 401 or
 // 403 stopped, run again once a key is given.

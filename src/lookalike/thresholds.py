@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from .errors import UsageError
 
 PRESETS = ("strict", "normal", "loose")
 TIERS = ("exact", "near", "similar")
