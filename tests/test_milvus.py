@@ -132,11 +132,11 @@ class Data:
         return np.sort(rng.choice(self.ids, max(1, int(share * len(self.ids))), replace=False))
 
     def filtered_recall(self, ids: np.ndarray, allowed: np.ndarray) -> float:
-        """Recall@k against exact search among ``allowed`` (ties within TIE count as right);
-        every found id must be allowed."""
+        """Recall@k of the first len(ids) queries against exact search among ``allowed``
+        (ties within TIE count as right); every found id must be allowed."""
         assert set(ids[ids >= 0].tolist()) <= set(allowed.tolist())
         position = {int(i): p for p, i in enumerate(self.ids)}
-        scores = self.scores[:, [position[int(i)] for i in allowed]]
+        scores = self.scores[:len(ids), [position[int(i)] for i in allowed]]
         kth = np.sort(scores, axis=1)[:, ::-1][:, min(K, len(allowed)) - 1]
         hits = sum(1 for q, row in enumerate(ids) for i in row
                    if i >= 0 and self.scores[q, position[int(i)]] >= kth[q] - TIE)
