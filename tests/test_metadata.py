@@ -245,7 +245,7 @@ def test_index_metadata_jsonl_sets_fields_and_reports_unmatched_rows(
     out, err = capsys.readouterr()
     assert json.loads(out)["metadata"] == {"applied": 2,
                                            "unmatched": [str(photos / "nowhere.jpg")]}
-    assert "1 metadata rows name no indexed image" in err and "nowhere.jpg" in err
+    assert "1 metadata row names no indexed image" in err and "nowhere.jpg" in err
     with Collection.open(collection) as opened:
         camera = fields_of(opened, photos / "camera.jpg")
         assert camera["album"] == ["trips"] and camera["people"] == ["ann", "bo"]
@@ -288,6 +288,7 @@ def test_metadata_csv_types_numbers_and_replaces_what_an_image_had(
     ("m.csv", "album,rating\nx,1\n", "header row naming every column"),
     ("m.csv", "path,a,a\nx.jpg,1,2\n", "names a column twice"),
     ("m.csv", "path,a\nx.jpg,1,2\n", "line 2: 3 cells"),
+    ("m.csv", 'path,a\nx.jpg,1\ny.jpg,"open\nz.jpg,2\n', "line 3: a quote opened in this row"),
     ("m.txt", "path\nx.jpg\n", "name a .jsonl file"),
 ])
 def test_a_malformed_metadata_file_is_refused_with_its_line(
@@ -317,8 +318,8 @@ def test_index_metadata_through_the_real_cli(photos: Path, tmp_path: Path) -> No
 
     done = lookalike("index", photos, "-c", tmp_path / "col", "--metadata", photos / "meta.csv")
     assert done.returncode == 0, done.stderr
-    assert "Metadata set for 1 images." in done.stdout
-    assert f"1 metadata rows name no indexed image:\n  {photos / 'missing.jpg'}" in done.stderr
+    assert "Metadata set for 1 image." in done.stdout
+    assert f"1 metadata row names no indexed image:\n  {photos / 'missing.jpg'}" in done.stderr
     with Collection.open(tmp_path / "col") as opened:
         assert fields_of(opened, photos / "camera.jpg")["album"] == ["trips"]
     (photos / "bad.jsonl").write_text("{not json}\n")
@@ -366,3 +367,17 @@ def test_tag_sets_overwrites_and_removes_by_id_and_by_path(
             opened.tag([image_id], {"score": float("nan")})
         assert _cli(*tag, image_id) == 2
         assert "Give KEY=VALUE pairs to set, or --remove KEY" in capsys.readouterr().err
+        assert _cli(*tag, image_id, "`x`=1") == 2
+        assert "without backticks" in capsys.readouterr().err
+
+        # The tags are fields at once: a filtered search finds them, and one that finds
+        # nothing says which of its fields no image has.
+        search = ("search", "--id", image_id, "-c", folder)
+        assert _cli(*search, "--where", "albun = trips") == 0
+        assert "No image has the field albun; `lookalike info --fields`" in \
+            capsys.readouterr().err
+        assert _cli("info", "--fields", "-c", folder) == 0
+        assert "album (1)" in capsys.readouterr().out
+        assert _cli(*search, "--max-per", "album=1", "--max-per", "rating=1") == 2
+        assert "give it once" in capsys.readouterr().err
+

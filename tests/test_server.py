@@ -138,8 +138,16 @@ def test_search_within_a_slice_and_its_facets(served_copy: Path, start_server,
     assert "Bad filter expression" in bad["error"]["message"] and "^" in bad["error"]["message"]
     assert_error(httpx.get(f"{server.url}/search/similar/5", params={"max_per": "album"}), 400,
                  "bad_request")
-    assert_error(httpx.post(f"{server.url}/search/vector", json={"vector": [1.0]}), 400,
-                 "bad_request")
+    long = assert_error(httpx.get(f"{server.url}/search/similar/5",
+                                  params={"where": "a in [" + "1," * 3000 + "1]"}), 400,
+                        "invalid_filter")
+    assert "at most 4096" in long["error"]["message"]
+    for body in ({"vector": [1.0]}, {"vector": [0.0] * len(vector)},
+                 {"vector": vector.tolist(), "wher": trip},
+                 {"vector": vector.tolist(), "collapse": "true"},
+                 {"vector": vector.tolist(), "k": 0}):
+        assert_error(httpx.post(f"{server.url}/search/vector", json=body), 422,
+                     "invalid_parameter")
     fields = {f["key"]: f["images"] for f in httpx.get(f"{server.url}/fields").json()["fields"]}
     assert fields["album"] == 4 and fields["name"] == fields["width"] > 4
     facets = httpx.get(f"{server.url}/facets", params={"keys": "album,format"}).json()["facets"]

@@ -15,15 +15,18 @@ Grammar (keywords in any case)::
     factor  := "not" factor | "(" expr ")" | "exists" KEY | KEY test
     test    := ("=" | "==" | "!=" | "<" | "<=" | ">" | ">=") VALUE
              | ["not"] "in" "[" VALUE ("," VALUE)* "]"
-             | "between" VALUE "and" VALUE
+             | ["not"] "between" VALUE "and" VALUE
              | ["not"] "like" VALUE
     KEY     := a name of letters, digits, "_", "." and "-", or any text in `backticks`
-    VALUE   := a number, "text" or 'text' (backslash escapes), true, false, or a bare word
+    VALUE   := a JSON number, "text" or 'text' (backslash escapes), true, false, or a bare
+               word (text: ``007`` and ``2021-06`` too)
 
 A comparison holds when any value of the field passes it; a string compares only with strings
-(in code-point order, so ISO dates compare as dates), a number only with numbers. A missing
-field fails every comparison, so ``!=``, ``not in`` and ``not like`` hold for it. ``like``
-matches a whole string: ``*`` is any run of characters and ``?`` one character.
+(in code-point order), a number only with numbers. ``!=``, ``not in``, ``not like`` and ``not
+between`` hold when none does, so for a missing field too. ``like`` matches a whole string:
+``*`` is any run of characters and ``?`` one character. A date or time written to some
+precision (``2021``, ``2021-06``, ``2021-06-05T10``...) stands for its whole period (see
+:func:`_whole_period`): the parser rewrites the comparison, so both evaluations agree.
 """
 
 from __future__ import annotations
@@ -49,9 +52,15 @@ MAX_TEXT = 2000  # characters of a string field value kept (longer ones are cut)
 
 _KEYWORDS = {"and", "or", "not", "in", "between", "like", "exists", "true", "false"}
 _OPERATORS = ("==", "!=", "<=", ">=", "=", "<", ">")
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-_BARE = re.compile(r"[A-Za-z0-9_.\-:/+@]+")
+# A bare value is a number when JSON would write it so (3, -2.5, 1e3): "007" and "+1" stay
+# text, as in a CSV cell or a `tag` value.
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_NAME = re.compile(r"[^\W\d][\w.\-]*")
+_BARE = re.compile(r"[\w.\-:/+@]+")
+# A date or time written to some precision (2021, 2021-07, 2021-07-15, 2021-07-15T14...):
+# it stands for the whole year, month, day... it names (see Parser.test).
+_DATE_PREFIX = re.compile(r"\d{4}(?:-\d{2}(?:-\d{2}(?:[T ]\d{2}(?::\d{2}(?::\d{2})?)?)?)?)?")
+_PERIOD_END = "\uffff"  # sorts after every character a date has: "2021-07" + it ends July
 _TOKEN = re.compile(r"""\s*(?:(?P<quoted>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<backtick>`[^`]*`)
                         |(?P<op>==|!=|<=|>=|=|<|>)|(?P<punct>[()\[\],])|(?P<word>[^\s()\[\],=!<>"'`]+))""",
                     re.VERBOSE)
@@ -61,6 +70,7 @@ class WhereError(UsageError):
     """A filter expression that cannot be parsed."""
 
     def __init__(self, text: str, position: int, problem: str) -> None:
+        text = re.sub(r"\s", " ", text)  # one line, so the caret stays under its character
         shown = text if len(text) <= 120 else text[:117] + "..."
         caret = " " * min(position, len(shown)) + "^"
         super().__init__(
@@ -167,17 +177,25 @@ def _like_regex(pattern: str) -> re.Pattern[str]:
 
 
 def parse_max_per(text: str | tuple[str, int] | None) -> tuple[str, int] | None:
-    """``KEY=N`` (or a (key, n) pair) as (key, n); UsageError saying the form otherwise."""
-    if text is None or isinstance(text, tuple):
-        pair = text
-    else:
-        key, _, count = text.rpartition("=")
-        pair = (key.strip(), int(count)) if count.strip().isdigit() and key.strip() else None
-        if pair is None:
-            raise UsageError(f"max_per takes KEY=N, such as album=2; got {text!r}.")
-    if pair is not None and (not 0 < len(pair[0]) <= MAX_KEY or pair[1] < 1):
-        raise UsageError(f"max_per takes a field name and a count of at least 1, got {pair}.")
-    return pair
+    """``KEY=N`` (or a (key, n) pair) as (key, n): at most N results per value of the field
+    KEY (in backticks or not, as in an expression); UsageError saying the form otherwise."""
+    if text is None:
+        return None
+    key: object = None
+    count: object = None
+    if isinstance(text, tuple) and len(text) == 2:
+        key, count = text
+    elif isinstance(text, str):
+        name, _, digits = text.strip().rpartition("=")
+        name = name.strip()
+        key = name[1:-1] if len(name) > 1 and name[0] == name[-1] == "`" else name
+        count = int(digits) if digits.strip().isdigit() else None
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY or isinstance(count, bool) \
+            or not isinstance(count, int) or count < 1:
+        shown = text if isinstance(text, str) else repr(text)
+        raise UsageError(f"max_per takes KEY=N, a field name and a count of at least 1, such "
+                         f"as album=2; got {shown}.")
+    return key, count
 
 
 # -- the expression -------------------------------------------------------------------------
@@ -205,6 +223,8 @@ class Where:
         """``where`` parsed if it is text (blank text: no filter)."""
         if where is None or isinstance(where, Where):
             return where
+        if not isinstance(where, str):
+            raise UsageError(f"A filter is an expression in text, got {type(where).__name__}.")
         return cls.parse(where) if where.strip() else None
 
     def __repr__(self) -> str:
@@ -321,6 +341,7 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 
 def _show_value(value: Value) -> str:
     if isinstance(value, str):
+        value = value.removesuffix(_PERIOD_END)
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
@@ -384,7 +405,9 @@ class _Parser:
                 return
             match = _TOKEN.match(self.text, at)
             if match is None or not match.lastgroup:
-                raise WhereError(self.text, at, f"unexpected {self.text[at]!r}")
+                problem = ("a quote is never closed" if self.text[at] in "\"'`"
+                           else f"unexpected {self.text[at]!r}")
+                raise WhereError(self.text, at, problem)
             start = match.start(match.lastgroup)
             yield _Token(match.lastgroup, match.group(match.lastgroup), start)
             at = match.end()
@@ -466,21 +489,21 @@ class _Parser:
         token = self.take()
         if token.kind == "op":
             value = self.value()
-            if token.text == "!=":
-                return Not(Compare(key, "=", value))
-            return Compare(key, "=" if token.text == "==" else token.text, value)
+            op = {"==": "=", "!=": "="}.get(token.text, token.text)
+            node = _whole_period(Compare(key, op, value))
+            return Not(node) if token.text == "!=" else node
         negate = token.is_word("not")
         if negate:
             token = self.take()
         if token.is_word("in"):
-            node: Node = In(key, self.values())
+            node = In(key, self.values())
         elif token.is_word("like"):
             at = self.peek()
             pattern = self.value()
             if not isinstance(pattern, str):
                 raise self.fail("`like` takes a text pattern, such as \"IMG_*\"", at)
             node = Like(key, pattern)
-        elif token.is_word("between") and not negate:
+        elif token.is_word("between"):
             at = self.peek()
             low = self.value()
             between = self.take()
@@ -490,9 +513,9 @@ class _Parser:
             high = self.value()
             if not _same_kind(low, high):
                 raise self.fail("both ends of a range are numbers, or both are text", at)
-            return Between(key, low, high)
+            node = _whole_period(Between(key, low, high))
         else:
-            expected = "`in` or `like`" if negate else \
+            expected = "`in`, `between` or `like`" if negate else \
                 "a comparison (= != < <= > >=), `in`, `between` or `like`"
             raise self.fail(f"expected {expected} after `{key}`, found {_describe(token)}",
                             token)
@@ -532,6 +555,25 @@ class _Parser:
                                 "that holds spaces or symbols", token)
             return token.text
         raise self.fail(f"expected a value, found {_describe(token)}", token)
+
+
+def _whole_period(node: Compare | Between) -> Node:
+    """A comparison with a date or time written to some precision, made to mean its whole
+    period: ``= 2021-07`` any time in July 2021, ``<= 2021-07-15`` up to that day's end,
+    ``> 2021`` from 2022, and a range's upper end whole. Other comparisons as they are."""
+    if isinstance(node, Between):
+        high = node.high
+        if isinstance(high, str) and _DATE_PREFIX.fullmatch(high):
+            return Between(node.key, node.low, high + _PERIOD_END)
+        return node
+    value = node.value
+    if not isinstance(value, str) or not _DATE_PREFIX.fullmatch(value):
+        return node
+    if node.op == "=":
+        return Between(node.key, value, value + _PERIOD_END)
+    if node.op in ("<=", ">"):
+        return Compare(node.key, node.op, value + _PERIOD_END)
+    return node
 
 
 def _describe(token: _Token) -> str:

@@ -69,6 +69,10 @@ class Decimal(click.IntRange):
             self.fail(f"{value!r} is not an integer in decimal digits.", param, ctx)
         return super().convert(value, param, ctx)
 
+    def _describe_range(self) -> str:
+        # click's own reads "x<=None" for a range without bounds; say nothing then.
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_common_runtime):

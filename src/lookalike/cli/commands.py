@@ -127,7 +127,8 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
     for failure in report.failed:
         click.echo(f"  failed: {line_uri(failure.uri)}: {failure.reason}")
     if tagged is not None:
-        click.echo(f"Metadata set for {tagged.applied} images.")
+        click.echo(f"Metadata set for {tagged.applied} image"
+                   f"{'' if tagged.applied == 1 else 's'}.")
     if report.learned:
         echo_learned(report.learned)
 
@@ -148,14 +149,14 @@ def index_command(paths: Sequence[str], collection: str | None, model: str | Non
               help="Only images whose fields pass EXPR, e.g. 'format = jpeg and width >= "
                    "1000', 'album in [trip, home]', 'taken between 2021-01 and 2021-06', "
                    "'exists make' (see the README's Filters).")
-@click.option("--max-per", default=None, metavar="KEY=N",
+@click.option("--max-per", multiple=True, metavar="KEY=N",
               help="At most N results per value of a field, e.g. album=2.")
 @click.option("--collapse", is_flag=True,
               help="Fold copies of a better result into it (shown as '+N copies').")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @runtime_options
 def search_command(image: str | None, image_id: int | None, collection: str | None, k: int,
-                   ef: int | None, qe: int | None, where: str | None, max_per: str | None,
+                   ef: int | None, qe: int | None, where: str | None, max_per: Sequence[str],
                    collapse: bool, as_json: bool, **runtime: Any) -> None:
     """Find the indexed images most similar to IMAGE.
 
@@ -172,9 +173,12 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
 
     if (image is None) == (image_id is None):
         raise click.UsageError("Give either IMAGE or --id, not both.")
+    if len(max_per) > 1:
+        raise click.BadParameter("give it once: results are limited per value of one field.",
+                                 param_hint="--max-per")
     within: dict[str, Any] = {  # parsed before opening: a bad one is exit 2 at once
-        "where": Where.parse(where) if where is not None else None,
-        "max_per": parse_max_per(max_per), "collapse": collapse}
+        "where": Where.of(where), "max_per": parse_max_per(max_per[0] if max_per else None),
+        "collapse": collapse}
     with Collection.open(collection_path(collection), **runtime) as col:
         if image is not None and image_id is None:
             if is_object_uri(image) or os.path.isfile(image):
@@ -185,6 +189,8 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
             hits = col.search_similar(known_id(image_id), k, ef=ef, qe=qe, **within)
         else:
             hits = col.search(image, k, ef=ef, qe=qe, **within)
+        if not hits and within["where"] is not None:
+            _say_why_none_pass(col, within["where"])
     if as_json:
         results = [{"rank": r, **hit.to_dict()} for r, hit in enumerate(hits, 1)]
         query = shown_uri(image) if image is not None else image_id
@@ -199,6 +205,15 @@ def search_command(image: str | None, image_id: int | None, collection: str | No
                        + (", ..." if len(hit.copies) > 3 else ""))
 
 
+def _say_why_none_pass(col: Any, where: Where) -> None:
+    """On stderr: no image passes the filter, and which of its fields no image has."""
+    known = {key for key, _ in col.store.field_keys()}
+    missing = sorted(where.keys() - known)
+    hint = (f" No image has the field{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}; `lookalike info --fields` lists them." if missing else "")
+    click.echo(f"No indexed image passes the filter {where.text}.{hint}", err=True)
+
+
 def _as_id(value: str) -> int:
     if value.isdigit():
         return int(value)
@@ -209,18 +224,25 @@ def _as_id(value: str) -> int:
 @cli.command("info")
 @click.option("-c", "--collection", default=None, help=COLLECTION_HELP)
 @click.option("--failures", is_flag=True, help="Also list the files that failed, with reasons.")
+@click.option("--fields", "show_fields", is_flag=True,
+              help="Also list the fields images have (what `search --where` filters on), with "
+                   "how many images have each.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
+def info_command(collection: str | None, failures: bool, show_fields: bool,
+                 as_json: bool) -> None:
     """Counts, model, index spec and sizes on disk of a collection."""
     from ..collection import Collection
 
     with Collection.open(collection_path(collection)) as col:
         info = col.info()
         failed = col.store.failures() if failures else []
+        keys = col.store.field_keys() if show_fields else []
     if as_json:
         data = info.to_dict()
         if failures:
             data["failures"] = [{"uri": shown_uri(f.uri), "reason": f.error} for f in failed]
+        if show_fields:
+            data["fields"] = [{"key": key, "images": n} for key, n in keys]
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"collection  {info.path}")
@@ -244,6 +266,8 @@ def info_command(collection: str | None, failures: bool, as_json: bool) -> None:
     for name, size in info.bytes_on_disk.items():
         click.echo(f"  {name:<16} {size / 1e6:10.2f} MB")
     click.echo(f"created     {info.created}\nupdated     {info.updated}")
+    if show_fields:
+        click.echo("fields      " + ", ".join(f"{line_uri(key)} ({n})" for key, n in keys))
     for record in failed:
         click.echo(f"  failed: {line_uri(record.uri)}: {record.error}")
 

@@ -11,6 +11,7 @@ import click
 
 from ..objects import is_object_uri
 from ..types import line_uri
+from ..where import MAX_KEY
 from .base import COLLECTION_HELP, cli, collection_path, known_id, wait_option
 
 if TYPE_CHECKING:
@@ -31,7 +32,9 @@ def echo_unmatched(report: MetadataReport, shown: int = 5) -> None:
     first ``shown``."""
     if not report.unmatched:
         return
-    click.echo(f"Warning: {len(report.unmatched)} metadata rows name no indexed image:", err=True)
+    rows = len(report.unmatched)
+    click.echo(f"Warning: {rows} metadata row{'' if rows == 1 else 's'} "
+               f"name{'s' if rows == 1 else ''} no indexed image:", err=True)
     for uri in report.unmatched[:shown]:
         click.echo(f"  {line_uri(uri)}", err=True)
     if len(report.unmatched) > shown:
@@ -70,6 +73,9 @@ def tag_command(items: Sequence[str], remove: Sequence[str], collection: str | N
             key, _, text = item.partition("=")
             if not key:
                 raise click.BadParameter(f"{item!r} has no key before =.", param_hint="KEY=VALUE")
+            if len(key) > MAX_KEY or "`" in key:  # a key no filter could name
+                raise click.BadParameter(f"a key is at most {MAX_KEY} characters, without "
+                                         f"backticks; got {key[:40]!r}.", param_hint="KEY=VALUE")
             values[key] = typed_value(text)
         elif item.isascii() and item.isdigit() and not os.path.exists(item):
             images.append(known_id(int(item)))

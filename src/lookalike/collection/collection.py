@@ -258,11 +258,13 @@ class Collection:
         found = rows if isinstance(rows, list) else read_metadata_file(rows)
         return self._tagger.apply(found, wait=wait)
 
-    def tag(self, images: Iterable[int | str | os.PathLike[str]], values: dict[str, Any], *,
-            remove: Iterable[str] = (), wait: float = 10.0) -> list[ImageDetails]:
-        """Merge ``values`` into the metadata of images (ids or paths), less the ``remove``
-        keys; ImageNotFoundError, before any change, if one is not indexed."""
-        return self._tagger.tag(images, values, remove, wait=wait)
+    def tag(self, images: int | str | os.PathLike[str] | Iterable[int | str | os.PathLike[str]],
+            values: dict[str, Any], *, remove: Iterable[str] = (),
+            wait: float = 10.0) -> list[ImageDetails]:
+        """Merge ``values`` into the metadata of images (an id or path, or several), less the
+        ``remove`` keys; ImageNotFoundError, before any change, if one is not indexed."""
+        many = [images] if isinstance(images, (int, str, os.PathLike)) else images
+        return self._tagger.tag(many, values, remove, wait=wait)
 
     def details(self, image_id: int) -> ImageDetails:
         """An indexed image's location, size and metadata."""

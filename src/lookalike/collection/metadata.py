@@ -79,7 +79,7 @@ def read_metadata_file(path: str | os.PathLike[str]) -> list[MetadataRow]:
     file = Path(path).expanduser()
     kind = METADATA_FORMATS.get(file.suffix.lower())
     if kind is None:
-        raise UsageError(f"Cannot read metadata from {file.name}: name a .jsonl file (one JSON "
+        raise UsageError(f"Cannot read metadata from {path}: name a .jsonl file (one JSON "
                          "object a line) or a .csv file (a header row) with a path column.")
     try:
         text = file.read_text(encoding="utf-8-sig")
@@ -122,7 +122,9 @@ def _jsonl_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote left open is an error, not a cell that swallows the rest of the file.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    started = 1  # the line the record being read starts on
     try:
         header = next(reader, None)
         if not header or not any(key in header for key in _PATH_KEYS) or "" in header:
@@ -130,8 +132,10 @@ def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
                              "of them path (or uri), like path,album,rating.")
         if len(set(header)) != len(header):
             raise ValueError(f"line 1: the header names a column twice: {','.join(header)}.")
+        started = reader.line_num + 1
         for cells in reader:
             if not any(cells):
+                started = reader.line_num + 1
                 continue
             if len(cells) > len(header):
                 raise ValueError(f"line {reader.line_num}: {len(cells)} cells, more than the "
@@ -139,7 +143,12 @@ def _csv_rows(text: str) -> Iterator[tuple[int, dict[str, Any]]]:
             # An empty or missing cell sets nothing: a sparse column is a key some images have.
             yield reader.line_num, {key: typed_value(cell) for key, cell
                                     in zip(header, cells, strict=False) if cell != ""}
+            started = reader.line_num + 1
     except csv.Error as exc:
+        if "end of data" in str(exc):
+            raise ValueError(f"line {started}: a quote opened in this row is never closed "
+                             "(a cell with a comma or a line break is quoted, and a quote "
+                             'inside it doubled: "say ""hi""").') from None
         raise ValueError(f"line {reader.line_num}: not CSV ({exc}).") from None
 
 

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from ..collection import Collection
 from ..errors import UsageError
 from ..types import SearchHit, shown_uri
-from ..where import MAX_KEY, MAX_LENGTH, Where, WhereError, parse_max_per
+from ..where import MAX_KEY, Where, WhereError, parse_max_per
 from .errors import ApiError
 
 WHERE_HELP = ("Only images whose fields pass this filter expression, e.g. "
@@ -26,9 +26,13 @@ MAX_PER_HELP = "At most N results per value of a field: KEY=N, e.g. album=2."
 COLLAPSE_HELP = "Fold copies of a better result into it (its `copies`)."
 MAX_FACET_KEYS = 20
 
-WhereParam = Annotated[str | None, Query(description=WHERE_HELP, max_length=MAX_LENGTH)]
-MaxPerParam = Annotated[str | None, Query(description=MAX_PER_HELP, max_length=MAX_KEY + 8)]
+# Lengths are checked by the parsers, so a long where is a 400 invalid_filter everywhere.
+WhereParam = Annotated[str | None, Query(description=WHERE_HELP)]
+MaxPerParam = Annotated[str | None, Query(description=MAX_PER_HELP)]
 CollapseParam = Annotated[bool, Query(description=COLLAPSE_HELP)]
+#: What FastAPI reads as a boolean query parameter, the same in a form field.
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+_VECTOR_KEYS = {"vector", "k", "ef", "qe", "where", "max_per", "collapse"}
 
 
 def within(where: str | None, max_per: str | None, collapse: bool | str | None
@@ -43,9 +47,10 @@ def within(where: str | None, max_per: str | None, collapse: bool | str | None
     except UsageError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     if isinstance(collapse, str):
-        if collapse.lower() not in ("true", "false", "1", "0", ""):
-            raise ApiError(400, "bad_request", "collapse is true or false.")
-        collapse = collapse.lower() in ("true", "1")
+        if collapse.lower() not in _TRUE + _FALSE:
+            raise ApiError(422, "invalid_parameter",
+                           f"collapse must be true or false, got {collapse[:20]!r}.")
+        collapse = collapse.lower() in _TRUE
     return {"where": parsed, "max_per": per, "collapse": bool(collapse)}
 
 
@@ -92,29 +97,35 @@ def filter_routes(app: FastAPI, collection: Callable[[], Collection], max_k: int
         """The images nearest to an embedding (the model's, e.g. from POST /embed), in a JSON
         body with `vector` and optionally `k`, `ef`, `qe`, `where`, `max_per`, `collapse`."""
         col = collection()
+        unknown = sorted(set(body) - _VECTOR_KEYS)
+        if unknown:  # a misspelt "wher" must not search unfiltered
+            raise ApiError(422, "invalid_parameter", f"Unknown field(s) {', '.join(unknown)}; "
+                           f"the body takes {', '.join(sorted(_VECTOR_KEYS))}.")
         vector = body.get("vector")
         if (not isinstance(vector, list) or len(vector) != col.dim
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                            and math.isfinite(v) for v in vector)):
-            raise ApiError(400, "bad_request",
+            raise ApiError(422, "invalid_parameter",
                            f"vector: a list of {col.dim} finite numbers (this collection's "
                            f"model, {col.model_name}, makes {col.dim}-d embeddings).")
-        k = body.get("k", 10)
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max_k:
-            raise ApiError(400, "bad_request", f"k: a whole number from 1 to {max_k}.")
-        options: dict[str, Any] = {}
-        for knob, high in (("ef", 100_000), ("qe", 100)):
-            value = body.get(knob)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or not 0 <= value <= high):
-                raise ApiError(400, "bad_request", f"{knob}: a whole number up to {high}.")
-            options[knob] = value
-        max_per = body.get("max_per")
-        where = body.get("where")
-        if not isinstance(max_per, (str, type(None))) or not isinstance(where, (str, type(None))):
-            raise ApiError(400, "bad_request", "where and max_per are text.")
-        options.update(within(where, max_per, body.get("collapse", False) is True))
         query = np.asarray(vector, np.float32)
-        query /= max(float(np.linalg.norm(query)), 1e-12)
-        hits = await run_in_threadpool(lambda: col.search_vector(query, k, **options))
+        norm = float(np.linalg.norm(query))
+        if not norm > 0:
+            raise ApiError(422, "invalid_parameter", "vector is all zeros: it has no direction.")
+        options: dict[str, Any] = {}
+        for knob, low, high, default in (("k", 1, max_k, 10), ("ef", 1, 100_000, None),
+                                         ("qe", 0, 100, None)):
+            value = body.get(knob, default)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not low <= value <= high):
+                raise ApiError(422, "invalid_parameter",
+                               f"{knob} must be an integer between {low} and {high}.")
+            options[knob] = value
+        where, max_per, collapse = (body.get(key) for key in ("where", "max_per", "collapse"))
+        if not isinstance(where, (str, type(None))) or not isinstance(max_per, (str, type(None))):
+            raise ApiError(422, "invalid_parameter", "where and max_per are text.")
+        if not isinstance(collapse, (bool, type(None))):
+            raise ApiError(422, "invalid_parameter", "collapse is true or false (JSON).")
+        options.update(within(where, max_per, bool(collapse)))
+        hits = await run_in_threadpool(lambda: col.search_vector(query / norm, **options))
         return {"results": [hit(h) for h in hits]}

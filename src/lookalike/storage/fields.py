@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from ..errors import UsageError
 from ..where import Value, Where, field_value, flatten
 
 Fields = dict[str, list[Value]]
@@ -38,11 +39,12 @@ _FORMATS = {"jpg": "jpeg", "jpe": "jpeg", "jfif": "jpeg", "tif": "tiff"}
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def checked(where: Where) -> Where:
-    """``where`` if it is a parsed expression: text never reaches a query unparsed."""
-    if not isinstance(where, Where):
-        raise TypeError(f"A filter is a parsed Where (Where.parse), got {type(where).__name__}.")
-    return where
+def checked(where: Where | str) -> Where:
+    """``where`` parsed: text never reaches a query unparsed (WhereError if it cannot be)."""
+    parsed = Where.of(where)
+    if parsed is None:
+        raise UsageError("An empty filter: give an expression, such as `format = jpeg`.")
+    return parsed
 
 
 def utc_time(seconds: float) -> str | None:
