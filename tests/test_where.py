@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from lookalike.where import MAX_DEPTH, Where, WhereError, flatten, parse_max_per
+from lookalike.where import Where, WhereError, flatten, parse_max_per
+from lookalike.where.tree import MAX_DEPTH
 from random_filters import random_expression
 
 FIELDS = {"album": ["trip"], "tags": ["red", "sea"], "width": [1024.0], "sold": [1.0],
