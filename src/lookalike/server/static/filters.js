@@ -22,7 +22,7 @@ const MAX_CANDIDATES = 20; // what GET /facets takes in one request
 const MAX_FACETS = 5;
 const TOP = 8; // values shown per field
 
-// The expression language's bare names and keywords (src/lookalike/where.py).
+// The expression language's bare names and keywords (src/lookalike/where/tree.py; ASCII names are enough here).
 const NAME = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
 const KEYWORDS = new Set(["and", "or", "not", "in", "between", "like", "exists", "true",
   "false"]);
