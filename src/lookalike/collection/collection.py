@@ -42,7 +42,7 @@ from .indexes import Indexes
 from .info import collection_info
 from .manifest import MANIFEST, Manifest, new_manifest, read_manifest, write_manifest
 from .metadata import MetadataReport, MetadataRow, Tagger, read_metadata_file
-from .searching import Searcher, Within
+from .searching import QueryHash, Searcher, Within
 from .slices import Plan
 
 
@@ -310,12 +310,13 @@ class Collection:
                       qe: int | None = None, exclude: set[int] | None = None,
                       where: str | Where | None = None,
                       max_per: str | tuple[str, int] | None = None,
-                      collapse: bool = False, query_hash: str | None = None
+                      collapse: bool = False, query_hash: QueryHash = None
                       ) -> list[SearchHit]:
         """The ``k`` images nearest to an embedding, ranked best first (see
         :meth:`.searching.Searcher.search_vector` for how query expansion ranks them);
         ``where``, ``max_per`` and ``collapse`` as :meth:`search`; ``query_hash``, the content
-        hash of the query's file, labels a hit with the same bytes ``exact``."""
+        hash of the query's file (or a function computing it, called only for a hit close
+        enough to be that file), labels a hit with the same bytes ``exact``."""
         return self._searcher.search_vector(vector, k, ef=ef, qe=qe, exclude=exclude,
                                             within=Within.of(where, max_per, collapse),
                                             query_hash=query_hash)

@@ -6,6 +6,7 @@ owns one :class:`Searcher`."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from .. import settings
-from ..errors import ImageNotFoundError, UsageError
-from ..imaging import ImageSource, content_hash
+from ..errors import ImageNotFoundError, LookalikeError, UsageError
+from ..imaging import MAX_FILE_BYTES, ImageSource, content_hash, read_bytes
 from ..index.expansion import combine
 from ..storage import Store
+from ..thresholds import SAME_PIXELS_COSINE
 from ..types import SearchHit
 from ..where import Where, parse_max_per
 from . import slices
@@ -26,6 +28,26 @@ from .matches import Matcher, Ranked
 from .slices import Plan, Slices
 
 MAX_CANDIDATES = 1000  # hits looked through to fill k diverse ones
+#: The query file's content hash, or a function computing it when a hit needs it.
+QueryHash = str | Callable[[], str | None] | None
+
+
+def _hash_of(image: ImageSource | Any) -> Callable[[], str | None]:
+    """The content hash of a query given as bytes, a path or an ``s3://`` URI, read when first
+    asked for (None for a PIL image, or a file that cannot be read again)."""
+
+    @functools.cache
+    def digest() -> str | None:
+        if isinstance(image, bytes):
+            return content_hash(image)
+        if isinstance(image, str) or hasattr(image, "__fspath__"):
+            try:
+                return content_hash(read_bytes(image, MAX_FILE_BYTES))
+            except LookalikeError:  # gone or changed since embedding: no claim
+                return None
+        return None
+
+    return digest
 
 
 @dataclass(frozen=True)
@@ -57,17 +79,8 @@ class Searcher:
     def search(self, image: ImageSource | Any, k: int = 10, *, ef: int | None = None,
                qe: int | None = None, within: Within = Within()) -> list[SearchHit]:
         """The ``k`` indexed images most similar to ``image`` (a path, file bytes or PIL image)."""
-        digest = None
-        if isinstance(image, bytes):
-            digest = content_hash(image)
-        elif isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-            try:
-                with open(image, "rb") as fh:
-                    digest = content_hash(fh.read())
-            except OSError:
-                digest = None  # an s3:// URI, or a file embed() reports on
         return self.search_vector(self._embed([image])[0], k, ef=ef, qe=qe, within=within,
-                                  query_hash=digest)
+                                  query_hash=_hash_of(image))
 
     def search_similar(self, image_id: int, k: int = 10, *, ef: int | None = None,
                        qe: int | None = None, within: Within = Within()) -> list[SearchHit]:
@@ -88,10 +101,11 @@ class Searcher:
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, ef: int | None = None,
                       qe: int | None = None, exclude: set[int] | None = None,
-                      within: Within = Within(), query_hash: str | None = None
+                      within: Within = Within(), query_hash: QueryHash = None
                       ) -> list[SearchHit]:
         """The ``k`` images nearest to an embedding, ranked best first, each with its
-        ``match`` label (``query_hash``: the query file's content hash, for ``exact``).
+        ``match`` label (``query_hash``: the query file's content hash, for ``exact``, or a
+        function that computes it, called only if a hit is close enough to be that file).
 
         With query expansion (``qe`` > 0; default: the ``query_expansion`` setting), a first
         search finds the ``qe`` best matches and the list is ranked by the query blended with
@@ -128,7 +142,7 @@ class Searcher:
             fetch = min(MAX_CANDIDATES, 4 * fetch)
 
     def _hits(self, vector: np.ndarray, nearest: list[Ranked], k: int, within: Within,
-              query_hash: str | None, *, rescore: bool) -> list[SearchHit]:
+              query_hash: QueryHash, *, rescore: bool) -> list[SearchHit]:
         """The hits to return from the ranked candidates: diversified, scored, labelled."""
         raw = self.store.vectors([h.image_id for h in nearest])  # the model's, unprojected
         nearest = [h for h in nearest if h.image_id in raw]
@@ -147,9 +161,12 @@ class Searcher:
             score = ranked.score
             if rescore:  # expanded: the score is still the similarity to the query itself
                 score = float(live.project(raw[ranked.image_id][None])[0] @ projected)
-            same = bool(query_hash) and r.content_hash == query_hash
+            cosine = float(raw[ranked.image_id] @ query)
+            # The same bytes embed alike: hash the query's file only for a hit that close.
+            same = (cosine >= SAME_PIXELS_COSINE and r.content_hash is not None
+                    and r.content_hash == (query_hash() if callable(query_hash) else query_hash))
             found = SearchHit.from_cosine(ranked.image_id, r.uri, score, r.width, r.height)
-            match = self.matcher.label(float(raw[ranked.image_id] @ query), same)
+            match = self.matcher.label(cosine, same)
             return dataclasses.replace(found, match=match,
                                        copies=tuple(hit(c) for c in ranked.copies))
 

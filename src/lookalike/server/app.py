@@ -392,7 +392,8 @@ def _search_bytes(service: Service, data: bytes, k: int, ef: int | None, qe: int
     decoded = time.perf_counter()
     vector = col.embedder.embed_pixels(pixels[None])[0]
     embedded = time.perf_counter()
-    hits = col.search_vector(vector, k, ef=ef, qe=qe, query_hash=content_hash(data), **options)
+    hits = col.search_vector(vector, k, ef=ef, qe=qe, query_hash=lambda: content_hash(data),
+                             **options)
     took.update(decode=decoded - started, embed=embedded - decoded,
                 search=time.perf_counter() - embedded)
     return hits
