@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..where import All, Any_, Compare, Dialect, Exists, In, Node, Not, Value, Where, comparison_sql
-from .fields import top_values
+from .fields import checked, top_values
 
 #: Estimates count a subquery's rows up to this many: enough to tell selective from not.
 CAP = 20_000
@@ -53,11 +53,11 @@ class FieldQueries:
         self.mark = "?" if dialect == "sqlite" else "%s"
 
     def matching(self, where: Where) -> np.ndarray:
-        found = self.run(*self.matching_sql(where))
+        found = self.run(*self.matching_sql(checked(where)))
         return np.sort(np.fromiter((r[0] for r in found), np.int64, count=len(found)))
 
     def count_matching(self, where: Where) -> int:
-        query, params = self.matching_sql(where)
+        query, params = self.matching_sql(checked(where))
         return int(self.run(f"SELECT count(*) FROM ({query}) m", params)[0][0])
 
     def matching_sql(self, where: Where) -> tuple[str, list[Any]]:
@@ -68,6 +68,7 @@ class FieldQueries:
     def facets(self, keys: Sequence[str], where: Where | None,
                top: int) -> dict[str, list[tuple[Value, int]]]:
         keys = list(dict.fromkeys(keys))
+        where = where and checked(where)
         if where is None:
             return {key: self._key_facet(key, "", [], top) for key in keys}
         query, params = self.matching_sql(where)
@@ -172,10 +173,10 @@ class _Planner:
             condition, params = self.check(node.part, id_column, driver)
             return f"NOT ({condition})", params
         if isinstance(node, (All, Any_)):
-            checked = [self.check(part, id_column, driver) for part in node.parts]
+            parts = [self.check(part, id_column, driver) for part in node.parts]
             joiner = " AND " if isinstance(node, All) else " OR "
-            return ("(" + joiner.join(c for c, _ in checked) + ")",
-                    [p for _, params in checked for p in params])
+            return ("(" + joiner.join(c for c, _ in parts) + ")",
+                    [p for _, params in parts for p in params])
         equality = isinstance(node, In) or (isinstance(node, Compare) and node.op == "=")
         if equality or self.probe_pays(node, driver):
             # SQLite would seek a range by its value, then scan it for the id, on every row.

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..where import Value, Where
 from . import postgres_fields
-from .fields import Fields, checked
+from .fields import Fields
 from .filtering import FieldQueries
 from .migrations import migrate
 from .postgres_rows import insert_rows, retire_rows
@@ -234,14 +234,14 @@ class PostgresStore:
         return postgres_fields.fields(self._read, self._s, storable_ids(ids), keys)
 
     def matching(self, where: Where) -> np.ndarray:
-        return self._queries.matching(checked(where))
+        return self._queries.matching(where)
 
     def count_matching(self, where: Where) -> int:
-        return self._queries.count_matching(checked(where))
+        return self._queries.count_matching(where)
 
     def facets(self, keys: Sequence[str], where: Where | None = None, *, top: int = 20
                ) -> dict[str, list[tuple[Value, int]]]:
-        return self._queries.facets(keys, where and checked(where), top)
+        return self._queries.facets(keys, where, top)
 
     def field_keys(self) -> list[tuple[str, int]]:
         return self._queries.field_keys()

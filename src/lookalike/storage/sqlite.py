@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import CorruptCollectionError, DiskWriteError
 from ..where import Value, Where
 from . import sqlite_fields
-from .fields import Fields, checked
+from .fields import Fields
 from .filtering import FieldQueries
 from .records import (
     Changes,
@@ -255,16 +255,16 @@ class SQLiteStore:
 
     def matching(self, where: Where) -> np.ndarray:
         """Active image ids passing ``where``, ascending int64."""
-        return self._queries.matching(checked(where))
+        return self._queries.matching(where)
 
     def count_matching(self, where: Where) -> int:
-        return self._queries.count_matching(checked(where))
+        return self._queries.count_matching(where)
 
     def facets(self, keys: Sequence[str], where: Where | None = None, *, top: int = 20
                ) -> dict[str, list[tuple[Value, int]]]:
         """For each key, its ``top`` most common values among active images passing ``where``,
         with how many images have each: count descending, then value (numbers first)."""
-        return self._queries.facets(keys, where and checked(where), top)
+        return self._queries.facets(keys, where, top)
 
     def field_keys(self) -> list[tuple[str, int]]:
         """Every field key active images have, and how many have it; most common first."""
