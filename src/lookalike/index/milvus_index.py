@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import CollectionLockedError, IndexUnavailableError, MissingDependencyError
 from .database_client import DatabaseClient
+from .exact import nearest_among
 from .faiss_index import DEFAULT_EF_SEARCH
 from .milvus_spec import bracket
 from .spec import IndexSpec
@@ -238,15 +239,8 @@ class MilvusIndex(DatabaseClient):
                                           output_fields=[ID, VECTOR], limit=len(chunk))
             ids += [int(row[ID]) for row in rows]
             vectors += [row[VECTOR] for row in rows]
-        n = len(queries)
-        scores = np.full((n, k), -np.inf, np.float32)
-        found = np.full((n, k), -1, np.int64)
-        if ids:
-            sims = queries @ np.asarray(vectors, np.float32).T
-            top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-            scores[:, :top.shape[1]] = np.take_along_axis(sims, top, axis=1)
-            found[:, :top.shape[1]] = np.asarray(ids, np.int64)[top]
-        return scores, found
+        return nearest_among(queries, np.asarray(vectors, np.float32).reshape(len(ids), -1),
+                             np.asarray(ids, np.int64), k)
 
     def _query(self, expression: str, limit: int = MAX_TOPK) -> list[int]:
         with self._calls("query"):
