@@ -62,11 +62,14 @@ class Matcher:
         folded into that hit's ``copies``; with ``max_per`` (key, n), a hit whose value of
         that key already has n hits kept is left out (hits without the key are not limited)."""
         kept: list[Ranked] = []
+        at: list[int] = []  # the rank of each kept hit
         per: dict[tuple[str | float, ...], int] = {}
         near = self.thresholds.near.threshold if self.thresholds is not None else 2.0
-        for hit in ranked:
-            if collapse:
-                original = self._original_of(hit, kept, vectors, near)
+        # Every pair's cosine at once (missing vectors as zeros): one product, not one per pair.
+        sims = _cosines(ranked, vectors) if collapse else None
+        for i, hit in enumerate(ranked):
+            if sims is not None and kept:
+                original = _first_copy(hit, kept, sims[i, at], near)
                 if original is not None:
                     original.copies.append(hit)
                     continue
@@ -81,16 +84,23 @@ class Matcher:
                 if values:
                     per[values] = per.get(values, 0) + 1
             kept.append(hit)
+            at.append(i)
         return kept
 
-    @staticmethod
-    def _original_of(hit: Ranked, kept: Sequence[Ranked], vectors: Mapping[int, np.ndarray],
-                     near: float) -> Ranked | None:
-        mine = vectors.get(hit.image_id)
-        for other in kept:
-            if hit.record.content_hash and hit.record.content_hash == other.record.content_hash:
-                return other
-            theirs = vectors.get(other.image_id)
-            if mine is not None and theirs is not None and float(mine @ theirs) >= near:
-                return other
-        return None
+
+def _cosines(ranked: Sequence[Ranked], vectors: Mapping[int, np.ndarray]) -> np.ndarray:
+    dim = next((len(v) for v in vectors.values()), 0)
+    zero = np.zeros(dim, np.float32)
+    stacked = np.stack([vectors.get(h.image_id, zero) for h in ranked]) if ranked else \
+        np.zeros((0, dim), np.float32)
+    return stacked @ stacked.T
+
+
+def _first_copy(hit: Ranked, kept: Sequence[Ranked], sims: np.ndarray,
+                near: float) -> Ranked | None:
+    """The best-ranked kept hit that ``hit`` is a copy of: the same bytes, or ``near``."""
+    for other, cosine in zip(kept, sims, strict=True):
+        digest = hit.record.content_hash
+        if (digest and digest == other.record.content_hash) or cosine >= near:
+            return other
+    return None
